@@ -1,0 +1,159 @@
+"""The model registry and the two-headed models.
+
+Every model maps an image batch to (gender logits [B, 2], standardised age [B]). A model is a small
+function registered by name (as in timm); `create_model(name, ...)` is the one way to build one.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kit.config import UserError
+
+MODELS: dict[str, Callable[..., "FaceModel"]] = {}
+
+
+def register_model(fn):
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+class WeightsError(UserError):
+    """Pretrained weights are unavailable or do not fit the model."""
+
+
+class FaceModel(nn.Module):
+    """A feature extractor (`backbone`) and two linear heads on its features."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, pretrained_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.gender_head = nn.Linear(num_features, 2)
+        self.age_head = nn.Linear(num_features, 1)
+        self.pretrained_backbone = pretrained_backbone
+
+    def forward(self, x):
+        features = self.backbone(x)
+        return self.gender_head(features), self.age_head(features).squeeze(1)
+
+    def head_parameters(self):
+        return [*self.gender_head.parameters(), *self.age_head.parameters()]
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+@register_model
+def scratch(*, pretrained: bool = False, weights: str | None = None) -> FaceModel:
+    """The original report's CNN: three Conv-BN-ReLU-MaxPool blocks and fully connected layers.
+
+    An adaptive pool to 4x4 before the classifier keeps a coarse layout of the face (where hair
+    and wrinkles are) and lets the model run at any input size.
+    """
+    if pretrained:
+        raise WeightsError("the scratch model has no pretrained weights; drop --pretrained")
+    backbone = nn.Sequential(conv_block(3, 64), conv_block(64, 128), conv_block(128, 256),
+                             nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                             nn.Linear(256 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.3))
+    model = FaceModel(backbone, 256)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+@register_model
+def resnet18(*, pretrained: bool = True, weights: str | None = None) -> FaceModel:
+    """torchvision's ResNet18 with its `fc` replaced by the gender and age heads."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    backbone = tv_resnet18(weights=None)
+    if weights:
+        state = read_state_dict(weights)
+    elif pretrained:
+        state = imagenet_state_dict()
+    else:
+        state = None
+    if state is not None and not any(k.startswith("backbone.") for k in state):
+        load_backbone_state(backbone, state, source=weights or "ImageNet weights")
+    num_features = backbone.fc.in_features
+    backbone.fc = nn.Identity()
+    model = FaceModel(backbone, num_features, pretrained_backbone=state is not None)
+    if state is not None and any(k.startswith("backbone.") for k in state):
+        load_weights(model, weights)
+    return model
+
+
+def create_model(name: str, *, pretrained: bool = False, weights: str | None = None) -> FaceModel:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    return MODELS[name](pretrained=pretrained, weights=weights)
+
+
+# ----------------------------------------------------------------------------- weights
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """A state dict from a .pth: torchvision's own, or one of the kit's checkpoints."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"--weights {path}: cannot be read as a PyTorch state dict ({err})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"--weights {path}: not a state dict of tensors")
+    return state
+
+
+def load_backbone_state(backbone: nn.Module, state: dict, *, source) -> None:
+    """Load a torchvision ResNet18 state dict; its ImageNet `fc` is dropped (the heads replace it)."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise WeightsError(f"{source} does not fit resnet18: {err}") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise WeightsError(f"{source} does not fit resnet18: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_weights(model: FaceModel, path) -> None:
+    """Load a whole-model state dict (a kit checkpoint) into `model`."""
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as err:
+        raise WeightsError(f"--weights {path} does not fit this model: {err}") from None
+
+
+def imagenet_weights_file() -> Path:
+    from torchvision.models import ResNet18_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+
+
+def imagenet_state_dict(timeout: float = 20.0) -> dict:
+    """ImageNet weights through torchvision's weights API and cache, with an offline-friendly error."""
+    from torchvision.models import ResNet18_Weights
+
+    expected = imagenet_weights_file()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # an unreachable host must not hang the run
+    try:
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:
+        raise WeightsError(
+            f"ImageNet weights for resnet18 are not in the torchvision cache and cannot be downloaded "
+            f"({type(err).__name__}: {err}).\n"
+            f"  - expected file: {expected}\n"
+            f"    (copy {ResNet18_Weights.IMAGENET1K_V1.url.rsplit('/', 1)[-1]} there; the folder "
+            f"follows TORCH_HOME, now {os.environ.get('TORCH_HOME', '~/.cache/torch')})\n"
+            f"  - or pass --weights PATH to load a local state dict\n"
+            f"  - or pass --no-pretrained to start from random initialisation") from None
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -1,0 +1,126 @@
+"""The cross-validation harness end to end on a tiny synthetic competition."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kit.config import TrainConfig, UserError
+from kit.cv import RunError, run_cv
+
+FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, folds=3)
+
+
+def test_cv_writes_a_complete_run(tiny_competition, project):
+    result = run_cv(TrainConfig(data=str(tiny_competition), **FAST), root=project, log=lambda *_: None)
+    run = result.run_dir
+    assert run == project / "runs" / "scratch" / tiny_competition.parent.name
+    assert result.complete and 0 <= result.scores.score <= 1
+    oof = pd.read_csv(run / "oof.csv")
+    assert list(oof.columns) == ["id", "fold", "gender", "age", "gender_prob", "age_pred"]
+    assert len(oof) == 80 and oof["id"].is_unique and set(oof["fold"]) == {0, 1, 2}
+    folds = pd.read_csv(next((project / "folds").glob("*-k3-seed42.csv")))
+    assert (oof.set_index("id")["fold"] == folds.set_index("id")["fold"].loc[oof["id"]]).all()
+    for k in range(3):
+        test = pd.read_csv(run / f"test_fold{k}.csv")
+        assert len(test) == 20 and test["gender_prob"].between(0, 1).all()
+        assert (run / f"fold{k}" / "best.pt").is_file() and (run / f"fold{k}" / "history.csv").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["overall"]["score"] == pytest.approx(result.scores.score)
+    assert set(metrics["folds"]) == {"0", "1", "2"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["folds_sha256"]
+    assert (run / "report.png").stat().st_size > 10_000
+
+
+def test_only_folds_and_rerun_skips_finished_folds(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **FAST)
+    partial = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [1]}), root=project, log=lambda *_: None)
+    assert not partial.complete and set(partial.fold_scores) == {1}
+    assert not (partial.run_dir / "oof.csv").exists()
+    lines = []
+    full = run_cv(cfg, root=project, log=lines.append)
+    assert full.complete and "fold 1: done earlier" in "\n".join(lines)
+    assert full.fold_scores[1] == partial.fold_scores[1]
+
+
+def test_another_configuration_never_overwrites_a_run(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **FAST)
+    first = run_cv(cfg, root=project, log=lambda *_: None)
+    before = (first.run_dir / "oof.csv").read_bytes()
+    changed = TrainConfig(**{**cfg.to_dict(), "epochs": 1})
+    with pytest.raises(RunError, match=r"another configuration \(epochs: 2 -> 1\).*--name.*--overwrite"):
+        run_cv(changed, root=project, log=lambda *_: None)
+    assert (first.run_dir / "oof.csv").read_bytes() == before
+    renamed = run_cv(TrainConfig(**{**changed.to_dict(), "name": "one-epoch"}), root=project, log=lambda *_: None)
+    assert renamed.run_dir.name == "one-epoch" and renamed.complete
+    replaced = run_cv(TrainConfig(**{**changed.to_dict(), "overwrite": True}), root=project, log=lambda *_: None)
+    assert json.loads((replaced.run_dir / "config.json").read_text())["train"]["epochs"] == 1
+
+
+def test_same_seed_same_score(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **FAST)
+    a = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "a"}), root=project, log=lambda *_: None)
+    b = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "b"}), root=project, log=lambda *_: None)
+    assert a.scores == b.scores
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "vgg", "unknown model 'vgg'"),
+    ("folds", 1, "--folds 1: need at least 2 folds"),
+    ("unfreeze_epoch", 9, "--unfreeze-epoch 9: must be between 0 and --epochs"),
+    ("only_folds", [4], r"--only-folds \[4\]: fold\(s\) \[4\] do not exist with --folds 3"),
+    ("lr_head", 5.0, "--lr-head 5.0: a learning rate must be in"),
+    ("weights", "/no/such.pth", "--weights '/no/such.pth': no such file"),
+])
+def test_bad_options_are_refused_before_any_work(tiny_competition, project, field, value, message):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, field: value})
+    with pytest.raises(UserError, match=message):
+        run_cv(cfg, root=project, log=lambda *_: None)
+    assert not (project / "runs").exists() and not (project / ".cache").exists()
+
+
+def test_offline_pretrained_stops_before_decoding(tiny_competition, project, monkeypatch, tmp_path):
+    from kit.models import WeightsError
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("kit.models.imagenet_state_dict",
+                        lambda: (_ for _ in ()).throw(WeightsError("offline: no weights")))
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "model": "resnet18", "pretrained": True})
+    with pytest.raises(WeightsError, match="offline"):
+        run_cv(cfg, root=project, log=lambda *_: None)
+    assert not (project / ".cache").exists()
+
+
+def cli(project, *args):
+    env = {**os.environ, "FACEKIT_ROOT": str(project), "PYTHONPATH": str(Path(__file__).parents[1])}
+    return [sys.executable, "-m", "kit", "cv", "scratch", *args], env
+
+
+def test_kill_9_mid_fold_then_resume_gives_the_same_score(competition_copy, project):
+    args = ["--data", str(competition_copy), "--folds", "2", "--epochs", "4", "--size", "48",
+            "--batch-size", "8", "--num-threads", "1"]
+    command, env = cli(project, *args, "--name", "killed")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = project / "runs/scratch/killed/fold0/last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "the run never reached its first epoch checkpoint"
+    assert not (project / "runs/scratch/killed/fold0/metrics.json").exists(), "killed too late to test resume"
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fold 0: resuming after epoch" in resumed.stdout
+    command, env = cli(project, *args, "--name", "uninterrupted")
+    whole = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    killed = json.loads((project / "runs/scratch/killed/metrics.json").read_text())["overall"]
+    clean = json.loads((project / "runs/scratch/uninterrupted/metrics.json").read_text())["overall"]
+    assert killed == clean

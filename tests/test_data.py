@@ -1,0 +1,130 @@
+"""Every bad input is reported with its file and row, all at once, before any training."""
+import shutil
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit.data import DataError, decode_image, load_competition
+
+
+def load(path, project, **kwargs):
+    return load_competition(str(path), project_root=project, size=32, **kwargs)
+
+
+def edit_csv(path, row, column, value):
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[row, column] = value
+    frame.to_csv(path, index=False)
+
+
+def test_loads_folder_parent_and_zip_alike(tiny_competition, project, tmp_path):
+    comp, train_images, test_images = load(tiny_competition, project)
+    assert len(comp.train) == 80 and len(comp.test) == 20
+    assert train_images.shape == (80, 32, 32, 3) and train_images.dtype == np.uint8
+    assert comp.name == tiny_competition.parent.name  # face_dataset/ is named after its parent
+    via_parent, _, _ = load(tiny_competition.parent, project)
+    assert via_parent.root == tiny_competition
+    archive = tmp_path / "my-comp.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in tiny_competition.rglob("*"):
+            z.write(file, "face_dataset/" + str(file.relative_to(tiny_competition)))
+    via_zip, zip_images, _ = load(archive, project)
+    assert via_zip.name == "my-comp" and np.array_equal(zip_images, train_images)
+
+
+def test_cached_images_are_memory_mapped_and_reused(tiny_competition, project):
+    _, first, _ = load(tiny_competition, project)
+    assert isinstance(first, np.memmap)
+    files = sorted((project / ".cache" / "images").glob("*.npy"))
+    _, second, _ = load(tiny_competition, project)
+    assert sorted((project / ".cache" / "images").glob("*.npy")) == files
+    assert np.array_equal(first[5], decode_image(tiny_competition / "train/00005.jpg", 32))
+
+
+def test_a_changed_image_gets_a_new_cache(competition_copy, project):
+    _, before, _ = load(competition_copy, project)
+    shutil.copy(competition_copy / "train/00001.jpg", competition_copy / "train/00000.jpg")
+    _, after, _ = load(competition_copy, project)
+    assert np.array_equal(after[0], after[1]) and not np.array_equal(before[0], after[0])
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("gender", "2", "train.csv line 5 (id '3'): gender '2' is not 0 or 1"),
+    ("gender", "male", "gender 'male' is not 0 or 1"),
+    ("age", "", "train.csv line 5 (id '3'): age is missing"),
+    ("age", "forty", "age 'forty' is not a number"),
+    ("age", "-3", "age '-3' is negative"),
+    ("age", "140", "age '140' is absurd (> 120)"),
+    ("id", "0", "train.csv line 5 (id '0'): duplicate id"),
+])
+def test_bad_labels_name_file_line_and_value(competition_copy, project, column, value, message):
+    edit_csv(competition_copy / "train.csv", 3, column, value)
+    with pytest.raises(DataError) as caught:
+        load(competition_copy, project)
+    assert message in str(caught.value)
+    assert not (project / ".cache" / "images").exists()  # stopped before decoding anything
+
+
+def test_missing_column_and_missing_file(competition_copy, project):
+    frame = pd.read_csv(competition_copy / "train.csv").drop(columns="age")
+    frame.to_csv(competition_copy / "train.csv", index=False)
+    (competition_copy / "test.csv").unlink()
+    with pytest.raises(DataError) as caught:
+        load(competition_copy, project)
+    text = str(caught.value)
+    assert "train.csv: missing column(s) ['age']" in text and "test.csv: file is missing" in text
+
+
+def test_all_problems_are_reported_at_once(competition_copy, project):
+    edit_csv(competition_copy / "train.csv", 0, "gender", "x")
+    edit_csv(competition_copy / "train.csv", 7, "age", "500")
+    edit_csv(competition_copy / "test.csv", 2, "id", "1")
+    with pytest.raises(DataError) as caught:
+        load(competition_copy, project)
+    text = str(caught.value)
+    assert "4 problem(s)" in text  # both rows of the duplicated test id are named
+    assert "line 2 (id '0'): gender 'x'" in text and "line 9 (id '7'): age '500'" in text
+    assert "test.csv line 4 (id '1'): duplicate id" in text
+
+
+def break_images(folder):
+    (folder / "train/00002.jpg").unlink()                                    # missing
+    data = (folder / "train/00004.jpg").read_bytes()
+    (folder / "train/00004.jpg").write_bytes(data[: len(data) // 2])          # truncated JPEG
+    (folder / "train/00006.jpg").write_text("this is not an image")          # not an image
+
+
+def test_bad_train_images_are_errors_with_rows(competition_copy, project):
+    break_images(competition_copy)
+    with pytest.raises(DataError) as caught:
+        load(competition_copy, project)
+    text = str(caught.value)
+    assert "3 image(s) are missing or unreadable" in text
+    assert "train.csv line 4 (id '2'): image train/00002.jpg is missing" in text
+    assert "train.csv line 6 (id '4'): image train/00004.jpg is unreadable" in text and "truncated" in text
+    assert "train.csv line 8 (id '6'): image train/00006.jpg is unreadable" in text
+    assert "--drop-bad-rows" in text
+
+
+def test_drop_bad_rows_drops_and_counts(competition_copy, project, capsys):
+    break_images(competition_copy)
+    comp, images, _ = load(competition_copy, project, drop_bad_rows=True)
+    assert len(comp.train) == 77 and len(comp.dropped) == 3
+    assert not {"2", "4", "6"} & set(comp.train["id"])
+    assert "dropped 3 train row(s)" in capsys.readouterr().out
+    # rows keep pointing at their own cached image
+    row = comp.train.set_index("id").loc["7", "cache_index"]
+    assert np.array_equal(images[row], decode_image(competition_copy / "train/00007.jpg", 32))
+
+
+def test_a_bad_test_image_is_always_an_error(competition_copy, project):
+    (competition_copy / "test/00003.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match=r"test.csv line 5 \(id '3'\): image test/00003.jpg is unreadable"):
+        load(competition_copy, project, drop_bad_rows=True)
+
+
+def test_data_path_that_does_not_exist(project):
+    with pytest.raises(DataError, match="--data /nowhere: no such file or folder"):
+        load("/nowhere", project)

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from kit.models import MODELS, WeightsError, create_model, imagenet_weights_file
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", [32, 64])
+def test_every_model_gives_two_heads_at_any_size(name, size):
+    model = create_model(name, pretrained=False).eval()
+    with torch.no_grad():
+        logits, age = model(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, 2) and age.shape == (2,)
+
+
+def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    torch.nn.init.constant_(reference.conv1.weight, 0.125)
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("resnet18", weights=str(path))
+    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    assert model.pretrained_backbone  # so training starts with the backbone frozen
+
+
+def test_a_kit_checkpoint_loads_back_whole(tmp_path):
+    trained = create_model("scratch")
+    torch.nn.init.constant_(trained.age_head.bias, 3.0)
+    torch.save({"model": trained.state_dict(), "epoch": 4}, tmp_path / "best.pt")
+    model = create_model("scratch", weights=str(tmp_path / "best.pt"))
+    assert model.age_head.bias.item() == 3.0
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match="bad.pth"):
+        create_model("resnet18", weights=str(tmp_path / "bad.pth"))
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot be read"):
+        create_model("resnet18", weights=str(tmp_path / "junk.pth"))
+
+
+def test_offline_imagenet_download_names_the_file_and_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from torchvision.models import ResNet18_Weights
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(WeightsError) as caught:
+        create_model("resnet18", pretrained=True)
+    message = str(caught.value)
+    assert str(imagenet_weights_file()) in message and str(tmp_path) in message
+    assert "TORCH_HOME" in message and "--weights" in message and "--no-pretrained" in message
+
+
+def test_scratch_has_no_pretrained_weights():
+    with pytest.raises(WeightsError, match="no pretrained weights"):
+        create_model("scratch", pretrained=True)
