@@ -23,7 +23,7 @@ import pandas as pd
 from kit.config import UserError, TrainConfig, add_train_arguments, check_config, config_from_args, parse_duration, parse_fold_list
 from kit.data import Competition, load_competition, locate
 from kit.files import read_json, sha256_file, write_csv, write_json
-from kit.folds import folds_for, folds_path
+from kit.folds import folds_for
 from kit.metric import Scores, score_probabilities
 from kit.models import create_model
 
@@ -76,11 +76,15 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
     write_json(config_path, {**record, "train": cfg.to_dict()})
 
 
-def run_cv(cfg: TrainConfig, *, root: Path | None = None,
+def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None = None,
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
            log=print) -> RunResult:
-    """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores."""
+    """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
+
+    The run lives in `run_dir` (default runs/<model>/<name>). `on_epoch(fold, epoch, scores)` and
+    `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there).
+    """
     started = time.monotonic()
     root = Path(root or project_root())
     check_config(cfg)
@@ -91,8 +95,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None,
         log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
     check_weights(cfg)
     cfg.name = cfg.name or competition_name
-    run_dir = root / "runs" / cfg.model / cfg.name
-    fold_file = folds_path(root / "folds", competition_name, cfg.folds, cfg.seed)
+    run_dir = Path(run_dir or root / "runs" / cfg.model / cfg.name)
 
     comp, train_images, test_images = load_competition(cfg.data, project_root=root, size=cfg.size,
                                                        drop_bad_rows=cfg.drop_bad_rows)

@@ -31,7 +31,7 @@ from kit.files import save_torch, write_csv
 from kit.metric import Scores, score_probabilities
 from kit.models import FaceModel, create_model
 
-INFERENCE_BATCH = 256
+MIN_INFERENCE_BATCH = 256  # inference keeps no activations: large batches amortise per-call overhead
 
 
 @dataclass
@@ -150,13 +150,13 @@ def set_phase(model: FaceModel, optimizer, cfg: TrainConfig, epoch: int, factor:
 # ----------------------------------------------------------------------------- prediction
 
 @torch.inference_mode()
-def predict(model, source: ImageSource, rows: np.ndarray, *, tta: bool, amp_dtype,
-            age_mean: float, age_std: float, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, source: ImageSource, rows: np.ndarray, *, tta: bool, amp_dtype, age_mean: float,
+            age_std: float, channels_last: bool, batch_size: int = MIN_INFERENCE_BATCH) -> tuple[np.ndarray, np.ndarray]:
     """(probability of male, age in years) for the cache rows `rows`."""
     model.eval()
     gender_prob, age = [], []
-    for start in range(0, len(rows), INFERENCE_BATCH):
-        x = prepare(source.batch(rows[start:start + INFERENCE_BATCH]), channels_last=channels_last)
+    for start in range(0, len(rows), batch_size):
+        x = prepare(source.batch(rows[start:start + batch_size]), channels_last=channels_last)
         views = [x, x.flip(3)] if tta else [x]
         probs, ages = 0, 0
         for view in views:
@@ -204,6 +204,8 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
+    predict_options = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_mean=age_mean, age_std=age_std,
+                           channels_last=cfg.channels_last, batch_size=max(MIN_INFERENCE_BATCH, 4 * batch_size))
     history, best_score, best_epoch, start_epoch = [], -1.0, -1, 0
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if last_path.is_file():
@@ -228,7 +230,7 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
         generator = torch.Generator().manual_seed(seed)
         order = np.random.default_rng(seed).permutation(len(train_rows))
         model.train()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         bar = tqdm(range(steps_per_epoch), desc=f"fold {fold} epoch {epoch}", leave=False, disable=None)
         for step in bar:
             global_step = epoch * steps_per_epoch + step
@@ -245,19 +247,19 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
+            loss_sum += loss.detach()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
         train_seconds = time.monotonic() - started
 
-        gender_prob, age_pred = predict(forward, train_source, valid_rows, tta=cfg.tta, amp_dtype=amp_dtype,
-                                        age_mean=age_mean, age_std=age_std, channels_last=cfg.channels_last)
+        gender_prob, age_pred = predict(forward, train_source, valid_rows, **predict_options)
         scores = score_probabilities(data.valid["gender"], gender_prob, data.valid["age"], age_pred)
         improved = scores.score > best_score
         if improved:
             best_score, best_epoch = scores.score, epoch
             save_torch(best_path, {"model": model.state_dict(), "epoch": epoch, "age_mean": age_mean,
                                    "age_std": age_std, "config": cfg.to_dict()})
-        history.append({"fold": fold, "epoch": epoch, "train_loss": loss_sum / max(1, steps_per_epoch),
+        history.append({"fold": fold, "epoch": epoch, "train_loss": loss_sum.item() / max(1, steps_per_epoch),
                         **scores.as_dict(), "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
                         "train_images_per_s": steps_per_epoch * batch_size / train_seconds,
                         "seconds": time.monotonic() - started})
@@ -274,11 +276,9 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     # The kept model: the best epoch's weights predict the held-out rows and the test set.
     best = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
-    kwargs = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_mean=age_mean, age_std=age_std,
-                  channels_last=cfg.channels_last)
-    oof_prob, oof_age = predict(model, train_source, valid_rows, **kwargs)
+    oof_prob, oof_age = predict(model, train_source, valid_rows, **predict_options)
     test_prob, test_age = predict(model, ImageSource(data.test_images, device, cfg.channels_last),
-                                  data.test["cache_index"].to_numpy(), **kwargs)
+                                  data.test["cache_index"].to_numpy(), **predict_options)
     oof = pd.DataFrame({"id": data.valid["id"].to_numpy(), "fold": fold, "gender": data.valid["gender"].to_numpy(),
                         "age": data.valid["age"].to_numpy(), "gender_prob": oof_prob, "age_pred": oof_age})
     test = pd.DataFrame({"id": data.test["id"].to_numpy(), "gender_prob": test_prob, "age_pred": test_age})

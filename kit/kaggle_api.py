@@ -1,0 +1,195 @@
+"""Talking to Kaggle through the official client: connecting, retrying, and saying what went wrong.
+
+The client (`kaggle`, built on `kagglesdk`) does every call; this module only decides what to do
+when a call fails. `import kaggle` authenticates at import time and prints its own help, so the
+import happens here, lazily and with its output held back, and never at the top of a module.
+
+Faults, as the issue asks:
+  connection errors, HTTP 5xx  -> retried `Retry.attempts` times with exponential backoff
+  401                          -> check the credentials
+  403                          -> join the competition and accept its rules (its URL is printed)
+  404                          -> unknown competition
+  429, daily limit             -> say so and stop
+A key or token never reaches a message: everything shown passes through `redact`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN_URL = "https://www.kaggle.com/settings/api"
+
+
+def competition_url(competition: str) -> str:
+    return f"https://www.kaggle.com/competitions/{competition}"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often and how patiently to retry a call that failed for a passing reason."""
+    attempts: int = 4           # tries in all, the first included
+    first_delay: float = 2.0    # seconds before the second try
+    factor: float = 2.0         # each further wait is this much longer
+    max_delay: float = 30.0
+
+    def delay(self, failed_attempts: int) -> float:
+        return min(self.first_delay * self.factor ** (failed_attempts - 1), self.max_delay)
+
+
+DEFAULT_RETRY = Retry()
+
+
+class KaggleFault(RuntimeError):
+    """A call to Kaggle that failed; the message says what to do about it. `kind` is for callers."""
+
+    def __init__(self, message: str, kind: str = "other", retryable: bool = False):
+        super().__init__(redact(message))
+        self.kind = kind
+        self.retryable = retryable
+
+
+class MissingCredentials(KaggleFault):
+    def __init__(self, message: str):
+        super().__init__(message, kind="credentials")
+
+
+# ----------------------------------------------------------------------------- secrets
+_SECRETS_IN_USE: set[str] = set()  # the key/token the client authenticated with (from any source)
+
+
+def _secrets() -> list[str]:
+    """Every key or token this process could be using, so that no message ever shows one."""
+    values = {os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")} | _SECRETS_IN_USE
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+def warn_if_readable_by_others(config_file: Path, out=None) -> bool:
+    """kaggle.json holds the API key: anyone who can read it can submit as you."""
+    try:
+        mode = config_file.stat().st_mode
+    except OSError:
+        return False
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(f"warning: {config_file} is readable by other users of this machine; "
+              f"run: chmod 600 {config_file}", file=out or sys.stderr)
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- connecting
+def connect(out=None):
+    """Import the official client, authenticate with whatever it supports, and return its KaggleApi."""
+    with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates and prints
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    api = KaggleApi()
+    config_file = Path(api.config)
+    warn_if_readable_by_others(config_file, out)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # our warning above replaces the client's
+            call_with_retry("checking the Kaggle credentials", api.authenticate, competition=None)
+    except SystemExit:  # the client's way of saying "no credentials"
+        raise MissingCredentials(missing_credentials_message(config_file)) from None
+    _SECRETS_IN_USE.update(str(api.config_values.get(name) or "") for name in ("key", "token"))
+    return api
+
+
+def missing_credentials_message(config_file: Path) -> str:
+    token_note = ""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        token_note = "KAGGLE_API_TOKEN is set, but Kaggle did not accept it (expired or revoked).\n"
+    return (f"{token_note}No usable Kaggle credentials. Create an API token at {TOKEN_URL} "
+            f"(\"Create New Token\"), then either\n"
+            f"  - save the kaggle.json it gives you as {config_file} and run: chmod 600 {config_file}\n"
+            f"  - or export KAGGLE_USERNAME=<your user name> KAGGLE_KEY=<the key from kaggle.json>\n"
+            f"  - or export KAGGLE_API_TOKEN=<a new-style API token>")
+
+
+# ----------------------------------------------------------------------------- faults
+def classify(error: BaseException, competition: str | None) -> KaggleFault | None:
+    """Turn a failed call's exception into a KaggleFault, or None when it is not a Kaggle call failing."""
+    import requests
+
+    if isinstance(error, KaggleFault):
+        return error
+    if isinstance(error, requests.exceptions.HTTPError) and error.response is not None:
+        return http_fault(error.response.status_code, _server_message(error), competition)
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return KaggleFault(f"could not reach Kaggle: {error}", kind="connection", retryable=True)
+    return None
+
+
+def _server_message(error) -> str:
+    try:
+        return str(error.response.json().get("message") or error)
+    except (ValueError, AttributeError):
+        return str(error)
+
+
+def http_fault(status: int, message: str, competition: str | None) -> KaggleFault:
+    where = f" '{competition}'" if competition else ""
+    said = f" (Kaggle said: {message})" if message else ""
+    if status >= 500:
+        return KaggleFault(f"Kaggle is having trouble (HTTP {status}){said}", kind="server", retryable=True)
+    if status == 401:
+        return KaggleFault(f"Kaggle rejected the credentials (HTTP 401). Check KAGGLE_USERNAME/KAGGLE_KEY, "
+                           f"KAGGLE_API_TOKEN or kaggle.json, or create a new token at {TOKEN_URL}", kind="auth")
+    if status == 403:
+        url = competition_url(competition) if competition else "the competition's page"
+        return KaggleFault(f"Kaggle refused access to the competition{where} (HTTP 403){said}. Join the "
+                           f"competition and accept its rules at {url}/rules, then try again", kind="forbidden")
+    if status == 404:
+        return KaggleFault(f"unknown competition{where} (HTTP 404){said}: check the slug in --competition "
+                           f"or KAGGLE_COMPETITION (the part after /competitions/ in its URL)", kind="not_found")
+    if status == 429:
+        return KaggleFault(f"Kaggle is rate-limiting these calls (HTTP 429){said}; stopping. Try again later",
+                           kind="rate_limited")
+    if looks_like_daily_limit(message):
+        return KaggleFault(f"the daily submission limit is reached{said}; stopping. Try again after "
+                           f"midnight UTC", kind="daily_limit")
+    return KaggleFault(f"Kaggle refused the call (HTTP {status}){said}", kind="refused")
+
+
+def looks_like_daily_limit(message: str) -> bool:
+    text = message.lower()
+    return "daily" in text and ("allowance" in text or "limit" in text)
+
+
+def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = DEFAULT_RETRY,
+                    before_retry=None, sleep=time.sleep, out=None):
+    """Run `call()`; retry connection errors and 5xx with backoff; raise KaggleFault for the rest.
+
+    `before_retry()` runs before each retry and may return a result instead (used to find a
+    submission Kaggle made although its answer never arrived).
+    """
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - classify decides what is ours to handle
+            fault = classify(error, competition)
+            if fault is None:
+                raise
+            if not fault.retryable or attempt == retry.attempts:
+                if fault.retryable:
+                    fault = KaggleFault(f"{what}: gave up after {attempt} tries: {fault}", fault.kind)
+                raise fault from error
+            delay = retry.delay(attempt)
+            print(f"{what}: {fault}; retrying in {delay:.1f}s (try {attempt + 1} of {retry.attempts})",
+                  file=out or sys.stderr, flush=True)
+            sleep(delay)
+            if before_retry is not None:
+                found = before_retry()
+                if found is not None:
+                    return found
+    raise AssertionError("unreachable")

@@ -1,0 +1,95 @@
+"""submissions/ledger.csv: every submission Kaggle confirmed, append-only.
+
+A row is only ever added, never changed: a submission is recorded as `pending` the moment Kaggle
+confirms it (so a crash or Ctrl-C while waiting loses nothing), and when its score arrives a new
+row with the same ref says `complete` or `error`. The latest row per (competition, ref) is the
+submission's state. Appending reads the existing bytes, adds one line and renames a complete new
+file into place (kit.files.atomic_path) under a lock, so concurrent submits cannot drop a row.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kit.files import atomic_path
+
+COLUMNS = ["time", "file", "sha256", "ref", "message", "competition", "cv_score", "status",
+           "public_score", "error"]
+HEADER = ",".join(COLUMNS) + "\n"
+
+
+class LedgerError(RuntimeError):
+    """The ledger file is not one this kit wrote; the message names it."""
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on the ledger's folder (the file itself is replaced on each append)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
+def _check_header(path: Path, existing: bytes) -> None:
+    first_line = existing.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if first_line != HEADER.strip():
+        raise LedgerError(f"{path}: first line is {first_line!r}, expected the ledger header "
+                          f"{HEADER.strip()!r}; move the file away rather than have it rewritten")
+
+
+def append_row(path, row: dict) -> dict:
+    """Append one row (missing columns left empty) and return it as written."""
+    path = Path(path)
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"ledger row has unknown column(s) {unknown}; columns are {COLUMNS}")
+    row = {column: "" if row.get(column) is None else str(row[column]) for column in COLUMNS}
+    line = io.StringIO()
+    csv.DictWriter(line, COLUMNS, lineterminator="\n").writerow(row)
+    with _locked(path):
+        existing = path.read_bytes() if path.exists() else b""
+        if existing:
+            _check_header(path, existing)
+            if not existing.endswith(b"\n"):
+                existing += b"\n"
+        else:
+            existing = HEADER.encode()
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(existing + line.getvalue().encode())
+    return row
+
+
+def read_rows(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_bytes()
+    if text:
+        _check_header(path, text)
+    return list(csv.DictReader(io.StringIO(text.decode())))
+
+
+def latest_states(rows: list[dict]) -> list[dict]:
+    """One row per submission, its latest, in the order the submissions were first recorded."""
+    latest: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        latest[(row["competition"], row["ref"])] = row  # dict keeps first-insertion order
+    return list(latest.values())
+
+
+def rows_for_file(rows: list[dict], sha256: str, competition: str) -> list[dict]:
+    """The recorded submissions of a file with this content to this competition."""
+    return [row for row in latest_states(rows) if row["sha256"] == sha256 and row["competition"] == competition]

@@ -1,0 +1,564 @@
+"""Download the competition, submit a file, wait for its public score, and keep a ledger.
+
+    ./run.sh download                                    # the competition's files into data/<slug>/
+    ./run.sh submit submissions/blend.csv -m "blend v2"  # validate, upload, wait for the score, record
+    ./run.sh submissions                                 # the ledger, pending submissions refreshed
+
+(`python -m kit.submit download|submit|submissions ...` does the same.) The official client does
+all the talking (see kit/kaggle_api.py for connecting, retries and what each HTTP error means);
+this module decides what to send and records what Kaggle confirmed in submissions/ledger.csv
+(kit/ledger.py). The competition is --competition, else $KAGGLE_COMPETITION, else the project's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.ensemble import SubmissionError, validate_submission_file
+from kit.files import sha256_file, write_json
+from kit.kaggle_api import DEFAULT_RETRY, KaggleFault, Retry, call_with_retry, connect
+from kit.ledger import LedgerError, append_row, latest_states, now_utc, read_rows, rows_for_file
+
+MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
+MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
+
+
+class SubmitError(RuntimeError):
+    """A submit or download that was stopped before anything reached Kaggle; the message says why."""
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How to wait for a score: checks `interval` apart, growing by `factor`, for `timeout` seconds."""
+    interval: float = 5.0
+    factor: float = 1.5
+    max_interval: float = 60.0
+    timeout: float = 1800.0
+
+
+DEFAULT_POLLING = Polling()
+
+
+def say(text: str) -> None:
+    """The default `out`: progress lines appear at once even when stdout is a pipe."""
+    print(text, flush=True)
+
+
+def resolve_competition(competition: str | None = None) -> str:
+    from kit.data import DEFAULT_COMPETITION
+
+    return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
+
+
+# ----------------------------------------------------------------------------- download
+@dataclass
+class DownloadResult:
+    folder: Path
+    downloaded: bool   # False when the files were already there and unchanged on Kaggle
+    files: int
+
+
+def download(competition: str | None = None, dest=None, *, root=".", force: bool = False, api=None,
+             retry: Retry = DEFAULT_RETRY, progress: bool = False, out=say) -> DownloadResult:
+    """Download and extract the competition's files into `dest` (default root/data/<slug>/).
+
+    One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
+    manifest of the last download, and when they match (and every extracted file is still there)
+    nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
+    """
+    slug = resolve_competition(competition)
+    dest = Path(dest) if dest else Path(root) / "data" / slug
+    manifest_path = dest / MANIFEST_NAME
+    if dest.exists() and not manifest_path.exists() and not force:
+        raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
+                          f"move it away, or pass --force to replace it")
+    api = api or connect()
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+    request = ApiDownloadDataFilesRequest()
+    request.competition_name = slug
+    with api.build_kaggle_client() as client:
+        response = call_with_retry(f"asking Kaggle for the files of '{slug}'",
+                                   lambda: client.competitions.competition_api_client.download_data_files(request),
+                                   competition=slug, retry=retry)
+        remote = {"url": response.url.split("?")[0], "bytes": response.headers.get("Content-Length"),
+                  "last_modified": response.headers.get("Last-Modified"), "etag": response.headers.get("ETag")}
+        manifest = _read_json(manifest_path)
+        if not force and _unchanged(dest, manifest, remote):
+            response.close()
+            out(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
+            return DownloadResult(dest, False, len(manifest["files"]))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+        try:
+            archive = staging / f"{slug}.zip"
+            out(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
+            try:
+                api.download_file(response, str(archive), client.http_client(), quiet=not progress)
+            except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
+                from kit.kaggle_api import classify
+
+                fault = classify(error, slug)
+                raise (fault or error) from error
+            files = _extract(archive, staging / "extracted")
+            write_json(staging / "extracted" / MANIFEST_NAME,
+                       {"competition": slug, "downloaded": now_utc(), "remote": remote,
+                        "archive_sha256": sha256_file(archive), "files": files})
+            if dest.exists():
+                os.replace(dest, staging / "previous")  # removed with staging below
+            os.replace(staging / "extracted", dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    out(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
+    return DownloadResult(dest, True, len(files))
+
+
+def _unchanged(dest: Path, manifest: dict, remote: dict) -> bool:
+    identified = remote["etag"] or remote["last_modified"] or remote["bytes"]
+    if not identified or manifest.get("remote") != remote:
+        return False
+    for entry in manifest.get("files", []):
+        try:
+            if (dest / entry["name"]).stat().st_size != entry["bytes"]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _extract(archive: Path, target: Path) -> list[dict]:
+    """Extract every member (zipfile drops absolute and '..' parts); return names and sizes."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+            return [{"name": info.filename, "bytes": info.file_size} for info in zf.infolist() if not info.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise SubmitError(f"the archive Kaggle sent is not a valid zip ({error}); try again") from error
+
+
+def _where_train_is(dest: Path) -> str:
+    from kit.data import DataError, find_competition_folder
+
+    try:
+        return f"; train.csv is in {find_competition_folder(dest)}"
+    except DataError as error:
+        return f"; warning: {error}"
+
+
+def _size(content_length) -> str:
+    return f"{int(content_length) / 2**20:.1f} MiB" if content_length else "size unknown"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ----------------------------------------------------------------------------- submit
+@dataclass
+class SubmitResult:
+    status: str                  # dry-run | pending | complete | error
+    ref: int | None = None
+    public_score: str | None = None
+    cv_score: float | None = None
+    remaining_today: int | None = None
+    error: str | None = None
+
+
+def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=".",
+           ledger_path=None, dry_run: bool = False, wait: bool = True, force: bool = False, api=None,
+           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep,
+           out=say) -> SubmitResult:
+    """Validate `path`, refuse a duplicate, submit it, wait for the score and record it in the ledger.
+
+    Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in
+    none of those cases was anything submitted or recorded.
+    """
+    path, root = Path(path), Path(root)
+    ledger_path = Path(ledger_path) if ledger_path else root / "submissions" / "ledger.csv"
+    slug = resolve_competition(competition)
+    if not path.is_file():
+        raise SubmitError(f"{path}: no such file")
+    sha256 = sha256_file(path)
+    sidecar = _read_sidecar(path)
+    cv_score = _cv_score(sidecar, sha256, path, out)
+    if sidecar.get("competition") not in (None, slug):
+        out(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
+            f"submitting to '{slug}'")
+
+    connection = {}
+
+    def kaggle():  # connect only when a step needs Kaggle
+        if "api" not in connection:
+            connection["api"] = api or connect()
+        return connection["api"]
+
+    sample_path = find_sample(slug, sample, sidecar, root, kaggle, retry, out)
+    validate_submission_file(path, sample_path)
+    earlier = rows_for_file(read_rows(ledger_path), sha256, slug)  # also checks the ledger before uploading
+    if earlier and not force:
+        row = earlier[-1]
+        raise SubmitError(f"{path} (sha256 {sha256[:12]}) was already submitted to '{slug}' on {row['time']} as "
+                          f"ref {row['ref']} ({row['status']}, public score {row['public_score'] or '-'}); "
+                          f"see {ledger_path}. Pass --force to submit it again")
+    message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
+    out(f"{path}: valid against {sample_path}")
+    if dry_run:
+        out(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
+        return SubmitResult("dry-run", cv_score=cv_score)
+
+    limits = submission_limits(kaggle(), slug)
+    if limits is not None and limits.num_allowed_now == 0 and (limits.num_today > 0 or limits.limited_by_total):
+        raise KaggleFault(f"the daily submission limit of '{slug}' is reached ({limits.num_today} used today); "
+                          f"stopping before the upload. Try again after midnight UTC", kind="daily_limit")
+    ref = create_submission(kaggle(), path, message, slug, retry=retry, sleep=sleep)
+    row = {"time": now_utc(), "file": str(path), "sha256": sha256, "ref": ref, "message": message,
+           "competition": slug, "cv_score": "" if cv_score is None else f"{cv_score:.6f}", "status": "pending"}
+    _record(ledger_path, row, out)
+    out(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
+    try:
+        limits = submission_limits(kaggle(), slug)
+    except KaggleFault:  # the submission is made and recorded; the count is only a courtesy now
+        limits = None
+    remaining = limits.num_allowed_now if limits is not None else None
+    if remaining is not None:
+        out(f"{remaining} submission(s) remaining today")
+    if not wait:
+        out(f"not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
+        return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
+    try:
+        scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep, out=out)
+    except KeyboardInterrupt:
+        out(f"\nstopped waiting: submission {ref} stays recorded as pending in {ledger_path}; "
+            f"`./run.sh submissions` refreshes it")
+        raise
+    except KaggleFault as fault:
+        out(f"could not read the score of submission {ref}: {fault}\nit stays recorded as pending in "
+            f"{ledger_path}; `./run.sh submissions` refreshes it")
+        return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
+    status = _status(scored)
+    if status == "pending":
+        out(f"submission {ref} is still being scored after {polling.timeout:.0f}s; it stays pending in "
+            f"{ledger_path}; `./run.sh submissions` refreshes it")
+        return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
+    _record(ledger_path, {**row, "time": now_utc(), "status": status, "public_score": scored.public_score or "",
+                          "error": scored.error_description or ""}, out)
+    if status == "error":
+        out(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
+        return SubmitResult("error", ref, cv_score=cv_score, remaining_today=remaining,
+                            error=scored.error_description)
+    out(_score_line(scored.public_score, cv_score))
+    out(f"recorded in {ledger_path}")
+    return SubmitResult("complete", ref, scored.public_score, cv_score, remaining)
+
+
+def _read_sidecar(path: Path) -> dict:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.exists():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except ValueError as error:
+        raise SubmitError(f"{sidecar}: not valid JSON ({error})") from error
+
+
+def _cv_score(sidecar: dict, sha256: str, path: Path, out) -> float | None:
+    if "cv_score" not in sidecar:
+        out(f"note: no CV score for {path} (no {path.with_suffix('.json').name} from the ensembler)")
+        return None
+    if sidecar.get("sha256") not in (None, sha256):
+        out(f"warning: {path} changed after the ensembler wrote it (sha256 differs from "
+            f"{path.with_suffix('.json').name}); its CV score is not recorded")
+        return None
+    return float(sidecar["cv_score"])
+
+
+def _score_line(public: str | None, cv: float | None) -> str:
+    line = f"public score {public or '(not published)'}"
+    if cv is not None:
+        line += f"   CV score {cv:.5f}"
+        try:
+            line += f"   (public - CV = {float(public) - cv:+.5f})"
+        except (TypeError, ValueError):
+            pass
+    return line
+
+
+def _record(ledger_path: Path, row: dict, out) -> None:
+    """Append to the ledger; if that fails Kaggle has the submission anyway, so say so loudly."""
+    try:
+        append_row(ledger_path, row)
+    except (OSError, LedgerError) as error:
+        out(f"WARNING: Kaggle has submission {row['ref']} ({row['status']}) but it could not be written to "
+            f"{ledger_path}: {error}. Add it by hand: {json.dumps(row)}")
+        raise
+
+
+def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry, out) -> Path:
+    """--sample, else the sidecar's, else data/<slug>/'s, else sample_submission.csv from Kaggle."""
+    if sample is not None:
+        if not Path(sample).is_file():
+            raise SubmitError(f"--sample {sample}: no such file")
+        return Path(sample)
+    recorded = sidecar.get("sample_submission")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    local = sorted((root / "data" / slug).rglob("sample_submission.csv"), key=lambda p: (len(p.parts), str(p)))
+    if local:
+        return local[0]
+    cache = root / ".cache" / "kaggle" / slug
+    cached = sorted(cache.rglob("sample_submission.csv"))
+    if cached:
+        return cached[0]
+    out(f"no sample_submission.csv for '{slug}' here (run ./run.sh download); fetching it from Kaggle")
+    api = kaggle()
+    name = call_with_retry("finding sample_submission.csv", lambda: _find_data_file(api, slug, "sample_submission.csv"),
+                           competition=slug, retry=retry)
+    call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
+        slug, name, path=str(cache), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
+    return cache / name
+
+
+def _find_data_file(api, slug: str, basename: str) -> str:
+    page_token = None
+    for _ in range(MAX_FILE_LIST_PAGES):
+        response = api.competition_list_files(slug, page_token=page_token, page_size=200)
+        names = [f.name for f in response.files if f.name.rsplit("/", 1)[-1] == basename]
+        if names:
+            return min(names, key=len)
+        page_token = response.next_page_token
+        if not page_token:
+            break
+    raise SubmitError(f"'{slug}' has no {basename} among its data files; pass --sample PATH")
+
+
+# ----------------------------------------------------------------------------- Kaggle calls
+def create_submission(api, path: Path, message: str, slug: str, *, retry: Retry, sleep=time.sleep) -> int:
+    """Upload and create the submission through the client; return the ref Kaggle confirmed.
+
+    The client reports a failed upload through the response message, not an exception, so a
+    response without a ref is a failure. Before each retry the newest submissions are checked for
+    this one, in case Kaggle made it and only the answer was lost: retrying then would submit twice.
+    """
+    before = {s.ref for s in _submissions(api, slug, retry)}
+
+    def attempt() -> int:
+        response = api.competition_submit(str(path), message, slug, quiet=True)
+        if response.ref:
+            return int(response.ref)
+        if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+            raise KaggleFault(f"uploading {path} to Kaggle failed", kind="upload", retryable=True)
+        found = made_anyway()
+        if found is not None:
+            return found
+        raise KaggleFault(f"Kaggle answered {response.message!r} without confirming a submission; "
+                          f"nothing was recorded", kind="refused")
+
+    def made_anyway() -> int | None:
+        try:
+            new = [s for s in _submissions(api, slug, Retry(attempts=1)) if s.ref not in before
+                   and s.file_name == path.name and (s.description or "") == message]
+        except KaggleFault:
+            return None
+        return max(s.ref for s in new) if new else None
+
+    return call_with_retry("submitting", attempt, competition=slug, retry=retry, before_retry=made_anyway, sleep=sleep)
+
+
+def _submissions(api, slug: str, retry: Retry) -> list:
+    return call_with_retry("listing submissions", lambda: api.competition_submissions(slug) or [],
+                           competition=slug, retry=retry)
+
+
+def submission_limits(api, slug: str):
+    """Kaggle's count of submissions left today, or None where it cannot say just now.
+
+    Wrong credentials, a competition not joined or unknown, or rate limiting stop everything; a
+    passing failure here does not, since the count is a courtesy (and the create call checks anyway).
+    """
+    try:
+        return call_with_retry("asking for the submission limits", lambda: api.competition_get_submission_limits(slug),
+                               competition=slug, retry=Retry(attempts=1))
+    except KaggleFault as fault:
+        if fault.kind in ("auth", "forbidden", "not_found", "rate_limited"):
+            raise
+        return None
+
+
+def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
+    """The submission's current state, or None while Kaggle does not show it yet (it may lag a moment).
+
+    Called through kagglesdk rather than KaggleApi.get_submission, whose own retry loop waits
+    minutes on a dead connection; call_with_retry's bounds apply instead.
+    """
+    import requests
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    request = ApiGetSubmissionRequest()
+    request.ref = int(ref)
+
+    def read():
+        with api.build_kaggle_client() as client:
+            try:
+                return client.competitions.competition_api_client.get_submission(request)
+            except requests.exceptions.HTTPError as error:
+                if error.response is not None and error.response.status_code == 404:
+                    return None
+                raise
+
+    return call_with_retry(f"reading submission {ref}", read, competition=slug, retry=retry)
+
+
+def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLING, retry: Retry = DEFAULT_RETRY,
+                   sleep=time.sleep, out=say):
+    """Poll until the submission is scored or errored, or `polling.timeout` passes; return its last state."""
+    deadline = time.monotonic() + polling.timeout
+    interval = polling.interval
+    while True:
+        submission = get_submission(api, ref, slug, retry)
+        if submission is not None and _status(submission) != "pending":
+            return submission
+        if time.monotonic() + interval > deadline:
+            return submission
+        out(f"  submission {ref}: being scored; next check in {interval:.0f}s")
+        sleep(interval)
+        interval = min(interval * polling.factor, polling.max_interval)
+
+
+def _status(submission) -> str:
+    return "pending" if submission is None else submission.status.name.lower()
+
+
+# ----------------------------------------------------------------------------- the ledger, listed
+def list_submissions(competition: str | None = None, *, root=".", ledger_path=None, refresh: bool = True, api=None,
+                     retry: Retry = DEFAULT_RETRY, out=say) -> list[dict]:
+    """Print and return the latest state of every recorded submission; ask Kaggle about pending ones."""
+    ledger_path = Path(ledger_path) if ledger_path else Path(root) / "submissions" / "ledger.csv"
+
+    def current() -> list[dict]:
+        states = latest_states(read_rows(ledger_path))
+        return [row for row in states if competition is None or row["competition"] == competition]
+
+    pending = [row for row in current() if row["status"] == "pending"]
+    if refresh and pending:
+        try:
+            api = api or connect()
+            for row in pending:
+                scored = get_submission(api, int(row["ref"]), row["competition"], retry)
+                if _status(scored) != "pending":
+                    append_row(ledger_path, {**row, "time": now_utc(), "status": _status(scored),
+                                             "public_score": scored.public_score or "",
+                                             "error": scored.error_description or ""})
+        except KaggleFault as fault:
+            out(f"could not refresh the pending submissions: {fault}")
+    rows = current()
+    out(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = [("time", "time"), ("ref", "ref"), ("file", "file"), ("status", "status"),
+               ("public_score", "public"), ("cv_score", "cv"), ("message", "message")]
+    cells = [[label for _, label in columns]] + [[row[key] or "-" for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+
+
+# ----------------------------------------------------------------------------- command line
+def _competition_argument(parser):
+    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
+
+
+def _run(action) -> int:
+    """Run a command; print a failure as one clear message and turn it into an exit code."""
+    try:
+        return action()
+    except SubmissionError as error:
+        print(f"{error}\nnothing was uploaded", file=sys.stderr)
+    except (SubmitError, KaggleFault, LedgerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def download_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh download", description="Download the competition's files "
+                                     "into data/<slug>/ and extract them; nothing happens when they are unchanged.")
+    _competition_argument(parser)
+    parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
+    parser.add_argument("--force", action="store_true", help="download again even when unchanged")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
+        return 0
+
+    return _run(action)
+
+
+def submit_main(argv=None) -> int:
+    from kit.config import parse_duration
+
+    parser = argparse.ArgumentParser(prog="run.sh submit", description="Validate a submission file, submit it, "
+                                     "wait for its public score and record it in submissions/ledger.csv.")
+    parser.add_argument("file", help="submissions/NAME.csv (its CV score is read from NAME.json)")
+    parser.add_argument("-m", "--message", help="submission description (default: NAME and its CV score)")
+    _competition_argument(parser)
+    parser.add_argument("--sample", help="sample_submission.csv to validate against (default: found or fetched)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and check the ledger; upload nothing")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for the score")
+    parser.add_argument("--force", action="store_true", help="submit even if the ledger has this file already")
+    parser.add_argument("--poll-timeout", type=parse_duration, default=DEFAULT_POLLING.timeout,
+                        help="how long to wait for the score, e.g. 90s, 30m (default 30m)")
+    parser.add_argument("--poll-interval", type=parse_duration, default=DEFAULT_POLLING.interval,
+                        help="first wait between checks; later waits grow to 60s (default 5s)")
+    args = parser.parse_args(argv)
+    polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
+
+    def action() -> int:
+        result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
+                        wait=not args.no_wait, force=args.force, polling=polling)
+        return 1 if result.status == "error" else 0
+
+    return _run(action)
+
+
+def submissions_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh submissions", description="List submissions/ledger.csv, "
+                                     "asking Kaggle for the scores of pending submissions.")
+    parser.add_argument("--competition", help="only this competition's submissions")
+    parser.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about pending submissions")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        list_submissions(args.competition, refresh=not args.no_refresh)
+        return 0
+
+    return _run(action)
+
+
+COMMANDS = {"download": download_main, "submit": submit_main, "submissions": submissions_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m kit.submit {{{','.join(COMMANDS)}}} ... (-h after a command for its options)\n\n"
+              + __doc__, file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

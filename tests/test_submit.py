@@ -1,0 +1,432 @@
+"""kit.submit against the local fake Kaggle (tests/kaggle_server.py), through the official client.
+
+Every test starts its own server on a free port; the client reaches it through HTTP_PROXY with
+KAGGLE_API_ENVIRONMENT=LOCALHOST. Credentials come from the environment (or a kaggle.json in a
+temporary KAGGLE_CONFIG_DIR), never from the user's own ~/.kaggle.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit.ensemble import SubmissionError
+from kit.files import sha256_file
+from kit.kaggle_api import KaggleFault, MissingCredentials, Retry, TOKEN_URL, connect
+from kit.ledger import HEADER, LedgerError, append_row, latest_states, read_rows
+from kit.metric import score
+from kit.submit import Polling, SubmitError, download, list_submissions, main, submit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = Retry(attempts=3, first_delay=0.01)             # retries without real waiting
+QUICK = Polling(interval=0.01, timeout=0.2)
+TEST_IDS = list(range(100, 130))
+
+
+# ----------------------------------------------------------------------------- data
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory) -> dict:
+    """A tiny competition as Kaggle serves it (face_dataset/ in a zip) and its hidden labels."""
+    folder = tmp_path_factory.mktemp("competition")
+    rng = np.random.default_rng(0)
+    n = len(TEST_IDS)
+    labels = pd.DataFrame({"id": TEST_IDS, "gender": rng.integers(0, 2, n), "age": rng.integers(1, 90, n),
+                           "Usage": ["Public", "Private"] * (n // 2)})
+    train = pd.DataFrame({"id": range(6), "full_path": [f"train/{i:05d}.jpg" for i in range(6)],
+                          "gender": [0, 1] * 3, "age": [20, 30, 40, 50, 60, 70]})
+    files = {"face_dataset/train.csv": train.to_csv(index=False),
+             "face_dataset/test.csv": pd.DataFrame({"id": TEST_IDS, "full_path": [f"test/{i}.jpg" for i in TEST_IDS]})
+             .to_csv(index=False),
+             "face_dataset/sample_submission.csv": labels[["id"]].assign(gender=1, age=30).to_csv(index=False),
+             "face_dataset/train/00000.jpg": "not really a jpeg"}
+    write_zip(folder / "competition.zip", files)
+    labels.to_csv(folder / "labels.csv", index=False)
+    sample = folder / "sample_submission.csv"
+    sample.write_text(files["face_dataset/sample_submission.csv"])
+    return {"zip": folder / "competition.zip", "labels": labels, "sample": sample}
+
+
+def write_zip(path: Path, files: dict[str, str]) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+
+
+def prediction(labels: pd.DataFrame, flips: int = 3, seed: int = 1) -> pd.DataFrame:
+    """A submission a little off the labels, so its score is neither 0 nor 1."""
+    rng = np.random.default_rng(seed)
+    gender = labels.gender.to_numpy().copy()
+    gender[:flips] = 1 - gender[:flips]
+    return pd.DataFrame({"id": labels.id, "gender": gender, "age": labels.age + rng.normal(0, 5, len(labels)).round(2)})
+
+
+def expected_public(labels: pd.DataFrame, sub: pd.DataFrame) -> str:
+    public = labels.Usage == "Public"
+    return f"{score(labels.gender[public], sub.gender[public], labels.age[public], sub.age[public]).score:.5f}"
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    (tmp_path / "submissions").mkdir()
+    return tmp_path
+
+
+def write_submission(root: Path, frame: pd.DataFrame, name: str = "blend", cv: float | None = 0.8) -> Path:
+    path = root / "submissions" / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    if cv is not None:
+        (root / "submissions" / f"{name}.json").write_text(json.dumps({"cv_score": cv, "sha256": sha256_file(path)}))
+    return path
+
+
+# ----------------------------------------------------------------------------- the server and the client
+@pytest.fixture
+def make_server(competition, monkeypatch, tmp_path_factory):
+    """Start a fake Kaggle (keyword arguments as KaggleServer's) and point the official client at it."""
+    servers = []
+    home = tmp_path_factory.mktemp("home")
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_COMPETITION", "NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))  # no ~/.kaggle of the user's is read
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle-config"))
+
+    def start(**options) -> KaggleServer:
+        options = {"data_zip": competition["zip"], "labels": competition["labels"], **options}
+        server = KaggleServer(**options).start()
+        servers.append(server)
+        for name, value in server.client_env().items():
+            monkeypatch.setenv(name, value)
+        _client_uses_localhost(monkeypatch)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _client_uses_localhost(monkeypatch) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    # The client reads KAGGLE_API_ENVIRONMENT once, when it is first imported; if that happened
+    # before the variable was set, tell the class directly.
+    if "--local" not in KaggleApi.args:
+        monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--local"])
+
+
+@pytest.fixture
+def server(make_server) -> KaggleServer:
+    return make_server()
+
+
+def client_env(server: KaggleServer, home: Path, **overrides) -> dict:
+    """Environment for a subprocess (the kaggle CLI, or the kit's) talking to `server`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k.lower() != "no_proxy"}
+    env.update(server.client_env(), HOME=str(home), KAGGLE_CONFIG_DIR=str(home / "kaggle-config"),
+               PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------- submit
+def test_submit_records_the_public_score_beside_the_cv_score(server, competition, root, capsys):
+    sub = prediction(competition["labels"])
+    path = write_submission(root, sub, cv=0.8123)
+    result = submit(path, "first blend", root=root, retry=FAST, polling=QUICK)
+
+    expected = expected_public(competition["labels"], sub)
+    assert (result.status, result.public_score, result.cv_score) == ("complete", expected, 0.8123)
+    assert result.remaining_today == 4
+    out = capsys.readouterr().out
+    assert f"public score {expected}   CV score 0.81230" in out and "4 submission(s) remaining today" in out
+    rows = read_rows(root / "submissions" / "ledger.csv")
+    assert [r["status"] for r in rows] == ["pending", "complete"]  # recorded on confirmation, then scored
+    final = rows[-1]
+    assert final["ref"] == str(result.ref) == str(server.submissions[0].ref)
+    assert (final["sha256"], final["message"], final["competition"]) == (sha256_file(path), "first blend",
+                                                                        DEFAULT_COMPETITION)
+    assert (final["public_score"], float(final["cv_score"])) == (expected, 0.8123)
+    assert server.submissions[0].description == "first blend" and server.count("PUT") == 1
+
+
+def test_submit_command_line(server, competition, root, monkeypatch, capsys):
+    write_submission(root, prediction(competition["labels"]), name="cli", cv=0.75)
+    monkeypatch.chdir(root)
+    assert main(["submit", "submissions/cli.csv", "-m", "from the CLI"]) == 0
+    out = capsys.readouterr().out
+    assert "public score" in out and "CV score 0.75000" in out
+    assert main(["submissions"]) == 0
+    listing = capsys.readouterr().out
+    assert "complete" in listing and "submissions/cli.csv" in listing and "from the CLI" in listing
+
+
+def test_official_cli_submits_to_the_local_server(server, competition, root, tmp_path):
+    path = write_submission(root, prediction(competition["labels"]), cv=None)
+    env = client_env(server, tmp_path / "home")
+    done = run(["-m", "kaggle", "competitions", "submit", "-c", DEFAULT_COMPETITION, "-f", str(path),
+                "-m", "official"], env, root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Submission ref: {server.submissions[0].ref}" in done.stdout
+    assert "4 submissions remaining today" in done.stdout
+    listed = run(["-m", "kaggle", "competitions", "submissions", "-c", DEFAULT_COMPETITION, "-v"], env, root)
+    assert expected_public(competition["labels"], pd.read_csv(path)) in listed.stdout
+
+    wrong = run(["-m", "kaggle", "competitions", "submit", "-c", DEFAULT_COMPETITION, "-f", str(path), "-m", "x"],
+                client_env(server, tmp_path / "home", KAGGLE_KEY="not-the-key"), root)
+    assert wrong.returncode != 0 and "Authentication required" in wrong.stdout
+    assert len(server.submissions) == 1
+
+
+def test_wrong_credentials_stop_before_the_upload(make_server, competition, root, monkeypatch):
+    server = make_server()
+    monkeypatch.setenv("KAGGLE_KEY", "wrong-key-1234")
+    path = write_submission(root, prediction(competition["labels"]))
+    with pytest.raises(KaggleFault) as caught:
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert caught.value.kind == "auth" and TOKEN_URL in str(caught.value)
+    assert "wrong-key-1234" not in str(caught.value)
+    assert server.count("StartSubmissionUpload") == 0 and not server.submissions
+    assert not (root / "submissions" / "ledger.csv").exists()
+
+
+def test_two_503s_then_success(server, competition, root, capsys):
+    server.fail_next("CreateSubmission", 503, 503)
+    result = submit(write_submission(root, prediction(competition["labels"])), "retried", root=root,
+                    retry=FAST, polling=QUICK)
+    assert result.status == "complete"
+    assert server.count("CreateSubmission") == 3 and len(server.submissions) == 1
+    assert capsys.readouterr().err.count("retrying in") == 2
+
+
+def test_503s_that_never_stop_are_given_up(server, competition, root):
+    server.fail_next("CreateSubmission", *[503] * 5)
+    with pytest.raises(KaggleFault, match="gave up after 3 tries"):
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+    assert server.count("CreateSubmission") == 3 and not server.submissions
+    assert not (root / "submissions" / "ledger.csv").exists()
+
+
+def test_a_lost_answer_is_found_not_submitted_twice(server, competition, root):
+    server.lose_next_create_responses(1)  # Kaggle makes the submission, the answer is a 503
+    result = submit(write_submission(root, prediction(competition["labels"])), "lost", root=root,
+                    retry=FAST, polling=QUICK)
+    assert len(server.submissions) == 1 and server.count("CreateSubmission") == 1
+    assert result.ref == server.submissions[0].ref and result.status == "complete"
+
+
+def test_silent_upload_failure_is_a_failure(server, competition, root):
+    """The client returns "Could not submit to competition" without raising when the upload fails."""
+    server.fail_next("PUT", 500, 500, 500)
+    with pytest.raises(KaggleFault, match="uploading .* failed"):
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+    assert server.count("PUT") == 3 and server.count("CreateSubmission") == 0
+    assert not (root / "submissions" / "ledger.csv").exists()
+
+
+def test_daily_limit_reached_stops_before_the_upload(make_server, competition, root, tmp_path):
+    server = make_server(daily_limit=5, used_today=5)
+    path = write_submission(root, prediction(competition["labels"]))
+    with pytest.raises(KaggleFault, match="daily submission limit") as caught:
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert caught.value.kind == "daily_limit" and server.count("StartSubmissionUpload") == 0
+
+    # When the limits call fails, Kaggle's refusal of the submission itself says the same.
+    server.fail_next("GetSubmissionLimits", 500)
+    with pytest.raises(KaggleFault) as caught:
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert caught.value.kind == "daily_limit" and server.count("CreateSubmission") == 1
+    assert not server.submissions and not (root / "submissions" / "ledger.csv").exists()
+
+    official = run(["-m", "kaggle", "competitions", "submit", "-c", DEFAULT_COMPETITION, "-f", str(path), "-m", "x"],
+                   client_env(server, tmp_path / "home"), root)
+    assert official.returncode != 0 and "daily Submission allowance" in official.stderr
+
+
+def test_rate_limit_is_not_retried(server, competition, root):
+    server.fail_next("CreateSubmission", 429)
+    with pytest.raises(KaggleFault) as caught:
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+    assert caught.value.kind == "rate_limited" and server.count("CreateSubmission") == 1
+
+
+@pytest.mark.parametrize("options, competition_slug, kind, hint", [
+    ({"entered": False}, DEFAULT_COMPETITION, "forbidden", f"https://www.kaggle.com/competitions/{DEFAULT_COMPETITION}/rules"),
+    ({}, "no-such-competition", "not_found", "unknown competition 'no-such-competition'"),
+])
+def test_forbidden_and_unknown_competitions(make_server, competition, root, options, competition_slug, kind, hint):
+    server = make_server(**options)
+    path = write_submission(root, prediction(competition["labels"]))
+    with pytest.raises(KaggleFault) as caught:
+        submit(path, "x", competition_slug, sample=competition["sample"], root=root, retry=FAST, polling=QUICK)
+    assert caught.value.kind == kind and hint in str(caught.value)
+    assert not server.submissions
+
+
+def test_malformed_file_is_stopped_before_upload(server, competition, root, monkeypatch, capsys):
+    bad = prediction(competition["labels"]).assign(gender=0.5)
+    path = write_submission(root, bad.iloc[:-1], name="bad")  # a row short, gender not 0/1
+    with pytest.raises(SubmissionError) as caught:
+        submit(path, "x", sample=competition["sample"], root=root, retry=FAST)
+    assert "missing" in str(caught.value) and "gender" in str(caught.value)
+    monkeypatch.chdir(root)
+    assert main(["submit", "submissions/bad.csv", "--sample", str(competition["sample"])]) == 1
+    assert "nothing was uploaded" in capsys.readouterr().err
+    assert server.calls == []  # not even a credentials check
+
+
+def test_duplicate_is_refused_unless_forced(server, competition, root):
+    path = write_submission(root, prediction(competition["labels"]))
+    first = submit(path, "once", root=root, retry=FAST, polling=QUICK)
+    with pytest.raises(SubmitError, match=f"already submitted .* ref {first.ref}.*--force"):
+        submit(path, "twice", root=root, retry=FAST, polling=QUICK)
+    assert len(server.submissions) == 1
+    again = submit(path, "twice, on purpose", root=root, force=True, retry=FAST, polling=QUICK)
+    states = latest_states(read_rows(root / "submissions" / "ledger.csv"))
+    assert [s["ref"] for s in states] == [str(first.ref), str(again.ref)] and len(server.submissions) == 2
+
+
+def test_dry_run_uploads_nothing(server, competition, root):
+    result = submit(write_submission(root, prediction(competition["labels"])), "x", root=root, dry_run=True)
+    assert result.status == "dry-run" and server.calls.count("StartSubmissionUpload") == 0
+    assert not (root / "submissions" / "ledger.csv").exists()
+
+
+def test_pending_when_polling_gives_up_then_refreshed(make_server, competition, root, capsys):
+    server = make_server(never_score=True)
+    sub = prediction(competition["labels"])
+    result = submit(write_submission(root, sub), "slow", root=root, retry=FAST, polling=QUICK)
+    assert result.status == "pending" and "still being scored" in capsys.readouterr().out
+    ledger = root / "submissions" / "ledger.csv"
+    assert [r["status"] for r in read_rows(ledger)] == ["pending"]
+
+    list_submissions(root=root, retry=FAST)  # still pending: nothing appended
+    assert len(read_rows(ledger)) == 1
+    before = ledger.read_bytes()
+    server.submissions[0].reads_until_scored = 0  # Kaggle finishes scoring
+    rows = list_submissions(root=root, retry=FAST)
+    assert rows[0]["status"] == "complete" and rows[0]["public_score"] == expected_public(competition["labels"], sub)
+    assert ledger.read_bytes().startswith(before)  # appended, not rewritten
+    assert "complete" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_waiting_leaves_it_pending(make_server, competition, root, capsys):
+    make_server(pending_reads=5)
+
+    def interrupted(_seconds):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST,
+               polling=QUICK, sleep=interrupted)
+    rows = read_rows(root / "submissions" / "ledger.csv")
+    assert [r["status"] for r in rows] == ["pending"] and rows[0]["ref"]
+    assert "stays recorded as pending" in capsys.readouterr().out
+
+
+def test_sample_submission_is_fetched_when_not_local(server, competition, root):
+    path = write_submission(root, prediction(competition["labels"]), cv=None)
+    assert submit(path, "x", root=root, dry_run=True, retry=FAST).status == "dry-run"
+    assert (root / ".cache" / "kaggle" / DEFAULT_COMPETITION / "face_dataset" / "sample_submission.csv").is_file()
+    assert server.count("DownloadDataFile") == 1 and server.count("StartSubmissionUpload") == 0
+
+
+# ----------------------------------------------------------------------------- download
+def test_download_extracts_once_and_again_when_changed(server, competition, root, tmp_path, capsys):
+    result = download(root=root, retry=FAST)
+    folder = root / "data" / DEFAULT_COMPETITION
+    assert result.downloaded and result.files == 4
+    assert (folder / "face_dataset" / "sample_submission.csv").read_text() == competition["sample"].read_text()
+
+    extracted = (folder / "face_dataset" / "train.csv").stat()
+    again = download(root=root, retry=FAST)
+    assert not again.downloaded and "nothing to do" in capsys.readouterr().out
+    assert (folder / "face_dataset" / "train.csv").stat().st_ino == extracted.st_ino  # not extracted again
+
+    (folder / "face_dataset" / "test.csv").unlink()  # a damaged copy is repaired
+    assert download(root=root, retry=FAST).downloaded and (folder / "face_dataset" / "test.csv").is_file()
+
+    changed = tmp_path / "changed.zip"
+    write_zip(changed, {"face_dataset/train.csv": "id,full_path,gender,age\n", "face_dataset/NEW.txt": "new"})
+    server.data_zip = changed
+    assert download(root=root, retry=FAST).downloaded
+    assert (folder / "face_dataset" / "NEW.txt").is_file() and not (folder / "face_dataset" / "test.csv").exists()
+
+    from kit.data import locate  # `./run.sh cv MODEL` finds the download without --data
+    assert locate(None, project_root=root) == (folder / "face_dataset", DEFAULT_COMPETITION, False)
+
+
+def test_download_leaves_a_folder_it_did_not_make(server, root):
+    (root / "data" / DEFAULT_COMPETITION).mkdir(parents=True)
+    with pytest.raises(SubmitError, match="not made by `download`"):
+        download(root=root, retry=FAST)
+    assert server.calls == []
+
+
+# ----------------------------------------------------------------------------- credentials
+def test_missing_credentials_say_how_to_make_a_token(server, root, tmp_path):
+    env = client_env(server, tmp_path / "home", KAGGLE_USERNAME=None, KAGGLE_KEY=None)
+    done = run(["-m", "kit.submit", "download"], env, root)
+    assert done.returncode == 1
+    assert "No usable Kaggle credentials" in done.stderr and TOKEN_URL in done.stderr
+    assert server.calls == []
+
+
+def test_kaggle_json_credentials_and_the_permission_warning(server, root, tmp_path):
+    home = tmp_path / "home"
+    config = home / "kaggle-config" / "kaggle.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"username": server.username, "key": server.key}))
+    config.chmod(0o644)
+    env = client_env(server, home, KAGGLE_USERNAME=None, KAGGLE_KEY=None)
+    done = run(["-m", "kit.submit", "download"], env, root)
+    assert done.returncode == 0, done.stderr
+    assert "readable by other users" in done.stderr and f"chmod 600 {config}" in done.stderr
+    assert server.key not in done.stdout + done.stderr
+    config.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    quiet = run(["-m", "kit.submit", "download"], env, root)
+    assert "readable" not in quiet.stderr and "nothing to do" in quiet.stdout
+
+
+def test_api_token_credentials(server, monkeypatch):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", server.token)
+    api = connect()
+    assert api.competition_get_submission_limits(DEFAULT_COMPETITION).num_allowed_now == 5
+
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "revoked-token")
+    with pytest.raises(MissingCredentials, match="KAGGLE_API_TOKEN is set, but Kaggle did not accept it"):
+        connect()
+
+
+# ----------------------------------------------------------------------------- the ledger itself
+def test_ledger_is_append_only_and_checks_its_header(tmp_path):
+    ledger = tmp_path / "ledger.csv"
+    append_row(ledger, {"ref": 1, "status": "pending", "competition": "c", "message": 'comma, "quote"'})
+    first = ledger.read_bytes()
+    append_row(ledger, {"ref": 1, "status": "complete", "competition": "c", "public_score": "0.5"})
+    assert ledger.read_bytes().startswith(first) and first.startswith(HEADER.encode())
+    assert latest_states(read_rows(ledger))[0]["status"] == "complete"
+    assert read_rows(ledger)[0]["message"] == 'comma, "quote"'
+
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("a,b\n1,2\n")
+    with pytest.raises(LedgerError, match="other.csv"):
+        append_row(foreign, {"ref": 2})
+    assert foreign.read_text() == "a,b\n1,2\n"
