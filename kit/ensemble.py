@@ -152,8 +152,8 @@ def load_run(spec, runs_root=DEFAULT_RUNS_ROOT) -> Run:
         unfinished = [k for k in range(n_folds) if not (path / f"test_fold{k}.csv").is_file()]
         raise RunError(f"run {path} is incomplete: {', '.join(missing)} missing"
                        + (f" (fold(s) {unfinished} not finished)" if unfinished else "")
-                       + f". Rerun the same `./run.sh cv ...` command (model {config['model']}, "
-                         f"name {config['name']}) to resume it; finished folds are kept.")
+                       + f". Rerun `./run.sh cv {config['model']} --name {config['name']} ...` with the "
+                         "run's options to resume it; finished folds are kept.")
     oof = _read_checked(path / "oof.csv", OOF_COLUMNS, probability="gender_prob")
     problems = []
     if oof["id"].duplicated().any():
@@ -336,8 +336,10 @@ def write_submission(result: Blend, out, *, overwrite: bool = False) -> dict:
 
 def cv_note(result: Blend) -> str:
     k = len(result.cross_fit.fold_params)
-    return (f"cross-fitted: the {', '.join(result.fitted())} scoring each fold's rows were fitted on the "
-            f"other {k - 1} folds only; the submission uses them fitted on all {k} folds")
+    fitted = result.fitted()
+    listed = ", ".join(fitted[:-1]) + (" and " if len(fitted) > 1 else "") + fitted[-1]
+    return (f"cross-fitted: for each fold, the {listed} were fitted on the other {k - 1} folds and scored "
+            f"on that fold's rows only; the submission uses them fitted on all {k} folds")
 
 
 def table(result: Blend) -> str:

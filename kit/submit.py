@@ -22,7 +22,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.ensemble import SubmissionError, validate_submission_file
 from kit.files import sha256_file, write_json
 from kit.kaggle_api import DEFAULT_RETRY, KaggleFault, Retry, call_with_retry, connect
 from kit.ledger import LedgerError, append_row, latest_states, now_utc, read_rows, rows_for_file
@@ -181,7 +180,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
            out=say) -> SubmitResult:
     """Validate `path`, refuse a duplicate, submit it, wait for the score and record it in the ledger.
 
-    Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in
+    Raises kit.ensemble.SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in
     none of those cases was anything submitted or recorded.
     """
     path, root = Path(path), Path(root)
@@ -196,13 +195,16 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
         out(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
             f"submitting to '{slug}'")
 
-    connection = {}
+    connection = {}  # a dry run with local data never connects
 
-    def kaggle():  # connect only when a step needs Kaggle
+    def kaggle():
         if "api" not in connection:
             connection["api"] = api or connect()
         return connection["api"]
 
+    from kit.ensemble import validate_submission_file  # imported here: it brings in sklearn, slow to load
+
+    # 1. an invalid file is never uploaded; 2. nor one the ledger already has
     sample_path = find_sample(slug, sample, sidecar, root, kaggle, retry, out)
     validate_submission_file(path, sample_path)
     earlier = rows_for_file(read_rows(ledger_path), sha256, slug)  # also checks the ledger before uploading
@@ -217,6 +219,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
         out(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
         return SubmitResult("dry-run", cv_score=cv_score)
 
+    # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
     limits = submission_limits(kaggle(), slug)
     if limits is not None and limits.num_allowed_now == 0 and (limits.num_today > 0 or limits.limited_by_total):
         raise KaggleFault(f"the daily submission limit of '{slug}' is reached ({limits.num_today} used today); "
@@ -234,8 +237,9 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     if remaining is not None:
         out(f"{remaining} submission(s) remaining today")
     if not wait:
-        out(f"not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
+        out("not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
+    # 4. wait for the score (Ctrl-C or giving up leaves the pending row); 5. record it
     try:
         scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep, out=out)
     except KeyboardInterrupt:
@@ -479,11 +483,11 @@ def _competition_argument(parser):
     parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
 
 
-def _run(action) -> int:
+def _run(action, invalid_file=()) -> int:
     """Run a command; print a failure as one clear message and turn it into an exit code."""
     try:
         return action()
-    except SubmissionError as error:
+    except invalid_file as error:
         print(f"{error}\nnothing was uploaded", file=sys.stderr)
     except (SubmitError, KaggleFault, LedgerError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -531,7 +535,9 @@ def submit_main(argv=None) -> int:
                         wait=not args.no_wait, force=args.force, polling=polling)
         return 1 if result.status == "error" else 0
 
-    return _run(action)
+    from kit.ensemble import SubmissionError
+
+    return _run(action, invalid_file=SubmissionError)
 
 
 def submissions_main(argv=None) -> int:

@@ -33,15 +33,15 @@ from __future__ import annotations
 import argparse
 import base64
 import email.utils
-import hashlib
 import io
 import itertools
 import json
+import shutil
 import sys
 import threading
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -153,7 +153,8 @@ class KaggleServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "KaggleServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -314,21 +315,22 @@ class KaggleServer:
             self.uploads[token]["data"] = data
             return 200
 
-    def file_bytes(self, path: str) -> bytes | None:
-        """The bytes behind a download URL the API redirected to, or None."""
+    def open_download(self, path: str) -> tuple[io.BufferedIOBase, int] | None:
+        """A stream and its size for a download URL the API redirected to, or None."""
         with self._lock:
             self.calls.append("GET")
         if self.data_zip is None:
             return None
         if path == f"/files/{self.competition}.zip":
-            return self.data_zip.read_bytes()
+            return open(self.data_zip, "rb"), self.data_zip.stat().st_size
         prefix = f"/files/{self.competition}/"
         if path.startswith(prefix):
             with zipfile.ZipFile(self.data_zip) as archive:
                 try:
-                    return archive.read(unquote(path[len(prefix):]))
+                    data = archive.read(unquote(path[len(prefix):]))
                 except KeyError:
                     return None
+            return io.BytesIO(data), len(data)
         return None
 
 
@@ -387,13 +389,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         kaggle: KaggleServer = self.server.kaggle
-        data = kaggle.file_bytes(self._path())
-        if data is None:
+        found = kaggle.open_download(self._path())
+        if found is None:
             return self._send(404, b"not found", "text/plain")
-        modified = email.utils.formatdate(kaggle.data_zip.stat().st_mtime, usegmt=True)
-        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        stream, size = found
+        archive = kaggle.data_zip.stat()
+        etag = f'"{archive.st_size:x}-{archive.st_mtime_ns:x}"'  # changes whenever the archive does
+        self.send_response(200)
         kind = "application/zip" if self._path().endswith(".zip") else "application/octet-stream"
-        self._send(200, data, kind, headers=[("Last-Modified", modified), ("ETag", etag)])
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Last-Modified", email.utils.formatdate(archive.st_mtime, usegmt=True))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        try:
+            shutil.copyfileobj(stream, self.wfile, 1 << 20)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading: it only wanted the headers (an unchanged download)
+        finally:
+            stream.close()
 
     def log_message(self, format, *args):
         if getattr(self.server, "verbose", False):
@@ -426,8 +440,8 @@ def make_holdout(zip_path, out_dir, *, fraction: float = 0.25, public: float = 0
         with zipfile.ZipFile(out_dir / "competition.zip", "w") as target:
             for name, frame in replaced.items():
                 target.writestr(name, frame.to_csv(index=False), compress_type=zipfile.ZIP_DEFLATED)
-            for info in source.infolist():
-                if info.filename not in replaced:
+            for info in source.infolist():  # all images but the real test set's, whose labels are unknown
+                if info.filename not in replaced and not info.filename.startswith(folder + "test/"):
                     target.writestr(info, source.read(info))
     labels.to_csv(out_dir / "labels.csv", index=False)
     print(f"{out_dir / 'competition.zip'}: {len(kept)} train rows, {len(test)} held-out test rows\n"

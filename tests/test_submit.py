@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -222,6 +223,18 @@ def test_503s_that_never_stop_are_given_up(server, competition, root):
     assert not (root / "submissions" / "ledger.csv").exists()
 
 
+def test_connection_errors_are_retried_then_reported(server, root, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("HTTP_PROXY", closed)
+    monkeypatch.setenv("http_proxy", closed)
+    with pytest.raises(KaggleFault, match="gave up after 3 tries: could not reach Kaggle") as caught:
+        download(root=root, retry=FAST)
+    assert caught.value.kind == "connection" and capsys.readouterr().err.count("retrying in") == 2
+    assert not (root / "data").exists()
+
+
 def test_a_lost_answer_is_found_not_submitted_twice(server, competition, root):
     server.lose_next_create_responses(1)  # Kaggle makes the submission, the answer is a 503
     result = submit(write_submission(root, prediction(competition["labels"])), "lost", root=root,
@@ -266,7 +279,8 @@ def test_rate_limit_is_not_retried(server, competition, root):
 
 
 @pytest.mark.parametrize("options, competition_slug, kind, hint", [
-    ({"entered": False}, DEFAULT_COMPETITION, "forbidden", f"https://www.kaggle.com/competitions/{DEFAULT_COMPETITION}/rules"),
+    ({"entered": False}, DEFAULT_COMPETITION, "forbidden",
+     f"https://www.kaggle.com/competitions/{DEFAULT_COMPETITION}/rules"),
     ({}, "no-such-competition", "not_found", "unknown competition 'no-such-competition'"),
 ])
 def test_forbidden_and_unknown_competitions(make_server, competition, root, options, competition_slug, kind, hint):
@@ -323,6 +337,18 @@ def test_pending_when_polling_gives_up_then_refreshed(make_server, competition, 
     assert rows[0]["status"] == "complete" and rows[0]["public_score"] == expected_public(competition["labels"], sub)
     assert ledger.read_bytes().startswith(before)  # appended, not rewritten
     assert "complete" in capsys.readouterr().out
+
+
+def test_scoring_error_is_recorded_and_fails_the_command(make_server, competition, root, monkeypatch, capsys):
+    shifted = competition["labels"].assign(id=competition["labels"].id + 1000)  # Kaggle expects other ids
+    server = make_server(labels=shifted)
+    write_submission(root, prediction(competition["labels"]), name="off")
+    monkeypatch.chdir(root)
+    assert main(["submit", "submissions/off.csv", "--sample", str(competition["sample"])]) == 1
+    assert "Kaggle could not score submission" in capsys.readouterr().out
+    final = read_rows(root / "submissions" / "ledger.csv")[-1]
+    assert (final["status"], final["public_score"]) == ("error", "")
+    assert final["error"] == server.submissions[0].error and "missing ids" in final["error"]
 
 
 def test_ctrl_c_while_waiting_leaves_it_pending(make_server, competition, root, capsys):
