@@ -1,0 +1,306 @@
+"""The Optuna tuner: local workers on a journal file, a killed worker, PostgreSQL workers, pruning, best.json.
+
+The PostgreSQL tests need FACEKIT_TEST_POSTGRES_URL (`source .ci/postgres.sh` starts a server and sets
+it). They skip without it, except under CI=true, where they fail so that CI cannot skip them silently.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args
+from kit.cv import run_cv
+from kit.tune import RunningScore, _journal_heartbeat_storage_class, load_space, main, open_storage, tune
+
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")]
+
+FAST = ["--model", "scratch", "--epochs", "2", "--size", "32", "--batch-size", "16", "--folds", "3",
+        "--folds-per-trial", "1", "--num-threads", "1"]
+FAST_CFG = dict(model="scratch", epochs=2, size=32, batch_size=16, folds=3, num_threads=1)
+
+
+def tune_cli(project, data, *args):
+    env = {**os.environ, "FACEKIT_ROOT": str(project), "PYTHONPATH": str(Path(__file__).parents[1]),
+           "TQDM_DISABLE": "1"}
+    return [sys.executable, "-m", "kit", "tune", "--data", str(data), *FAST, *args], env
+
+
+def journal_study(project, name):
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(project / "tuning" / name / "journal.log")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def postgres_url() -> str:
+    url = os.environ.get("FACEKIT_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail("CI is set but FACEKIT_TEST_POSTGRES_URL is not: `source .ci/postgres.sh` before the tests")
+        pytest.skip("FACEKIT_TEST_POSTGRES_URL is unset (`source .ci/postgres.sh` starts a server)")
+    return url
+
+
+# ----------------------------------------------------------------------------- real processes, tiny data
+
+def test_two_local_workers_share_a_journal_study_and_best_json_reproduces(tiny_competition, project):
+    command, env = tune_cli(project, tiny_competition, "--study", "local", "--trials", "3", "--workers", "2")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    study = journal_study(project, "local")
+    assert states(study) == ["COMPLETE"] * 3          # 2 + 1 trials, nothing failed
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2   # two processes did them
+    assert study.trials[0].user_attrs.get("baseline") and study.trials[0].params["lr_backbone"] == 1e-3
+
+    out = project / "tuning" / "local"
+    best = json.loads((out / "best.json").read_text())
+    assert best["trial"] == study.best_trial.number and best["value"] == pytest.approx(study.best_value)
+    assert best["trials"]["complete"] == 3 and best["baseline"]["trial"] == 0
+    assert best["params"]["epochs"] == 2 and best["params"]["size"] == 32   # the fixed setup comes along
+    assert best["params"]["lr_backbone"] == best["tuned"]["lr_backbone"]
+    for plot in ("history.png", "slice.png", "importances.png"):
+        assert (out / plot).stat().st_size > 5_000
+    assert len(pd.read_csv(out / "trials.csv")) == 3
+    assert "baseline (trial 0)" in done.stdout and "--params" in done.stdout
+
+    # `cv MODEL --params best.json` reads it, and its fold 0 reproduces the best trial's fold 0.
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    add_train_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["scratch", "--params", str(out / "best.json"),
+                                              "--data", str(tiny_competition), "--num-threads", "1"]))
+    assert {k: getattr(cfg, k) for k in best["params"]} == best["params"]
+    rerun = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [0], "name": "tuned"}), root=project,
+                   log=lambda *_: None)
+    assert rerun.fold_scores[0].score == pytest.approx(best["fold_scores"]["0"])
+
+
+def test_killed_worker_fails_its_trial_and_the_study_resumes(competition_copy, project):
+    args = ["--study", "killed", "--epochs", "3"]
+    command, env = tune_cli(project, competition_copy, *args, "--trials", "2")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = project / "tuning/killed/journal.log"
+    lock = Path(f"{journal}.lock")
+    # Kill it mid-trial, after it reported its first epoch to the journal and let go of the file's lock
+    # (a writer killed holding it makes the next one wait out Optuna's 30 s lock grace period).
+    reported = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        reported = journal.exists() and '"op_code":7' in journal.read_text()
+        if reported and not lock.exists():
+            break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert reported, "the trial never reported its first epoch"
+    assert states(journal_study(project, "killed")) == ["RUNNING"], "killed too late to test a dead trial"
+
+    command, env = tune_cli(project, competition_copy, *args, "--trials", "2")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    study = journal_study(project, "killed")
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "1 running" in resumed.stdout and "trial(s) [0]" in resumed.stdout
+    best = json.loads((project / "tuning/killed/best.json").read_text())
+    assert best["trials"]["fail"] == 1 and best["trials"]["complete"] == 2
+
+
+def test_journal_heartbeat_fails_silent_trials_after_the_grace_period(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = _journal_heartbeat_storage_class()(JournalFileBackend(str(tmp_path / "journal.log")),
+                                                  heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="beats")
+    silent, alive = study.ask(), study.ask()
+    storage.record_heartbeat(silent._trial_id)
+    time.sleep(1.3)
+    storage.record_heartbeat(alive._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert states(study) == ["FAIL", "RUNNING"]
+
+
+def test_two_workers_on_postgres_add_up(tiny_competition, project):
+    url = postgres_url()
+    study_name = f"pg-{uuid.uuid4().hex[:8]}"
+    command, env = tune_cli(project, tiny_competition, "--study", study_name, "--storage", url, "--trials", "2")
+    workers = [subprocess.Popen([*command, "--worker-index", str(i)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out[-3000:] + err[-3000:]
+        assert "Traceback" not in err and url.split("@")[0] not in out + err   # and the password is masked
+    storage = open_storage(url, project, heartbeat_interval=30, grace_period=120)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        assert states(study) == ["COMPLETE"] * 4
+        assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
+    finally:
+        optuna.delete_study(study_name=study_name, storage=storage)
+
+
+def test_postgres_heartbeat_fails_a_dead_workers_trial(tiny_competition, project):
+    url = postgres_url()
+    storage = open_storage(url, project, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name=f"pg-dead-{uuid.uuid4().hex[:8]}", storage=storage)
+    try:
+        dead = study.ask()   # as if its worker died on another machine right after its last heartbeat
+        storage.record_heartbeat(dead._trial_id)
+        time.sleep(3)
+        study.optimize(lambda trial: 1.0, n_trials=1)   # a worker starting a trial fails the stale one
+        assert states(study) == ["FAIL", "COMPLETE"]
+    finally:
+        optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+# ----------------------------------------------------------------------------- in process, training faked
+
+def fake_train(calls):
+    """Stands in for run_cv: a score that grows with the learning rate, and oof.csv files to pool."""
+    def train(cfg, *, root, run_dir, on_epoch, on_fold, log):
+        quality = min(1.0, max(0.0, (6 + math.log10(cfg.lr_backbone)) / 4))
+        for fold in cfg.only_folds:
+            for epoch in range(cfg.epochs):
+                calls.append((cfg.lr_backbone, fold, epoch))
+                on_epoch(fold, epoch, _scores(quality * (epoch + 1) / cfg.epochs))
+            rows = 10
+            oof = pd.DataFrame({"id": range(rows), "fold": fold, "gender": [0, 1] * (rows // 2),
+                                "age": [30.0] * rows, "gender_prob": [0.0, 1.0] * (rows // 2),
+                                "age_pred": [30.0 + 30 * (1 - quality)] * rows})
+            (run_dir / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+            oof.to_csv(run_dir / f"fold{fold}" / "oof.csv", index=False)
+            on_fold(fold, _scores(quality))
+    return train
+
+
+def _scores(score):
+    from kit.metric import Scores
+
+    return Scores(score=score, gender_f1=score, age_score=score, age_rmse=1.0, age_mae=1.0)
+
+
+def test_running_score_reports_each_step_once():
+    running = RunningScore([0, 1], epochs=2)
+    assert running.epoch(0, 0, 0.5) == (0, 0.5)
+    assert running.epoch(0, 1, 0.4) == (1, 0.5)          # the fold's best epoch so far
+    running.fold_done(0, 0.5)
+    assert running.epoch(1, 0, 0.7) == (2, pytest.approx(0.6))
+    assert running.epoch(1, 1, 0.9) == (3, pytest.approx(0.7))
+    assert running.last_step == 3
+
+
+def test_median_pruner_stops_a_clearly_bad_trial_early(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST_CFG, "epochs": 4})
+    space = {"lr_backbone": {"low": 1e-6, "high": 1e-2, "log": True}}
+    storage = open_storage(None, project / "tuning" / "prune", heartbeat_interval=30, grace_period=120)
+    study = optuna.create_study(study_name="prune", storage=storage, direction="maximize")
+    for lr in (1e-3, 3e-3, 5e-3, 1e-6):              # three good trials, then a hopeless one
+        study.enqueue_trial({"lr_backbone": lr})
+    calls = []
+    result = tune(cfg, trials=4, study_name="prune", folds_per_trial=2, root=project, search_space=space,
+                  baseline=False, train=fake_train(calls), log=lambda *_: None)
+    trials = result.study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert max(trials[3].intermediate_values) == 2   # stopped at the first step after the warm-up
+    assert len([c for c in calls if c[0] == 1e-6]) == 3 < 8
+    assert result.best["trials"]["pruned"] == 1 and result.best["params"]["lr_backbone"] == 5e-3
+
+
+def test_a_study_refuses_trials_made_with_another_setup(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **FAST_CFG)
+    tune(cfg, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]), log=lambda *_: None)
+    changed = TrainConfig(**{**cfg.to_dict(), "epochs": 3})
+    with pytest.raises(UserError, match=r"another setup \(epochs: 2 -> 3\).*another --study"):
+        tune(changed, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]),
+             log=lambda *_: None)
+    more = tune(cfg, trials=2, study_name="s", folds_per_trial=1, root=project, train=fake_train([]),
+                log=lambda *_: None)
+    assert len(more.study.trials) == 3             # --trials adds to what the study has
+
+
+def test_timeout_stops_the_running_trial_and_repeated_failures_stop_a_worker(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST_CFG, "epochs": 8})
+    inner = fake_train([])
+
+    def slow(cfg, **kwargs):
+        def on_epoch(*args, _outer=kwargs["on_epoch"]):
+            time.sleep(0.5)
+            _outer(*args)
+        return inner(cfg, **{**kwargs, "on_epoch": on_epoch})
+
+    timed = tune(cfg, trials=5, study_name="timeout", folds_per_trial=1, timeout=2, root=project, train=slow,
+                 log=lambda *_: None)
+    assert states(timed.study) == ["FAIL"] and timed.exit_code == 0
+    assert timed.study.trials[0].user_attrs["failure"] == "stopped by --timeout"
+    assert max(timed.study.trials[0].intermediate_values) < 7
+
+    def broken(cfg, **kwargs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    failed = tune(cfg, trials=5, study_name="broken", folds_per_trial=1, root=project, train=broken,
+                  log=lambda *_: None)
+    assert states(failed.study) == ["FAIL"] * 3 and failed.exit_code == 1 and failed.best is None
+
+
+def test_default_spaces_hold_the_baseline():
+    from kit.tune import check_space, default_space, in_space
+
+    pretrained = TrainConfig(model="resnet18", pretrained=True, epochs=6).resolved(sample=False)
+    space = default_space(pretrained)
+    assert set(space) == {"lr_head", "lr_backbone", "unfreeze_epoch"} and space["unfreeze_epoch"]["high"] == 6
+    assert space["lr_head"]["log"] and space["lr_backbone"]["log"]
+    random_init = TrainConfig(model="resnet18", pretrained=False).resolved(sample=False)
+    assert set(default_space(random_init)) == {"lr_backbone", "schedule", "augment"}
+    for cfg in (pretrained, random_init, TrainConfig(**FAST_CFG).resolved(sample=True)):
+        check_space(default_space(cfg), cfg)
+        assert all(in_space(getattr(cfg, k), entry) for k, entry in default_space(cfg).items())
+
+
+@pytest.mark.parametrize("space, message", [
+    ('{"lr_backbone": {"low": 1e-4, "high": 2, "log": true}}', r"'lr_backbone': 2 is not a valid value.*in \(0, 1\)"),
+    ('{"epochs": {"low": 1, "high": 5}}', r"'epochs': not a tunable field"),
+    ('{"lr_backbone": {"lo": 1e-4, "high": 1e-2}}', r"'lr_backbone': unknown key\(s\) \['lo'\]"),
+    ('{"weight_decay": {"low": 0, "high": 0.1, "log": true}}', r"'weight_decay': a log scale needs low > 0"),
+    ('{"lr_backbone": {"low": 1e-2, "high": 1e-4}}', r"'lr_backbone': low \(0.01\) must be below high"),
+    ('{"batch_size": {"low": 8.5, "high": 64}}', r"'batch_size': low must be an integer"),
+    ('{"optimizer": {"choices": ["adam", "adagrad"]}}', r"'optimizer': 'adagrad' is not a valid value"),
+    ('{"schedule": {"choices": "cosine"}}', r"'schedule': choices must be a non-empty list"),
+    ('{"unfreeze_epoch": {"low": 0, "high": 2}}', r"'unfreeze_epoch': only tuned when resnet18 starts pretrained"),
+    ('{"lr_backbone": null, "schedule": null, "augment": null}', r"the search space is empty"),
+    ('{"lr_backbone": ', r"not valid JSON"),
+])
+def test_bad_space_files_are_refused_naming_the_key(tmp_path, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(space)
+    cfg = TrainConfig(**FAST_CFG).resolved(sample=True)
+    with pytest.raises(UserError, match=message):
+        load_space(path, cfg)
+
+
+def test_space_file_overrides_the_default_and_cli_reports_errors(tiny_competition, project, tmp_path, monkeypatch,
+                                                                  capsys):
+    path = tmp_path / "space.json"
+    path.write_text('{"augment": null, "weight_decay": {"low": 1e-6, "high": 1e-2, "log": true}}')
+    space = load_space(path, TrainConfig(**FAST_CFG).resolved(sample=True))
+    assert set(space) == {"lr_backbone", "schedule", "weight_decay"}
+    path.write_text('{"epochs": {"low": 1, "high": 3}}')
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    assert main(["--trials", "1", "--data", str(tiny_competition), *FAST, "--space", str(path)]) == 2
+    assert f"error: --space {path}: 'epochs': not a tunable field" in capsys.readouterr().err
+    assert not (project / "tuning").exists()
