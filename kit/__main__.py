@@ -13,7 +13,7 @@ COMMANDS = {
     "ensemble": ("kit.ensemble", "main", "blend runs into a validated submission CSV"),
     "best": ("kit.best", "main", "spend a time budget on the best submission (cv + ensemble)"),
     "bench": ("kit.bench", "main", "training and inference images/s: kit vs compute ceiling vs PIL loader"),
-    "download": ("kit.submit", "download_main", "download the competition files through the Kaggle API"),
+    "download": ("kit.download", "main", "download the competition files through the Kaggle API"),
     "submit": ("kit.submit", "submit_main", "validate, upload, wait for the public score, record in the ledger"),
     "submissions": ("kit.submit", "submissions_main", "list the ledger and refresh pending submissions"),
     "sample": ("kit.sample", "main", "write the synthetic sample competition to a folder"),

@@ -193,3 +193,39 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
                 if found is not None:
                     return found
     raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- shared by the Kaggle commands
+
+class SubmitError(RuntimeError):
+    """A submit or download that was stopped before anything reached Kaggle; the message says why."""
+
+
+def say(text: str) -> None:
+    """The default `out`: progress lines appear at once even when stdout is a pipe."""
+    print(text, flush=True)
+
+
+def resolve_competition(competition: str | None = None) -> str:
+    from kit.data import DEFAULT_COMPETITION
+
+    return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
+
+
+def add_competition_argument(parser) -> None:
+    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
+
+
+def run_command(action, invalid_file=()) -> int:
+    """Run a command; print a failure as one clear message and turn it into an exit code."""
+    from kit.ledger import LedgerError
+
+    try:
+        return action()
+    except invalid_file as error:
+        print(f"{error}\nnothing was uploaded", file=sys.stderr)
+    except (SubmitError, KaggleFault, LedgerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1

@@ -7,7 +7,6 @@ children larger eyes and a rounder head. Scores on it say that the pipeline work
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile

@@ -1,4 +1,4 @@
-"""Download the competition, submit a file, wait for its public score, and keep a ledger.
+"""Submit a file, wait for its public score, and keep a ledger.
 
     ./run.sh download                                    # the competition's files into data/<slug>/
     ./run.sh submit submissions/blend.csv -m "blend v2"  # validate, upload, wait for the score, record
@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.files import sha256_file, write_json
-from kit.kaggle_api import DEFAULT_RETRY, KaggleFault, Retry, call_with_retry, connect
+from kit.download import download_main
+from kit.files import sha256_file
+from kit.kaggle_api import (DEFAULT_RETRY, KaggleFault, Retry, SubmitError, add_competition_argument,
+                            call_with_retry, connect, resolve_competition, run_command, say)
 from kit.ledger import LedgerError, append_row, latest_states, now_utc, read_rows, rows_for_file
 
-MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
 MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
-
-
-class SubmitError(RuntimeError):
-    """A submit or download that was stopped before anything reached Kaggle; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -44,123 +37,6 @@ class Polling:
 
 
 DEFAULT_POLLING = Polling()
-
-
-def say(text: str) -> None:
-    """The default `out`: progress lines appear at once even when stdout is a pipe."""
-    print(text, flush=True)
-
-
-def resolve_competition(competition: str | None = None) -> str:
-    from kit.data import DEFAULT_COMPETITION
-
-    return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
-
-
-# ----------------------------------------------------------------------------- download
-@dataclass
-class DownloadResult:
-    folder: Path
-    downloaded: bool   # False when the files were already there and unchanged on Kaggle
-    files: int
-
-
-def download(competition: str | None = None, dest=None, *, root=".", force: bool = False, api=None,
-             retry: Retry = DEFAULT_RETRY, progress: bool = False, out=say) -> DownloadResult:
-    """Download and extract the competition's files into `dest` (default root/data/<slug>/).
-
-    One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
-    manifest of the last download, and when they match (and every extracted file is still there)
-    nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
-    """
-    slug = resolve_competition(competition)
-    dest = Path(dest) if dest else Path(root) / "data" / slug
-    manifest_path = dest / MANIFEST_NAME
-    if dest.exists() and not manifest_path.exists() and not force:
-        raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
-                          f"move it away, or pass --force to replace it")
-    api = api or connect()
-    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
-
-    request = ApiDownloadDataFilesRequest()
-    request.competition_name = slug
-    with api.build_kaggle_client() as client:
-        response = call_with_retry(f"asking Kaggle for the files of '{slug}'",
-                                   lambda: client.competitions.competition_api_client.download_data_files(request),
-                                   competition=slug, retry=retry)
-        remote = {"url": response.url.split("?")[0], "bytes": response.headers.get("Content-Length"),
-                  "last_modified": response.headers.get("Last-Modified"), "etag": response.headers.get("ETag")}
-        manifest = _read_json(manifest_path)
-        if not force and _unchanged(dest, manifest, remote):
-            response.close()
-            out(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
-            return DownloadResult(dest, False, len(manifest["files"]))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
-        try:
-            archive = staging / f"{slug}.zip"
-            out(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
-            try:
-                api.download_file(response, str(archive), client.http_client(), quiet=not progress)
-            except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
-                from kit.kaggle_api import classify
-
-                fault = classify(error, slug)
-                raise (fault or error) from error
-            files = _extract(archive, staging / "extracted")
-            write_json(staging / "extracted" / MANIFEST_NAME,
-                       {"competition": slug, "downloaded": now_utc(), "remote": remote,
-                        "archive_sha256": sha256_file(archive), "files": files})
-            if dest.exists():
-                os.replace(dest, staging / "previous")  # removed with staging below
-            os.replace(staging / "extracted", dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    out(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
-    return DownloadResult(dest, True, len(files))
-
-
-def _unchanged(dest: Path, manifest: dict, remote: dict) -> bool:
-    identified = remote["etag"] or remote["last_modified"] or remote["bytes"]
-    if not identified or manifest.get("remote") != remote:
-        return False
-    for entry in manifest.get("files", []):
-        try:
-            if (dest / entry["name"]).stat().st_size != entry["bytes"]:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _extract(archive: Path, target: Path) -> list[dict]:
-    """Extract every member (zipfile drops absolute and '..' parts); return names and sizes."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(target)
-            return [{"name": info.filename, "bytes": info.file_size} for info in zf.infolist() if not info.is_dir()]
-    except zipfile.BadZipFile as error:
-        raise SubmitError(f"the archive Kaggle sent is not a valid zip ({error}); try again") from error
-
-
-def _where_train_is(dest: Path) -> str:
-    from kit.data import DataError, find_competition_folder
-
-    try:
-        return f"; train.csv is in {find_competition_folder(dest)}"
-    except DataError as error:
-        return f"; warning: {error}"
-
-
-def _size(content_length) -> str:
-    return f"{int(content_length) / 2**20:.1f} MiB" if content_length else "size unknown"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # ----------------------------------------------------------------------------- submit
@@ -479,38 +355,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def _competition_argument(parser):
-    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
-
-
-def _run(action, invalid_file=()) -> int:
-    """Run a command; print a failure as one clear message and turn it into an exit code."""
-    try:
-        return action()
-    except invalid_file as error:
-        print(f"{error}\nnothing was uploaded", file=sys.stderr)
-    except (SubmitError, KaggleFault, LedgerError) as error:
-        print(f"error: {error}", file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
-    return 1
-
-
-def download_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="run.sh download", description="Download the competition's files "
-                                     "into data/<slug>/ and extract them; nothing happens when they are unchanged.")
-    _competition_argument(parser)
-    parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
-    parser.add_argument("--force", action="store_true", help="download again even when unchanged")
-    args = parser.parse_args(argv)
-
-    def action() -> int:
-        download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
-        return 0
-
-    return _run(action)
-
-
 def submit_main(argv=None) -> int:
     from kit.config import parse_duration
 
@@ -518,7 +362,7 @@ def submit_main(argv=None) -> int:
                                      "wait for its public score and record it in submissions/ledger.csv.")
     parser.add_argument("file", help="submissions/NAME.csv (its CV score is read from NAME.json)")
     parser.add_argument("-m", "--message", help="submission description (default: NAME and its CV score)")
-    _competition_argument(parser)
+    add_competition_argument(parser)
     parser.add_argument("--sample", help="sample_submission.csv to validate against (default: found or fetched)")
     parser.add_argument("--dry-run", action="store_true", help="validate and check the ledger; upload nothing")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for the score")
@@ -537,7 +381,7 @@ def submit_main(argv=None) -> int:
 
     from kit.ensemble import SubmissionError
 
-    return _run(action, invalid_file=SubmissionError)
+    return run_command(action, invalid_file=SubmissionError)
 
 
 def submissions_main(argv=None) -> int:
@@ -551,7 +395,7 @@ def submissions_main(argv=None) -> int:
         list_submissions(args.competition, refresh=not args.no_refresh)
         return 0
 
-    return _run(action)
+    return run_command(action)
 
 
 COMMANDS = {"download": download_main, "submit": submit_main, "submissions": submissions_main}

@@ -26,7 +26,8 @@ from kit.files import sha256_file
 from kit.kaggle_api import KaggleFault, MissingCredentials, Retry, TOKEN_URL, connect
 from kit.ledger import HEADER, LedgerError, append_row, latest_states, read_rows
 from kit.metric import score
-from kit.submit import Polling, SubmitError, download, list_submissions, main, submit
+from kit.download import download
+from kit.submit import Polling, SubmitError, list_submissions, main, submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402

@@ -1,0 +1,150 @@
+"""Download a competition's files through the official Kaggle client into data/<slug>/.
+
+    ./run.sh download [--competition SLUG] [--dest DIR] [--force]
+
+A second call asks Kaggle once and does nothing when the archive is unchanged and the extracted
+files are intact; afterwards `./run.sh cv MODEL` finds the data without --data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.files import sha256_file, write_json
+from kit.kaggle_api import (DEFAULT_RETRY, Retry, SubmitError, add_competition_argument, call_with_retry, connect,
+                            resolve_competition, run_command, say)
+from kit.ledger import now_utc
+
+MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
+
+
+@dataclass
+class DownloadResult:
+    folder: Path
+    downloaded: bool   # False when the files were already there and unchanged on Kaggle
+    files: int
+
+
+def download(competition: str | None = None, dest=None, *, root=".", force: bool = False, api=None,
+             retry: Retry = DEFAULT_RETRY, progress: bool = False, out=say) -> DownloadResult:
+    """Download and extract the competition's files into `dest` (default root/data/<slug>/).
+
+    One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
+    manifest of the last download, and when they match (and every extracted file is still there)
+    nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
+    """
+    slug = resolve_competition(competition)
+    dest = Path(dest) if dest else Path(root) / "data" / slug
+    manifest_path = dest / MANIFEST_NAME
+    if dest.exists() and not manifest_path.exists() and not force:
+        raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
+                          f"move it away, or pass --force to replace it")
+    api = api or connect()
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+    request = ApiDownloadDataFilesRequest()
+    request.competition_name = slug
+    with api.build_kaggle_client() as client:
+        response = call_with_retry(f"asking Kaggle for the files of '{slug}'",
+                                   lambda: client.competitions.competition_api_client.download_data_files(request),
+                                   competition=slug, retry=retry)
+        remote = {"url": response.url.split("?")[0], "bytes": response.headers.get("Content-Length"),
+                  "last_modified": response.headers.get("Last-Modified"), "etag": response.headers.get("ETag")}
+        manifest = _read_json(manifest_path)
+        if not force and _unchanged(dest, manifest, remote):
+            response.close()
+            out(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
+            return DownloadResult(dest, False, len(manifest["files"]))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+        try:
+            archive = staging / f"{slug}.zip"
+            out(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
+            try:
+                api.download_file(response, str(archive), client.http_client(), quiet=not progress)
+            except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
+                from kit.kaggle_api import classify
+
+                fault = classify(error, slug)
+                raise (fault or error) from error
+            files = _extract(archive, staging / "extracted")
+            write_json(staging / "extracted" / MANIFEST_NAME,
+                       {"competition": slug, "downloaded": now_utc(), "remote": remote,
+                        "archive_sha256": sha256_file(archive), "files": files})
+            if dest.exists():
+                os.replace(dest, staging / "previous")  # removed with staging below
+            os.replace(staging / "extracted", dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    out(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
+    return DownloadResult(dest, True, len(files))
+
+
+def _unchanged(dest: Path, manifest: dict, remote: dict) -> bool:
+    identified = remote["etag"] or remote["last_modified"] or remote["bytes"]
+    if not identified or manifest.get("remote") != remote:
+        return False
+    for entry in manifest.get("files", []):
+        try:
+            if (dest / entry["name"]).stat().st_size != entry["bytes"]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _extract(archive: Path, target: Path) -> list[dict]:
+    """Extract every member (zipfile drops absolute and '..' parts); return names and sizes."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+            return [{"name": info.filename, "bytes": info.file_size} for info in zf.infolist() if not info.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise SubmitError(f"the archive Kaggle sent is not a valid zip ({error}); try again") from error
+
+
+def _where_train_is(dest: Path) -> str:
+    from kit.data import DataError, find_competition_folder
+
+    try:
+        return f"; train.csv is in {find_competition_folder(dest)}"
+    except DataError as error:
+        return f"; warning: {error}"
+
+
+def _size(content_length) -> str:
+    return f"{int(content_length) / 2**20:.1f} MiB" if content_length else "size unknown"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+def download_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh download", description="Download the competition's files "
+                                     "into data/<slug>/ and extract them; nothing happens when they are unchanged.")
+    add_competition_argument(parser)
+    parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
+    parser.add_argument("--force", action="store_true", help="download again even when unchanged")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
+        return 0
+
+    return run_command(action)
+
+
+main = download_main
+
+if __name__ == "__main__":
+    sys.exit(main())
