@@ -21,7 +21,9 @@ from optuna.trial import TrialState
 
 from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args
 from kit.cv import run_cv
-from kit.tune import RunningScore, _journal_heartbeat_storage_class, load_space, main, open_storage, tune
+from kit.tune import RunningScore, main, tune
+from kit.tune_space import load_space
+from kit.tune_storage import _journal_heartbeat_storage_class, open_storage
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")]
@@ -259,7 +261,7 @@ def test_timeout_stops_the_running_trial_and_repeated_failures_stop_a_worker(tin
 
 
 def test_default_spaces_hold_the_baseline():
-    from kit.tune import check_space, default_space, in_space
+    from kit.tune_space import check_space, default_space, in_space
 
     pretrained = TrainConfig(model="resnet18", pretrained=True, epochs=6).resolved(sample=False)
     space = default_space(pretrained)
