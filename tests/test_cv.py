@@ -124,3 +124,15 @@ def test_kill_9_mid_fold_then_resume_gives_the_same_score(competition_copy, proj
     killed = json.loads((project / "runs/scratch/killed/metrics.json").read_text())["overall"]
     clean = json.loads((project / "runs/scratch/uninterrupted/metrics.json").read_text())["overall"]
     assert killed == clean
+
+
+def test_time_limit_stops_folds_cleanly_and_says_what_it_cut(tiny_competition, project):
+    lines = []
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 50, "time_limit": 3.0})
+    result = run_cv(cfg, root=project, log=lines.append)
+    assert result.complete and result.seconds < 60
+    for k in range(3):
+        fold = json.loads((result.run_dir / f"fold{k}" / "metrics.json").read_text())
+        assert fold["cut_at_epoch"] is not None and fold["cut_at_epoch"] < 50
+        assert (result.run_dir / f"test_fold{k}.csv").is_file()  # the best checkpoint still predicted
+    assert any("time limit: stopping before epoch" in line for line in lines)
