@@ -197,17 +197,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--params", help="JSON file of TrainConfig fields (e.g. tuning/<study>/best.json)")
 
 
+def read_json_option(option: str, path) -> object:
+    """The JSON content of the file given to `option`, or a UserError naming the option and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{option} {path}: not valid JSON ({err})") from None
+
+
 def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
     """Defaults < --params file < explicit command-line options < `fixed`."""
     values: dict = {}
     if getattr(args, "params", None):
         path = Path(args.params)
-        if not path.is_file():
-            raise UserError(f"--params {path}: no such file")
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"--params {path}: not valid JSON ({err})") from None
+        loaded = read_json_option("--params", path)
         # tuning/<study>/best.json keeps the parameters under "params"; a config.json has them at the top.
         values.update(loaded.get("params", loaded) if isinstance(loaded, dict) else {})
         known = {f.name for f in fields(TrainConfig)}

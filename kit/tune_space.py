@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
-from kit.config import CHOICES, TrainConfig, UserError, check_config
+from kit.config import CHOICES, TrainConfig, UserError, check_config, read_json_option
 
 FLOAT_FIELDS = ("lr_head", "lr_backbone", "weight_decay", "warmup_epochs", "age_loss_weight", "label_smoothing")
 INT_FIELDS = ("unfreeze_epoch", "batch_size", "size")
@@ -43,12 +42,7 @@ def load_space(path: str | os.PathLike, cfg: TrainConfig) -> dict:
     A null entry removes a field from the default space. Errors name the file and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--space {path}: no such file")
-    try:
-        loaded = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"--space {path}: not valid JSON ({err})") from None
+    loaded = read_json_option("--space", path)
     if not isinstance(loaded, dict):
         raise UserError(f"--space {path}: must be a JSON object of field -> range, e.g. "
                         '{"lr_backbone": {"low": 1e-4, "high": 1e-2, "log": true}}')
