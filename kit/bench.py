@@ -100,6 +100,55 @@ def forever(loader):
         yield from loader
 
 
+class ModelSteps:
+    """One training and one inference step of a model as `cv` runs it (precision, memory format, AdamW)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.device, self.batch_size = device, cfg.batch_size
+        self.amp_dtype = pick_amp_dtype(cfg.precision, device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = create_model(cfg.model, pretrained=False).to(device, memory_format=self.memory_format)
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.gender = torch.randint(0, 2, (cfg.batch_size,), device=device)
+        self.age = torch.randn(cfg.batch_size, device=device)
+
+    def train(self, x):
+        with autocast(self.device, self.amp_dtype):
+            logits, age_pred = self.forward(x)
+        loss = F.cross_entropy(logits.float(), self.gender) + F.l1_loss(age_pred.float(), self.age)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.inference_mode()
+    def infer(self, x):
+        with autocast(self.device, self.amp_dtype):
+            self.forward(x)
+
+
+def kit_throughput(cfg: TrainConfig, images: np.ndarray, rows: np.ndarray, *, infer_batch: int,
+                   steps: int = 20, warmup: int = 3, model_steps: ModelSteps | None = None) -> dict:
+    """Training and inference images/s through the kit's own data path (cache -> device -> augment -> step)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = pick_device(cfg.device)
+    model_steps = model_steps or ModelSteps(cfg, device)
+    source = ImageSource(images, device, cfg.channels_last)
+    rng, generator, timer, b = np.random.default_rng(0), torch.Generator().manual_seed(0), Timer(device, warmup, steps), cfg.batch_size
+
+    def kit_train():
+        picked = rows[rng.integers(0, len(rows), b)]
+        model_steps.train(prepare(source.batch(picked), strength=cfg.augment, generator=generator,
+                                  channels_last=cfg.channels_last))
+
+    def kit_infer():
+        start = int(rng.integers(0, max(1, len(rows) - infer_batch)))
+        model_steps.infer(prepare(source.batch(rows[start:start + infer_batch]), channels_last=cfg.channels_last))
+
+    return {"train": timer(kit_train, b), "infer": timer(kit_infer, infer_batch)}
+
+
 def benchmark(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3, reference_workers: int | None = None,
               root: Path | None = None) -> dict:
     root = Path(root or project_root())
@@ -109,47 +158,19 @@ def benchmark(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3, reference_w
         torch.set_num_threads(cfg.num_threads)
     comp, train_images, _ = load_competition(cfg.data, project_root=root, size=cfg.size)
     device = pick_device(cfg.device)
-    amp_dtype = pick_amp_dtype(cfg.precision, device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = create_model(cfg.model, pretrained=False).to(device, memory_format=memory_format)
-    forward = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model_steps = ModelSteps(cfg, device)
+    amp_dtype, memory_format = model_steps.amp_dtype, model_steps.memory_format
+    train_step, infer_step = model_steps.train, model_steps.infer
     b = cfg.batch_size
     rows = comp.train["cache_index"].to_numpy()
-    rng = np.random.default_rng(0)
-    gender = torch.randint(0, 2, (b,), device=device)
-    age = torch.randn(b, device=device)
-    generator = torch.Generator().manual_seed(0)
     timer = Timer(device, warmup, steps)
-
-    def train_step(x):
-        with autocast(device, amp_dtype):
-            logits, age_pred = forward(x)
-        loss = F.cross_entropy(logits.float(), gender) + F.l1_loss(age_pred.float(), age)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.inference_mode()
-    def infer_step(x):
-        with autocast(device, amp_dtype):
-            forward(x)
-
     source = ImageSource(train_images, device, cfg.channels_last)
     infer_batch = 2 * b
 
-    def kit_train():
-        picked = rows[rng.integers(0, len(rows), b)]
-        train_step(prepare(source.batch(picked), strength=cfg.augment, generator=generator,
-                           channels_last=cfg.channels_last))
-
-    def kit_infer():
-        start = int(rng.integers(0, max(1, len(rows) - infer_batch)))
-        infer_step(prepare(source.batch(rows[start:start + infer_batch]), channels_last=cfg.channels_last))
-
     fixed = prepare(source.batch(rows[:b]), channels_last=cfg.channels_last)
     fixed_infer = prepare(source.batch(rows[:infer_batch]), channels_last=cfg.channels_last)
-    results = {"kit": {"train": timer(kit_train, b), "infer": timer(kit_infer, infer_batch)},
+    results = {"kit": kit_throughput(cfg, train_images, rows, infer_batch=infer_batch, steps=steps, warmup=warmup,
+                                     model_steps=model_steps),
                "ceiling": {"train": timer(lambda: train_step(fixed), b),
                            "infer": timer(lambda: infer_step(fixed_infer), infer_batch)}}
     # Read the whole cache once, as an epoch does, then see what it costs in memory: the file's

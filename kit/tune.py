@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,19 @@ WORKER_ENV = "FACEKIT_TUNE_WORKER"         # the JSON spec a worker process runs
 MAX_CONSECUTIVE_FAILURES = 3
 
 # ----------------------------------------------------------------------------- the objective
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler, `timeout`): handled like Ctrl-C, so Optuna marks the running
+    trial failed at once instead of leaving it RUNNING until its heartbeat goes stale."""
+
+
+def stop_on_sigterm():
+    """Install the SIGTERM handler; returns the previous one (main() puts it back when it returns)."""
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
 
 class TrialTimeUp(Exception):
     """The --timeout passed during a trial: it stops at the end of the epoch and is marked FAIL."""
@@ -224,6 +238,10 @@ def spawn_workers(spec: dict, workers: int, trials: int, *, storage: str | None,
             try:
                 codes.append(process.wait())
                 break
+            except Terminated:  # a SIGTERM reaches only this process: pass it on, then wait for them
+                for running in processes:
+                    if running.poll() is None:
+                        running.terminate()
             except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them fail their trials and exit
                 continue
     failed = [i for i, code in enumerate(codes) if code != 0]
@@ -384,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous_handler = stop_on_sigterm()
+    try:
+        return run_command(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_command(argv: list[str]) -> int:
     if argv == ["--run-worker"]:   # a process started by spawn_workers
         spec = json.loads(os.environ[WORKER_ENV])
         tag = f"[w{spec['worker_index']}] "

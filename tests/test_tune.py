@@ -124,6 +124,32 @@ def test_killed_worker_fails_its_trial_and_the_study_resumes(competition_copy, p
     assert best["trials"]["fail"] == 1 and best["trials"]["complete"] == 2
 
 
+def reporting_trials(journal: Path) -> set:
+    """Trials that reported an intermediate value (Optuna's journal op code 7)."""
+    logs = [json.loads(line) for line in journal.read_text().splitlines() if line.endswith("}")]
+    return {log["trial_id"] for log in logs if log["op_code"] == 7}
+
+
+def test_sigterm_to_the_parent_stops_its_workers_and_fails_their_trials(competition_copy, project):
+    command, env = tune_cli(project, competition_copy, "--study", "term", "--epochs", "20", "--trials", "2",
+                            "--workers", "2")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = project / "tuning/term/journal.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:   # both workers inside a trial
+        if journal.exists() and len(reporting_trials(journal)) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    study = journal_study(project, "term")
+    assert states(study) == ["FAIL", "FAIL"], output[-3000:]
+    for trial in study.trials:   # the workers are gone, not left training on their own
+        with pytest.raises(ProcessLookupError):
+            os.kill(trial.user_attrs["worker"]["pid"], 0)
+
+
 def test_journal_heartbeat_fails_silent_trials_after_the_grace_period(tmp_path):
     from optuna.storages.journal import JournalFileBackend
 

@@ -1,0 +1,265 @@
+"""Spend a wall-time budget on the best submission it can buy: plan, cross-validate, blend.
+
+    ./run.sh best --time-limit 60m --no-pretrained --data ../shared/data/utkface-age-gender.zip
+
+1. prepare: validate and decode the data (cached after the first time) and make the folds;
+2. measure: time a few training and inference batches of each model through the kit's own data
+   path (kit.bench.kit_throughput), on this machine, now;
+3. plan: split the time left among the models (--shares) and give each the largest number of
+   epochs per fold whose estimated cost fits its share: training, scoring the held-out fold after
+   every epoch, and the final held-out and test predictions, times a safety margin;
+4. cross-validate each model (kit.cv.run_cv) under its own deadline: should the estimate be
+   wrong, cv stops before an epoch that would overrun and keeps the best checkpoint;
+5. blend the runs (kit.ensemble) into a validated submissions/<name>.csv and say where the time went.
+
+Each model starts from its RECIPE (measured by cross-validation here, see the README's ablation
+table); explicit options override it. Rerunning the same command resumes: finished folds are kept
+and an existing run keeps the epochs it was planned with.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.config import (TrainConfig, UserError, add_train_arguments, check_config, config_from_args, parse_duration,
+                        read_json_option)
+from kit.files import read_json
+
+# Measured on the real data from random init (README, "Measured on the real data"): one-cycle AdamW
+# beat constant-rate Adam for both models; strong augmentation helped resnet18, light suited scratch.
+RECIPES = {
+    "resnet18": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=2e-3,
+                     augment="strong", tta=True),
+    "scratch": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=3e-3,
+                    augment="light", tta=True),
+}
+LEARNING_RATE_FIELDS = ("lr_head", "lr_backbone", "unfreeze_epoch")
+SAFETY = 1.15          # short timing bursts run faster than a whole epoch (caches, turbo, Python overhead)
+BLEND_RESERVE_S = 30   # blending and writing the submission
+
+
+class BudgetError(UserError):
+    pass
+
+
+@dataclass
+class ModelPlan:
+    cfg: TrainConfig
+    share_s: float                 # wall seconds this model's cross-validation may take
+    train_images_per_s: float
+    infer_images_per_s: float
+    epoch_s: float                 # estimated seconds of one epoch of one fold (training + held-out scoring)
+    fixed_s: float                 # estimated seconds per fold outside the epochs (final predictions)
+    epochs: int
+    resumed: bool = False
+
+    def estimate_s(self) -> float:
+        return self.cfg.folds * (self.epochs * self.epoch_s + self.fixed_s) * SAFETY
+
+
+def recipe_config(cfg: TrainConfig, model: str, given: set[str], *, sample: bool = False) -> TrainConfig:
+    """`cfg` for `model` with the model's recipe filled in where the user gave nothing.
+
+    The recipe's learning rates were measured from random init; from pretrained weights the
+    pretrained defaults (TrainConfig.resolved) apply instead."""
+    recipe = dict(RECIPES.get(model, {}))
+    resolved = dataclasses.replace(cfg, model=model).resolved(sample=sample)
+    if model == "resnet18" and (resolved.pretrained or resolved.weights):
+        recipe = {k: v for k, v in recipe.items() if k not in LEARNING_RATE_FIELDS}
+    return dataclasses.replace(cfg, model=model, **{k: v for k, v in recipe.items() if k not in given})
+
+
+def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float) -> tuple[float, float]:
+    """(seconds of one epoch of one fold, seconds per fold outside the epochs), from measured images/s."""
+    views = 2 if cfg.tta else 1
+    n_valid = n_train / cfg.folds
+    epoch = (n_train - n_valid) / train_ips + n_valid * views / infer_ips
+    fixed = (n_valid + n_test) * views / infer_ips
+    return epoch, fixed
+
+
+def plan_epochs(share_s: float, folds: int, epoch_s: float, fixed_s: float, max_epochs: int) -> int:
+    """The most epochs per fold (at most max_epochs) whose estimated cost, with the margin, fits share_s."""
+    per_fold = share_s / SAFETY / folds - fixed_s
+    return max(0, min(max_epochs, math.floor(per_fold / epoch_s)))
+
+
+def parse_shares(text: str | None, models: list[str]) -> list[float]:
+    if not text:
+        return [1.0] * len(models)
+    try:
+        shares = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--shares {text!r}: expected numbers like 2,1") from None
+    if len(shares) != len(models) or any(s <= 0 for s in shares):
+        raise UserError(f"--shares {text!r}: need one positive number per model ({', '.join(models)})")
+    return shares
+
+
+def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list[float] | None = None,
+         given: set[str] | None = None, name: str | None = None, max_epochs: int = 40, root: Path | None = None,
+         overwrite: bool = False, measure_steps: int = 12, log=print) -> dict:
+    """Cross-validate `models` and blend them into a submission, all within `time_limit` seconds.
+
+    `given`: the fields the user chose, which the recipes leave alone (default: those that differ
+    from TrainConfig's defaults)."""
+    started = time.monotonic()
+    deadline = started + time_limit
+    from kit.cv import project_root, run_cv
+    from kit.data import load_competition, locate
+    from kit.ensemble import blend, load_run, table, write_submission
+
+    root = Path(root or project_root())
+    shares = shares or [1.0] * len(models)
+    if given is None:
+        given = {k for k, v in dataclasses.asdict(cfg).items() if v != getattr(TrainConfig(), k)}
+    for model in models:
+        check_config(dataclasses.replace(cfg, model=model))
+    folder, competition, is_sample = locate(cfg.data, project_root=root)
+    configs = [recipe_config(cfg, model, given, sample=is_sample) for model in models]
+    name = name or f"best-{competition}-{int(time_limit // 60)}m"
+    out = root / "submissions" / f"{name}.csv"
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another --name or pass --overwrite")
+    from kit.cv import check_weights
+
+    for model_cfg in configs:
+        check_weights(model_cfg.resolved(sample=is_sample))
+    timeline = []
+
+    def mark(what: str, since: float) -> float:
+        now = time.monotonic()
+        timeline.append((what, now - since))
+        return now
+
+    # 1. prepare
+    comp, train_images, _ = load_competition(cfg.data, project_root=root, size=cfg.size,
+                                             drop_bad_rows=cfg.drop_bad_rows)
+    from kit.folds import folds_for
+
+    folds_for(comp.train, competition=comp.name, k=cfg.folds, seed=cfg.seed, folds_dir=root / "folds")
+    now = mark("prepare data and folds", started)
+
+    # 2. measure and 3. plan
+    from kit.bench import kit_throughput
+    from kit.train import MIN_INFERENCE_BATCH
+
+    plans = []
+    rows = comp.train["cache_index"].to_numpy()
+    for model_cfg in configs:
+        resolved = model_cfg.resolved(sample=is_sample)
+        figures = kit_throughput(resolved, train_images, rows, steps=measure_steps, warmup=3,
+                                 infer_batch=max(MIN_INFERENCE_BATCH, 4 * resolved.batch_size))
+        epoch_s, fixed_s = epoch_costs(resolved, n_train=len(comp.train), n_test=len(comp.test),
+                                       train_ips=figures["train"], infer_ips=figures["infer"])
+        plans.append(ModelPlan(model_cfg, 0.0, figures["train"], figures["infer"], epoch_s, fixed_s, 0))
+    now = mark("measure throughput", now)
+    available = deadline - now - BLEND_RESERVE_S
+    for plan, share in zip(plans, shares):
+        plan.share_s = available * share / sum(shares)
+        plan.cfg = dataclasses.replace(plan.cfg, name=name, overwrite=False)
+        saved = root / "runs" / plan.cfg.model / name / "config.json"
+        if saved.is_file():  # resume with the plan it was started with (cv refuses a changed config)
+            plan.epochs, plan.resumed = int(read_json(saved)["train"]["epochs"]), True
+        else:
+            plan.epochs = plan_epochs(plan.share_s, cfg.folds, plan.epoch_s, plan.fixed_s, max_epochs)
+    cut = [p for p in plans if p.epochs < 1]
+    if len(cut) == len(plans):
+        need = min(cfg.folds * (p.epoch_s + p.fixed_s) * SAFETY for p in plans) + (now - started) + BLEND_RESERVE_S
+        raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: one epoch on {cfg.folds} folds of the "
+                          f"fastest model needs about {need / 60:.1f} min here. Give more time, fewer --folds or "
+                          "a smaller --size.")
+    for plan in cut:
+        log(f"plan: {plan.cfg.model} left out: not one epoch on {cfg.folds} folds fits its "
+            f"{plan.share_s / 60:.1f} min share")
+    plans = [p for p in plans if p.epochs >= 1]
+    if cut:  # what the dropped models would have had goes to the others
+        total = sum(p.share_s for p in plans)
+        for plan in plans:
+            plan.share_s = available * plan.share_s / total
+            if not plan.resumed:
+                plan.epochs = plan_epochs(plan.share_s, cfg.folds, plan.epoch_s, plan.fixed_s, max_epochs)
+    for plan in plans:
+        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs, time_limit=plan.share_s)
+        log(f"plan: {plan.cfg.model}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
+            f"img/s -> {plan.epochs} epoch(s) x {cfg.folds} folds, about {plan.estimate_s() / 60:.1f} of "
+            f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
+
+    # 4. cross-validate
+    results = []
+    for plan in plans:
+        # Each model may use what is left of the budget by the time it starts, in proportion to its share.
+        left = deadline - time.monotonic() - BLEND_RESERVE_S
+        later = sum(p.share_s for p in plans[plans.index(plan):])
+        cfg_now = dataclasses.replace(plan.cfg, time_limit=max(1.0, left * plan.share_s / later))
+        run_started = time.monotonic()
+        result = run_cv(cfg_now, root=root, log=log)
+        mark(f"cv {plan.cfg.model} ({plan.epochs} epochs x {cfg.folds} folds)", run_started)
+        cuts = [read_json(result.run_dir / f"fold{f}" / "metrics.json").get("cut_at_epoch")
+                for f in range(cfg.folds) if (result.run_dir / f"fold{f}" / "metrics.json").is_file()]
+        if any(c is not None for c in cuts):
+            log(f"{plan.cfg.model}: the time limit cut training short in fold(s) "
+                f"{[f for f, c in enumerate(cuts) if c is not None]} (best checkpoints kept)")
+        results.append(result)
+
+    # 5. blend
+    blend_started = time.monotonic()
+    complete = [r for r in results if r.complete]
+    if not complete:
+        raise BudgetError("no model finished all its folds within the time limit; rerun the same command to "
+                          "continue where it stopped")
+    runs = [load_run(r.run_dir) for r in complete]
+    blended = blend(runs, "auto" if len(runs) > 1 else "equal", sample_path=folder / "sample_submission.csv")
+    log(table(blended))
+    sidecar = write_submission(blended, out, overwrite=overwrite)
+    mark("blend and write the submission", blend_started)
+    total = time.monotonic() - started
+    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated score {blended.cv}")
+    log(f"where the time went ({total / 60:.1f} of {time_limit / 60:.1f} min):")
+    for what, seconds in timeline:
+        log(f"  {what:<44} {seconds / 60:6.1f} min")
+    return {"submission": str(out), "cv": blended.cv.as_dict(), "seconds": total, "time_limit": time_limit,
+            "members": {r.run_dir.parent.name: r.scores.as_dict() for r in complete},
+            "epochs": {p.cfg.model: p.epochs for p in plans}, "timeline": timeline}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv=None) -> int:
+    from kit.ensemble import RunError as EnsembleRunError, SubmissionError
+
+    parser = argparse.ArgumentParser(prog="python -m kit best", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--time-limit", type=parse_duration, required=True, help="wall-time budget, e.g. 60m")
+    parser.add_argument("--models", default="resnet18,scratch", help="comma-separated models (default resnet18,scratch)")
+    parser.add_argument("--shares", help="relative time shares of the models, e.g. 2,1 (default equal)")
+    parser.add_argument("--name", help="run and submission name (default best-<competition>-<minutes>m)")
+    parser.add_argument("--max-epochs", type=int, default=40, help="upper bound on the planned epochs per fold")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission of that name")
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if args.epochs is not None:
+            raise UserError("--epochs is planned from the time limit here; use --max-epochs to cap it")
+        cfg = config_from_args(args)
+        given = {f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+        if args.params:  # fields from a --params file count as chosen too (config_from_args checked the file)
+            loaded = read_json_option("--params", args.params)
+            given |= set(loaded.get("params", loaded))
+        best(cfg, time_limit=args.time_limit, models=models, shares=parse_shares(args.shares, models),
+             given=given, name=args.name, max_epochs=args.max_epochs, overwrite=args.overwrite,
+             log=lambda text: print(text, flush=True))
+    except (UserError, EnsembleRunError, SubmissionError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

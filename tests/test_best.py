@@ -1,0 +1,76 @@
+"""`best --time-limit`: the plan from measured throughput, the budget kept, the blend written."""
+import json
+import time
+
+import pytest
+
+from kit.best import BudgetError, SAFETY, best, epoch_costs, main, plan_epochs, recipe_config
+from kit.config import TrainConfig, UserError
+from kit.ensemble import validate_submission_file
+
+SMALL = dict(size=32, batch_size=16, folds=3, num_threads=1)
+
+
+def test_plan_fits_the_share_with_the_margin():
+    cfg = TrainConfig(folds=5, tta=True)
+    epoch_s, fixed_s = epoch_costs(cfg, n_train=1000, n_test=500, train_ips=100, infer_ips=400)
+    assert epoch_s == pytest.approx(800 / 100 + 200 * 2 / 400)      # train 4/5, score the 1/5 twice (flips)
+    assert fixed_s == pytest.approx((200 + 500) * 2 / 400)          # final held-out + test predictions
+    epochs = plan_epochs(600, 5, epoch_s, fixed_s, max_epochs=40)
+    assert 5 * (epochs * epoch_s + fixed_s) * SAFETY <= 600 < 5 * ((epochs + 1) * epoch_s + fixed_s) * SAFETY
+    assert plan_epochs(10_000, 5, epoch_s, fixed_s, max_epochs=7) == 7
+    assert plan_epochs(10, 5, epoch_s, fixed_s, max_epochs=7) == 0
+
+
+def test_recipe_fills_only_what_the_user_left_open():
+    cfg = TrainConfig(pretrained=False, augment="none")
+    r18 = recipe_config(cfg, "resnet18", given={"augment", "pretrained"})
+    assert (r18.model, r18.schedule, r18.optimizer, r18.augment, r18.lr_backbone) == ("resnet18", "onecycle", "adamw", "none", 2e-3)
+    pretrained = recipe_config(TrainConfig(pretrained=True), "resnet18", given={"pretrained"})
+    assert pretrained.lr_backbone is None and pretrained.schedule == "onecycle"   # pretrained rates stay
+    # No --no-pretrained: ImageNet weights on real data (pretrained rates), random init on the sample.
+    assert recipe_config(TrainConfig(), "resnet18", set(), sample=False).lr_backbone is None
+    assert recipe_config(TrainConfig(), "resnet18", set(), sample=True).lr_backbone == 2e-3
+
+
+def test_best_stays_within_its_budget_and_writes_a_validated_blend(tiny_competition, project):
+    limit = 90
+    started = time.monotonic()
+    lines = []
+    result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
+                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, log=lines.append)
+    elapsed = time.monotonic() - started
+    assert elapsed <= limit * 1.05, f"took {elapsed:.0f} s of {limit}"
+    assert set(result["epochs"]) == {"scratch", "resnet18"} and all(1 <= e <= 3 for e in result["epochs"].values())
+    out = project / "submissions" / f"{result['submission'].rsplit('/', 1)[-1]}"
+    submission = validate_submission_file(out, tiny_competition / "sample_submission.csv")
+    assert len(submission) == 20
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert len(sidecar["members"]) == 2 and sidecar["cv_score"] == pytest.approx(result["cv"]["score"])
+    text = "\n".join(lines)
+    assert "where the time went" in text and "plan: scratch" in text and "plan: resnet18" in text
+    config = json.loads((project / "runs/scratch" / out.stem / "config.json").read_text())["train"]
+    assert config["schedule"] == "onecycle" and config["epochs"] == result["epochs"]["scratch"]
+
+    # The same command again: the runs are complete and kept, and the submission is not overwritten.
+    with pytest.raises(UserError, match="exists"):
+        best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
+             models=["scratch", "resnet18"], root=project, log=lines.append)
+    again = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
+                 models=["scratch", "resnet18"], root=project, overwrite=True, log=lines.append)
+    assert again["epochs"] == result["epochs"] and again["cv"] == result["cv"]
+    assert again["seconds"] < elapsed    # nothing retrained
+
+
+def test_a_budget_too_small_for_one_epoch_stops_before_training(tiny_competition, project):
+    with pytest.raises(BudgetError, match="too short"):
+        best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=2,
+             models=["scratch"], root=project, measure_steps=3, log=lambda *_: None)
+    assert not (project / "runs").exists()
+
+
+def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
+    assert main(["--time-limit", "5m", "--epochs", "3", "--data", str(tiny_competition)]) == 2
+    assert "--epochs is planned" in capsys.readouterr().err
+    assert main(["--time-limit", "5m", "--shares", "1,x", "--data", str(tiny_competition)]) == 2
+    assert "--shares '1,x'" in capsys.readouterr().err
