@@ -104,7 +104,7 @@ class ModelSteps:
     """One training and one inference step of a model as `cv` runs it (precision, memory format, AdamW)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        self.device, self.batch_size = device, cfg.batch_size
+        self.device = device
         self.amp_dtype = pick_amp_dtype(cfg.precision, device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = create_model(cfg.model, pretrained=False).to(device, memory_format=self.memory_format)
@@ -135,7 +135,8 @@ def kit_throughput(cfg: TrainConfig, images: np.ndarray, rows: np.ndarray, *, in
     device = pick_device(cfg.device)
     model_steps = model_steps or ModelSteps(cfg, device)
     source = ImageSource(images, device, cfg.channels_last)
-    rng, generator, timer, b = np.random.default_rng(0), torch.Generator().manual_seed(0), Timer(device, warmup, steps), cfg.batch_size
+    rng, generator, b = np.random.default_rng(0), torch.Generator().manual_seed(0), cfg.batch_size
+    timer = Timer(device, warmup, steps)
 
     def kit_train():
         picked = rows[rng.integers(0, len(rows), b)]
@@ -249,6 +250,9 @@ def main(argv=None) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        for option in ("steps", "rounds"):
+            if getattr(args, option) < 1:
+                raise UserError(f"--{option} {getattr(args, option)}: must be at least 1")
         cfg = config_from_args(args)
         summary = benchmark(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference_workers=args.reference_workers)
     except UserError as err:

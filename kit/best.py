@@ -219,7 +219,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list
     sidecar = write_submission(blended, out, overwrite=overwrite)
     mark("blend and write the submission", blend_started)
     total = time.monotonic() - started
-    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated score {blended.cv}")
+    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}")
     log(f"where the time went ({total / 60:.1f} of {time_limit / 60:.1f} min):")
     for what, seconds in timeline:
         log(f"  {what:<44} {seconds / 60:6.1f} min")
