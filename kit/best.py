@@ -185,17 +185,17 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list
             if not plan.resumed:
                 plan.epochs = plan_epochs(plan.share_s, cfg.folds, plan.epoch_s, plan.fixed_s, max_epochs)
     for plan in plans:
-        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs, time_limit=plan.share_s)
+        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs)
         log(f"plan: {plan.cfg.model}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
             f"img/s -> {plan.epochs} epoch(s) x {cfg.folds} folds, about {plan.estimate_s() / 60:.1f} of "
             f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
 
     # 4. cross-validate
     results = []
-    for plan in plans:
+    for position, plan in enumerate(plans):
         # Each model may use what is left of the budget by the time it starts, in proportion to its share.
         left = deadline - time.monotonic() - BLEND_RESERVE_S
-        later = sum(p.share_s for p in plans[plans.index(plan):])
+        later = sum(p.share_s for p in plans[position:])
         cfg_now = dataclasses.replace(plan.cfg, time_limit=max(1.0, left * plan.share_s / later))
         run_started = time.monotonic()
         result = run_cv(cfg_now, root=root, log=log)
