@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kit.age import AgeTarget
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
 from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args
 from kit.cv import project_root
 from kit.data import load_competition, locate
 from kit.models import create_model
-from kit.train import ImageSource, autocast, pick_amp_dtype, pick_device
+from kit.train import ImageSource, autocast, moving_average, pick_amp_dtype, pick_device
 
 
 def mapped_rss(path) -> int:
@@ -101,25 +102,31 @@ def forever(loader):
 
 
 class ModelSteps:
-    """One training and one inference step of a model as `cv` runs it (precision, memory format, AdamW)."""
+    """One training and one inference step of a model as `cv` runs it (precision, memory format, stem,
+    age target, AdamW, the moving average of the weights)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.device = device
         self.amp_dtype = pick_amp_dtype(cfg.precision, device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = create_model(cfg.model, pretrained=False).to(device, memory_format=self.memory_format)
-        self.forward = torch.compile(model) if cfg.compile else model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.age_target = AgeTarget(cfg.age_target, cfg.age_loss, mean=33.0, std=19.5)
+        self.model = create_model(cfg.model, pretrained=False, age_outputs=self.age_target.outputs,
+                                  stem=cfg.stem).to(device, memory_format=self.memory_format)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.gender = torch.randint(0, 2, (cfg.batch_size,), device=device)
-        self.age = torch.randn(cfg.batch_size, device=device)
+        self.age = torch.randint(1, 90, (cfg.batch_size,), device=device).float()
 
     def train(self, x):
         with autocast(self.device, self.amp_dtype):
-            logits, age_pred = self.forward(x)
-        loss = F.cross_entropy(logits.float(), self.gender) + F.l1_loss(age_pred.float(), self.age)
+            logits, age_output = self.forward(x)
+        loss = F.cross_entropy(logits.float(), self.gender) + self.age_target.loss(age_output, self.age)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
 
     @torch.inference_mode()
     def infer(self, x):

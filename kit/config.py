@@ -49,8 +49,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"         # constant | onecycle | cosine
     warmup_epochs: float = 1.0         # for cosine; onecycle warms up for 30% of the steps
-    age_loss_weight: float = 1.0       # loss = CE(gender) + w * L1(standardised age); see train.py
+    age_loss_weight: float = 1.0       # loss = CE(gender) + w * age loss; see kit/age.py
+    age_target: str = "regression"     # regression (standardised age) | bins (label distribution, kit/age.py)
+    age_loss: str = "l1"               # l1 | mse, on the standardised (expected) age
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0             # exponential moving average of the weights; 0 = off
+    stem: str = "standard"             # resnet18: standard (/4) | small (3x3 stride-1 conv, /2) for small inputs
     augment: str = "light"             # none | light | strong
     tta: bool = False                  # average each prediction with that of the flipped image
     pretrained: bool | None = None     # None: ImageNet weights on real data, random init on the sample
@@ -99,6 +103,7 @@ class TrainConfig:
 
 
 CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "onecycle", "cosine"),
+           "age_target": ("regression", "bins"), "age_loss": ("l1", "mse"), "stem": ("standard", "small"),
            "augment": ("none", "light", "strong"), "precision": ("auto", "fp32", "bf16", "fp16"),
            "device": ("auto", "cpu", "cuda")}
 
@@ -137,6 +142,10 @@ def check_config(cfg: TrainConfig) -> None:
         bad("age_loss_weight", "must be >= 0")
     if not 0 <= cfg.label_smoothing < 1:
         bad("label_smoothing", "must be in [0, 1)")
+    if not 0 <= cfg.ema_decay < 1:
+        bad("ema_decay", "must be in [0, 1) (0 turns the moving average off; 0.998 is typical)")
+    if cfg.stem != "standard" and cfg.model != "resnet18":
+        bad("stem", f"only resnet18 has a stem to change; {cfg.model} already keeps small inputs' detail")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         bad("weights", "no such file")
     if cfg.time_limit is not None and cfg.time_limit <= 0:
@@ -179,7 +188,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=CHOICES["schedule"])
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--age-loss-weight", type=float)
+    g.add_argument("--age-target", choices=CHOICES["age_target"],
+                   help="regression on the standardised age, or a label distribution over one-year bins")
+    g.add_argument("--age-loss", choices=CHOICES["age_loss"], help="l1 or mse on the (expected) standardised age")
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--ema-decay", type=float, help="moving average of the weights, e.g. 0.998 (default 0: off)")
+    g.add_argument("--stem", choices=CHOICES["stem"], help="resnet18's stem: standard, or small for inputs under ~96 px")
     g.add_argument("--augment", choices=CHOICES["augment"])
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average predictions with the horizontally flipped image")

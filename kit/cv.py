@@ -25,6 +25,7 @@ from kit.data import Competition, load_competition, locate
 from kit.files import read_json, sha256_file, write_csv, write_json
 from kit.folds import folds_for
 from kit.metric import Scores, score_probabilities
+from kit.age import AgeTarget
 from kit.models import create_model
 
 
@@ -48,7 +49,8 @@ def project_root() -> Path:
 def check_weights(cfg: TrainConfig) -> None:
     """Fail before any long work if the starting weights cannot be had (offline, bad file)."""
     if cfg.weights or cfg.pretrained:
-        create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights)
+        create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights, stem=cfg.stem,
+                     age_outputs=AgeTarget(cfg.age_target, cfg.age_loss, 0.0, 1.0).outputs)
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:

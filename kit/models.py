@@ -1,7 +1,8 @@
 """The model registry and the two-headed models.
 
-Every model maps an image batch to (gender logits [B, 2], standardised age [B]). A model is a small
-function registered by name (as in timm); `create_model(name, ...)` is the one way to build one.
+Every model maps an image batch to (gender logits [B, 2], age output [B] or [B, bins]; kit/age.py says
+what the age output means). A model is a small function registered by name (as in timm);
+`create_model(name, ...)` is the one way to build one.
 """
 from __future__ import annotations
 
@@ -30,16 +31,18 @@ class WeightsError(UserError):
 class FaceModel(nn.Module):
     """A feature extractor (`backbone`) and two linear heads on its features."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, pretrained_backbone: bool = False):
+    def __init__(self, backbone: nn.Module, num_features: int, pretrained_backbone: bool = False,
+                 age_outputs: int = 1):
         super().__init__()
         self.backbone = backbone
         self.gender_head = nn.Linear(num_features, 2)
-        self.age_head = nn.Linear(num_features, 1)
+        self.age_head = nn.Linear(num_features, age_outputs)
         self.pretrained_backbone = pretrained_backbone
 
     def forward(self, x):
         features = self.backbone(x)
-        return self.gender_head(features), self.age_head(features).squeeze(1)
+        age = self.age_head(features)
+        return self.gender_head(features), age.squeeze(1) if age.shape[1] == 1 else age
 
     def head_parameters(self):
         return [*self.gender_head.parameters(), *self.age_head.parameters()]
@@ -51,7 +54,8 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 @register_model
-def scratch(*, pretrained: bool = False, weights: str | None = None) -> FaceModel:
+def scratch(*, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
+            stem: str = "standard") -> FaceModel:
     """The original report's CNN: three Conv-BN-ReLU-MaxPool blocks and fully connected layers.
 
     An adaptive pool to 4x4 before the classifier keeps a coarse layout of the face (where hair
@@ -59,21 +63,31 @@ def scratch(*, pretrained: bool = False, weights: str | None = None) -> FaceMode
     """
     if pretrained:
         raise WeightsError("the scratch model has no pretrained weights; drop --pretrained")
+    if stem != "standard":
+        raise UserError(f"--stem {stem}: the scratch model's first block already keeps small inputs' detail")
     backbone = nn.Sequential(conv_block(3, 64), conv_block(64, 128), conv_block(128, 256),
                              nn.AdaptiveAvgPool2d(4), nn.Flatten(),
                              nn.Linear(256 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.3))
-    model = FaceModel(backbone, 256)
+    model = FaceModel(backbone, 256, age_outputs=age_outputs)
     if weights:
         load_weights(model, weights)
     return model
 
 
 @register_model
-def resnet18(*, pretrained: bool = True, weights: str | None = None) -> FaceModel:
-    """torchvision's ResNet18 with its `fc` replaced by the gender and age heads."""
+def resnet18(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
+             stem: str = "standard") -> FaceModel:
+    """torchvision's ResNet18 with its `fc` replaced by the gender and age heads.
+
+    stem "small": the 7x7 stride-2 convolution becomes a 3x3 stride-1 one (the max-pool stays), so the
+    network downsamples by 2 instead of 4 before its first block. At 64 px the standard stem leaves a
+    16x16 map for layer1 and 2x2 at the end; the small stem doubles both, at about 4x the compute.
+    ImageNet's conv1 does not fit it and is left at random init."""
     from torchvision.models import resnet18 as tv_resnet18
 
     backbone = tv_resnet18(weights=None)
+    if stem == "small":
+        backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     if weights:
         state = read_state_dict(weights)
     elif pretrained:
@@ -81,19 +95,20 @@ def resnet18(*, pretrained: bool = True, weights: str | None = None) -> FaceMode
     else:
         state = None
     if state is not None and not any(k.startswith("backbone.") for k in state):
-        load_backbone_state(backbone, state, source=weights or "ImageNet weights")
+        load_backbone_state(backbone, state, source=weights or "ImageNet weights", skip=("conv1.",) if stem == "small" else ())
     num_features = backbone.fc.in_features
     backbone.fc = nn.Identity()
-    model = FaceModel(backbone, num_features, pretrained_backbone=state is not None)
+    model = FaceModel(backbone, num_features, pretrained_backbone=state is not None, age_outputs=age_outputs)
     if state is not None and any(k.startswith("backbone.") for k in state):
         load_weights(model, weights)
     return model
 
 
-def create_model(name: str, *, pretrained: bool = False, weights: str | None = None) -> FaceModel:
+def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
+                 stem: str = "standard") -> FaceModel:
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
-    return MODELS[name](pretrained=pretrained, weights=weights)
+    return MODELS[name](pretrained=pretrained, weights=weights, age_outputs=age_outputs, stem=stem)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -111,14 +126,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
-def load_backbone_state(backbone: nn.Module, state: dict, *, source) -> None:
-    """Load a torchvision ResNet18 state dict; its ImageNet `fc` is dropped (the heads replace it)."""
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+def load_backbone_state(backbone: nn.Module, state: dict, *, source, skip: tuple[str, ...] = ()) -> None:
+    """Load a torchvision ResNet18 state dict; its ImageNet `fc` is dropped (the heads replace it), and
+    so are the layers named in `skip` (replaced layers that keep their random init)."""
+    skip = ("fc.", *skip)
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise WeightsError(f"{source} does not fit resnet18: {err}") from None
-    missing = [k for k in missing if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(skip)]
     if missing or unexpected:
         raise WeightsError(f"{source} does not fit resnet18: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -42,7 +42,7 @@ def make_report(path: Path, oof: pd.DataFrame, histories: list[pd.DataFrame], *,
     ax = axes[0, 1]
     for history in histories:
         ax.plot(history["epoch"], history["train_loss"], marker=".")
-    ax.set(title="training loss (CE + w * L1 of standardised age)", xlabel="epoch")
+    ax.set(title="training loss (gender CE + w * age loss)", xlabel="epoch")
     ax = axes[0, 2]
     ax.scatter(oof["age"], oof["age_pred"], s=3, alpha=0.3)
     top = float(max(oof["age"].max(), oof["age_pred"].max()))

@@ -2,9 +2,10 @@
 
     fit_fold(cfg, fold=0, data=FoldData(...), fold_dir=Path("runs/resnet18/x/fold0"))
 
-Loss = cross-entropy(gender) + age_loss_weight * L1(age), with age standardised by the training
-fold's mean and std: the age head starts at the mean age instead of climbing from 0 to ~33 years,
-and in those units both losses start near 0.7, so the default weight of 1 balances the two heads.
+Loss = cross-entropy(gender) + age_loss_weight * age loss (kit/age.py: regression on the age
+standardised by the training fold's mean and std, or a label distribution over age bins).
+With --ema-decay, an exponential moving average of the weights is what gets scored and kept: it
+averages out the noise of the last steps, as a free ensemble along the trajectory.
 Every epoch is scored on the held-out fold with the competition metric; the best epoch's weights
 are kept (best.pt) and an epoch checkpoint (last.pt) lets an interrupted fold continue. Each
 epoch's shuffling and augmentation draw from a generator seeded by (seed, fold, epoch), so a
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from kit.age import AgeTarget
 from kit.augment import prepare, to_device
 from kit.config import TrainConfig, UserError
 from kit.files import save_torch, write_csv
@@ -149,9 +151,23 @@ def set_phase(model: FaceModel, optimizer, cfg: TrainConfig, epoch: int, factor:
 
 # ----------------------------------------------------------------------------- prediction
 
+def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics.
+
+    The decay warms up as (1 + n) / (10 + n) over the first updates (as TensorFlow's and timm's EMA do):
+    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():  # BatchNorm's step counter
+            return current
+        n = int(num_averaged)
+        return torch.lerp(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=update, use_buffers=True)
+
+
 @torch.inference_mode()
-def predict(model, source: ImageSource, rows: np.ndarray, *, tta: bool, amp_dtype, age_mean: float,
-            age_std: float, channels_last: bool, batch_size: int = MIN_INFERENCE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, source: ImageSource, rows: np.ndarray, *, tta: bool, amp_dtype, age_target: AgeTarget,
+            channels_last: bool, batch_size: int = MIN_INFERENCE_BATCH) -> tuple[np.ndarray, np.ndarray]:
     """(probability of male, age in years) for the cache rows `rows`."""
     model.eval()
     gender_prob, age = [], []
@@ -161,11 +177,11 @@ def predict(model, source: ImageSource, rows: np.ndarray, *, tta: bool, amp_dtyp
         probs, ages = 0, 0
         for view in views:
             with autocast(source.device, amp_dtype):
-                logits, age_std_units = model(view)
+                logits, age_output = model(view)
             probs = probs + logits.float().softmax(1)[:, 1]
-            ages = ages + age_std_units.float()
+            ages = ages + age_target.years(age_output)
         gender_prob.append((probs / len(views)).cpu().numpy())
-        age.append((ages / len(views) * age_std + age_mean).cpu().numpy())
+        age.append((ages / len(views)).cpu().numpy())
     return np.concatenate(gender_prob), np.concatenate(age)
 
 
@@ -186,17 +202,21 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     device = pick_device(cfg.device)
     amp_dtype = pick_amp_dtype(cfg.precision, device)
     torch.manual_seed(epoch_seed(cfg.seed, fold, -1))
-    model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights)
+    age_target = AgeTarget.for_training(cfg.age_target, cfg.age_loss, data.train["age"])
+    model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,
+                         age_outputs=age_target.outputs, stem=cfg.stem)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     forward = torch.compile(model) if cfg.compile else model
+    average = moving_average(model, cfg.ema_decay) if cfg.ema_decay else None
+    kept_model = average.module if average is not None else model   # what is scored and kept as best.pt
+    scored = average.module if average is not None else forward
 
     train_rows = data.train["cache_index"].to_numpy()
     valid_rows = data.valid["cache_index"].to_numpy()
     gender = torch.tensor(data.train["gender"].to_numpy(), dtype=torch.long)
-    age_mean, age_std = float(data.train["age"].mean()), float(data.train["age"].std() or 1.0)
-    age_target = torch.tensor(((data.train["age"] - age_mean) / age_std).to_numpy(), dtype=torch.float32)
+    ages = torch.tensor(data.train["age"].to_numpy(), dtype=torch.float32)
     train_source = ImageSource(data.train_images, device, cfg.channels_last)
 
     batch_size = min(cfg.batch_size, len(train_rows))
@@ -204,14 +224,16 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
-    predict_options = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_mean=age_mean, age_std=age_std,
-                           channels_last=cfg.channels_last, batch_size=max(MIN_INFERENCE_BATCH, 4 * batch_size))
+    predict_options = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_target=age_target, channels_last=cfg.channels_last,
+                           batch_size=max(MIN_INFERENCE_BATCH, 4 * batch_size))
     history, best_score, best_epoch, start_epoch = [], -1.0, -1, 0
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         history, best_score, best_epoch = state["history"], state["best_score"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
@@ -238,32 +260,35 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
             picked = order[step * batch_size:(step + 1) * batch_size]
             x = prepare(train_source.batch(train_rows[picked]), strength=cfg.augment, generator=generator,
                         channels_last=cfg.channels_last)
-            y_gender, y_age = gender[picked].to(device), age_target[picked].to(device)
+            y_gender, y_age = gender[picked].to(device), ages[picked].to(device)
             with autocast(device, amp_dtype):
-                logits, age_pred = forward(x)
+                logits, age_output = forward(x)
             loss = (F.cross_entropy(logits.float(), y_gender, label_smoothing=cfg.label_smoothing)
-                    + cfg.age_loss_weight * F.l1_loss(age_pred.float(), y_age))
+                    + cfg.age_loss_weight * age_target.loss(age_output, y_age))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                average.update_parameters(model)
             loss_sum += loss.detach()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
         train_seconds = time.monotonic() - started
 
-        gender_prob, age_pred = predict(forward, train_source, valid_rows, **predict_options)
+        gender_prob, age_pred = predict(scored, train_source, valid_rows, **predict_options)
         scores = score_probabilities(data.valid["gender"], gender_prob, data.valid["age"], age_pred)
         improved = scores.score > best_score
         if improved:
             best_score, best_epoch = scores.score, epoch
-            save_torch(best_path, {"model": model.state_dict(), "epoch": epoch, "age_mean": age_mean,
-                                   "age_std": age_std, "config": cfg.to_dict()})
+            save_torch(best_path, {"model": kept_model.state_dict(), "epoch": epoch, "age_mean": age_target.mean,
+                                   "age_std": age_target.std, "config": cfg.to_dict()})
         history.append({"fold": fold, "epoch": epoch, "train_loss": loss_sum.item() / max(1, steps_per_epoch),
                         **scores.as_dict(), "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
                         "train_images_per_s": steps_per_epoch * batch_size / train_seconds,
                         "seconds": time.monotonic() - started})
         save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "average": average.state_dict() if average is not None else None,
                                "epoch": epoch, "history": history, "best_score": best_score,
                                "best_epoch": best_epoch})
         write_csv(fold_dir / "history.csv", pd.DataFrame(history))

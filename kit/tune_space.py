@@ -7,9 +7,10 @@ from pathlib import Path
 
 from kit.config import CHOICES, TrainConfig, UserError, check_config, read_json_option
 
-FLOAT_FIELDS = ("lr_head", "lr_backbone", "weight_decay", "warmup_epochs", "age_loss_weight", "label_smoothing")
+FLOAT_FIELDS = ("lr_head", "lr_backbone", "weight_decay", "warmup_epochs", "age_loss_weight", "label_smoothing",
+                "ema_decay")
 INT_FIELDS = ("unfreeze_epoch", "batch_size", "size")
-CHOICE_FIELDS = ("optimizer", "schedule", "augment", "tta")
+CHOICE_FIELDS = ("optimizer", "schedule", "augment", "tta", "age_target", "age_loss", "stem")
 FROZEN_PHASE_FIELDS = ("lr_head", "unfreeze_epoch")   # only mean something when starting pretrained
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.best import BudgetError, SAFETY, best, epoch_costs, main, plan_epochs, recipe_config
+from kit.best import BudgetError, ModelPlan, SAFETY, allot, best, epoch_costs, main, plan_epochs, recipe_config
 from kit.config import TrainConfig, UserError
 from kit.ensemble import validate_submission_file
 
@@ -21,6 +21,23 @@ def test_plan_fits_the_share_with_the_margin():
     assert 5 * (epochs * epoch_s + fixed_s) * SAFETY <= 600 < 5 * ((epochs + 1) * epoch_s + fixed_s) * SAFETY
     assert plan_epochs(10_000, 5, epoch_s, fixed_s, max_epochs=7) == 7
     assert plan_epochs(10, 5, epoch_s, fixed_s, max_epochs=7) == 0
+
+
+def test_models_that_would_train_too_briefly_give_their_time_to_the_first():
+    def plan(model, epoch_s):
+        return ModelPlan(TrainConfig(model=model), 0.0, 100.0, 400.0, epoch_s=epoch_s, fixed_s=10.0, epochs=0)
+
+    # 3600 s: alone, a model gets 10 epochs of 5 folds ((3600/1.15/5 - 10) // 60); sharing, 5 each.
+    kept, left_out = allot([plan("resnet18", 60), plan("scratch", 60)], 3600, folds=5, max_epochs=40, min_epochs=5)
+    assert [p.cfg.model for p in kept] == ["resnet18", "scratch"] and [p.epochs for p in kept] == [5, 5]
+    kept, left_out = allot([plan("resnet18", 60), plan("scratch", 60)], 3600, folds=5, max_epochs=40, min_epochs=6)
+    assert [p.cfg.model for p in kept] == ["resnet18"] and kept[0].epochs == 10 and kept[0].share_s == 3600
+    assert [p.cfg.model for p in left_out] == ["scratch"]
+    # A resumed run keeps the epochs it started with and is never the reason to leave a model out.
+    resumed = plan("scratch", 60)
+    resumed.epochs, resumed.resumed = 2, True
+    kept, _ = allot([plan("resnet18", 60), resumed], 3600, folds=5, max_epochs=40, min_epochs=5)
+    assert [(p.cfg.model, p.epochs) for p in kept] == [("resnet18", 5), ("scratch", 2)]
 
 
 def test_recipe_fills_only_what_the_user_left_open():
@@ -39,7 +56,8 @@ def test_best_stays_within_its_budget_and_writes_a_validated_blend(tiny_competit
     started = time.monotonic()
     lines = []
     result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
-                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, log=lines.append)
+                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, min_epochs=1,
+                  log=lines.append)
     elapsed = time.monotonic() - started
     assert elapsed <= limit * 1.05, f"took {elapsed:.0f} s of {limit}"
     assert set(result["epochs"]) == {"scratch", "resnet18"} and all(1 <= e <= 3 for e in result["epochs"].values())

@@ -54,3 +54,22 @@ def test_run_sh_and_module_help_list_the_commands():
     listing = subprocess.run(["./run.sh", "--help"], cwd=REPO, capture_output=True, text=True).stdout
     for name in ("cv", "tune", "ensemble", "submit", "download", "bench"):
         assert f"  {name} " in listing
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(ema_decay=1.0), "--ema-decay 1.0: must be in"),
+    (dict(model="scratch", stem="small"), "--stem 'small': only resnet18"),
+    (dict(age_target="histogram"), "--age-target 'histogram': must be one of regression, bins"),
+    (dict(age_loss="huber"), "--age-loss 'huber': must be one of l1, mse"),
+])
+def test_new_recipe_options_are_checked(values, message):
+    from kit.config import check_config
+
+    with pytest.raises(UserError, match=message):
+        check_config(TrainConfig(**values))
+
+
+def test_recipe_options_parse_from_the_command_line():
+    cfg = config_from_args(parse(["--age-target", "bins", "--age-loss", "mse", "--ema-decay", "0.998",
+                                  "--stem", "small"]))
+    assert (cfg.age_target, cfg.age_loss, cfg.ema_decay, cfg.stem) == ("bins", "mse", 0.998, "small")

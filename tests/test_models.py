@@ -61,3 +61,40 @@ def test_offline_imagenet_download_names_the_file_and_the_ways_out(tmp_path, mon
 def test_scratch_has_no_pretrained_weights():
     with pytest.raises(WeightsError, match="no pretrained weights"):
         create_model("scratch", pretrained=True)
+
+
+def test_the_age_head_can_output_bins():
+    model = create_model("resnet18", pretrained=False, age_outputs=121).eval()
+    with torch.no_grad():
+        logits, age = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 2) and age.shape == (2, 121)
+
+
+def test_small_stem_keeps_twice_the_resolution():
+    features = {}
+    standard = create_model("resnet18", pretrained=False).eval()
+    small = create_model("resnet18", pretrained=False, stem="small").eval()
+    for name, model in (("standard", standard), ("small", small)):
+        model.backbone.layer4.register_forward_hook(lambda m, i, out, name=name: features.update({name: out.shape}))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+    assert features["standard"][-2:] == (2, 2) and features["small"][-2:] == (4, 4)
+    assert small.backbone.conv1.kernel_size == (3, 3) and small.backbone.conv1.stride == (1, 1)
+
+
+def test_small_stem_loads_imagenet_shaped_weights_except_conv1(tmp_path):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    torch.nn.init.constant_(reference.layer1[0].conv1.weight, 0.25)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-local.pth")
+    model = create_model("resnet18", weights=str(tmp_path / "resnet18-local.pth"), stem="small")
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert model.backbone.conv1.weight.shape == (64, 3, 3, 3)
+
+
+def test_scratch_has_no_stem_to_change():
+    from kit.config import UserError
+
+    with pytest.raises(UserError, match="--stem small"):
+        create_model("scratch", stem="small")

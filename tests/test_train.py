@@ -1,0 +1,76 @@
+"""One fold's training: the moving average of the weights, the age targets, resuming."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kit.config import TrainConfig
+from kit.train import FoldData, fit_fold, moving_average
+
+FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, schedule="onecycle", lr_backbone=3e-3)
+
+
+def fold_data(n_train=64, n_valid=32, n_test=16, seed=0) -> FoldData:
+    rng = np.random.default_rng(seed)
+    n = n_train + n_valid
+    ages = rng.integers(1, 90, n)
+    gender = rng.integers(0, 2, n)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    images[..., 0] = np.clip(ages[:, None, None] * 2.5, 0, 255)  # age is visible in the red channel
+    images[..., 1] = gender[:, None, None] * 200
+    frame = pd.DataFrame({"id": np.arange(n), "gender": gender, "age": ages, "cache_index": np.arange(n)})
+    test = pd.DataFrame({"id": np.arange(n_test), "cache_index": np.arange(n_test)})
+    return FoldData(train=frame[:n_train], valid=frame[n_train:], test=test, train_images=images,
+                    test_images=images[:n_test])
+
+
+def test_moving_average_warms_up_and_copies_counters():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = moving_average(model, decay=0.99)
+    start = model[0].weight.detach().clone()
+    average.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked += 5
+    average.update_parameters(model)
+    # Second update (n=1): decay min(0.99, 2/11), so the average moves 9/11 of the way to the new weights.
+    assert torch.allclose(average.module[0].weight, start + 9 / 11)
+    assert average.module[1].num_batches_tracked.item() == 5  # an integer counter is copied, not averaged
+    for _ in range(3000):
+        average.update_parameters(model)
+    assert torch.allclose(average.module[0].weight, model[0].weight, atol=1e-4)
+
+
+def test_ema_keeps_the_averaged_weights_as_best(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "ema_decay": 0.9}).resolved(sample=True)
+    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, log=lambda *_: None)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)["model"]
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in last["average"].items() if k.startswith("module.")}
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    assert not torch.equal(best["age_head.weight"], last["model"]["age_head.weight"])  # not the raw weights
+    assert np.isfinite(result.oof["age_pred"]).all()
+
+
+@pytest.mark.parametrize("options", [dict(ema_decay=0.9), dict(age_target="bins", age_loss="mse")])
+def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options):
+    cfg = TrainConfig(**{**FAST, **options}).resolved(sample=True)
+    whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole", log=lambda *_: None)
+
+    def crash_after_first_epoch(fold, epoch, scores):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", on_epoch=crash_after_first_epoch,
+                 log=lambda *_: None)
+    lines = []
+    resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", log=lines.append)
+    assert any("resuming after epoch 0" in line for line in lines)
+    pd.testing.assert_frame_equal(whole.oof, resumed.oof)
+    assert whole.scores == resumed.scores
+
+
+def test_bins_learn_ages_within_the_bins_range(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "age_target": "bins"}).resolved(sample=True)
+    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, log=lambda *_: None)
+    assert result.oof["age_pred"].between(0, 120).all() and result.test["age_pred"].between(0, 120).all()
