@@ -99,8 +99,9 @@ def allot(plans: list[ModelPlan], available_s: float, *, folds: int, max_epochs:
     """Share `available_s` among the plans by their shares and plan each one's epochs.
 
     A blend of models that each train too briefly loses to one model trained longer (measured here,
-    resnet18 runs of 1, 3 and 4 epochs: 0.648, 0.779, 0.805; blending two models gained 0.011). So while a model would get fewer than `min_epochs`, the last model in the
-    list is left out and its time goes to the others. Returns (kept plans, left-out plans)."""
+    resnet18 runs of 1, 3 and 4 epochs: 0.648, 0.779, 0.805; blending two models gained 0.011). So
+    while a model would get fewer than `min_epochs`, the last model in the list is left out and its
+    time goes to the others. Returns (kept plans, left-out plans)."""
     kept, left_out = list(plans), []
     while True:
         total_share = sum(p.share for p in kept)
@@ -128,8 +129,7 @@ def parse_shares(text: str | None, models: list[str]) -> list[float]:
 
 def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list[float] | None = None,
          given: set[str] | None = None, name: str | None = None, max_epochs: int = 40, min_epochs: int = 4,
-         root: Path | None = None,
-         overwrite: bool = False, measure_steps: int = 12, log=print) -> dict:
+         root: Path | None = None, overwrite: bool = False, measure_steps: int = 12, log=print) -> dict:
     """Cross-validate `models` and blend them into a submission, all within `time_limit` seconds.
 
     `given`: the fields the user chose, which the recipes leave alone (default: those that differ

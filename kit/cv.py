@@ -20,12 +20,12 @@ from typing import Callable
 
 import pandas as pd
 
+from kit.age import AgeTarget
 from kit.config import UserError, TrainConfig, add_train_arguments, check_config, config_from_args, parse_duration, parse_fold_list
 from kit.data import Competition, load_competition, locate
 from kit.files import read_json, sha256_file, write_csv, write_json
 from kit.folds import folds_for
 from kit.metric import Scores, score_probabilities
-from kit.age import AgeTarget
 from kit.models import create_model
 
 

@@ -95,7 +95,8 @@ def resnet18(*, pretrained: bool = True, weights: str | None = None, age_outputs
     else:
         state = None
     if state is not None and not any(k.startswith("backbone.") for k in state):
-        load_backbone_state(backbone, state, source=weights or "ImageNet weights", skip=("conv1.",) if stem == "small" else ())
+        replaced = ("conv1.",) if stem == "small" else ()
+        load_backbone_state(backbone, state, source=weights or "ImageNet weights", skip=replaced)
     num_features = backbone.fc.in_features
     backbone.fc = nn.Identity()
     model = FaceModel(backbone, num_features, pretrained_backbone=state is not None, age_outputs=age_outputs)
