@@ -26,6 +26,15 @@ MAX_AGE = 120        # UTKFace's oldest is 116
 SIGMA_YEARS = 3.0    # width of the label distribution: about the spread of a person's apparent age
 
 
+def head_outputs(kind: str) -> int:
+    """Width of the age head for an age target kind (regression | bins)."""
+    return 1 if kind == "regression" else MAX_AGE + 1
+
+
+def bin_centers(device: torch.device) -> torch.Tensor:
+    return torch.arange(MAX_AGE + 1, device=device, dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class AgeTarget:
     kind: str            # regression | bins
@@ -42,15 +51,14 @@ class AgeTarget:
     @property
     def outputs(self) -> int:
         """Width of the age head."""
-        return 1 if self.kind == "regression" else MAX_AGE + 1
+        return head_outputs(self.kind)
 
     def years(self, output: torch.Tensor) -> torch.Tensor:
         """Age head output [B] or [B, bins] -> predicted age in years [B]."""
         output = output.float()
         if self.kind == "regression":
             return output * self.std + self.mean
-        centers = torch.arange(MAX_AGE + 1, device=output.device, dtype=torch.float32)
-        return output.softmax(1) @ centers
+        return output.softmax(1) @ bin_centers(output.device)
 
     def loss(self, output: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
         """The age loss for a batch; `ages` in years."""
@@ -60,9 +68,9 @@ class AgeTarget:
         if self.kind == "regression":
             standardised_pred = output
         else:
-            centers = torch.arange(MAX_AGE + 1, device=output.device, dtype=torch.float32)
-            label_distribution = torch.softmax(-(centers - ages.clamp(0, MAX_AGE)[:, None]) ** 2 / (2 * SIGMA_YEARS ** 2), 1)
+            squared_distance = (bin_centers(output.device) - ages.clamp(0, MAX_AGE)[:, None]) ** 2
+            label_distribution = torch.softmax(-squared_distance / (2 * SIGMA_YEARS ** 2), 1)
             distribution_loss = F.kl_div(output.log_softmax(1), label_distribution, reduction="batchmean")
-            standardised_pred = (output.softmax(1) @ centers - self.mean) / self.std
+            standardised_pred = (self.years(output) - self.mean) / self.std
         point = (F.l1_loss if self.point_loss == "l1" else F.mse_loss)(standardised_pred, standardised_target)
         return point + distribution_loss

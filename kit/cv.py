@@ -20,7 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
-from kit.age import AgeTarget
+from kit.age import head_outputs
 from kit.config import UserError, TrainConfig, add_train_arguments, check_config, config_from_args, parse_duration, parse_fold_list
 from kit.data import Competition, load_competition, locate
 from kit.files import read_json, sha256_file, write_csv, write_json
@@ -50,7 +50,7 @@ def check_weights(cfg: TrainConfig) -> None:
     """Fail before any long work if the starting weights cannot be had (offline, bad file)."""
     if cfg.weights or cfg.pretrained:
         create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights, stem=cfg.stem,
-                     age_outputs=AgeTarget(cfg.age_target, cfg.age_loss, 0.0, 1.0).outputs)
+                     age_outputs=head_outputs(cfg.age_target))
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
