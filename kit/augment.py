@@ -19,6 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # strength -> (max rotation in degrees, max shift as a fraction, max scale change, colour jitter)
 AUGMENT_STRENGTHS = {
     "none": None,
+    "flip": (0.0, 0.0, 0.0, 0.0),      # mirror images only: free, and what test-time flips average over
     "light": (10.0, 0.0, 0.0, 0.2),    # the original report: flips, small rotations (+ colour)
     "strong": (15.0, 0.08, 0.10, 0.3),
 }
@@ -50,6 +51,8 @@ def augment(x: torch.Tensor, strength: str, generator: torch.Generator) -> torch
 
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    if not any(params):
+        return x
 
     angle = uniform(-max_degrees, max_degrees) * (math.pi / 180)
     scale = 1 + uniform(-max_scale, max_scale)

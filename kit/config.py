@@ -104,7 +104,7 @@ class TrainConfig:
 
 CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "onecycle", "cosine"),
            "age_target": ("regression", "bins"), "age_loss": ("l1", "mse"), "stem": ("standard", "small"),
-           "augment": ("none", "light", "strong"), "precision": ("auto", "fp32", "bf16", "fp16"),
+           "augment": ("none", "flip", "light", "strong"), "precision": ("auto", "fp32", "bf16", "fp16"),
            "device": ("auto", "cpu", "cuda")}
 
 

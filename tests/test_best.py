@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.best import BudgetError, ModelPlan, SAFETY, allot, best, epoch_costs, main, plan_epochs, recipe_config
+from kit.best import (SAFETY, BudgetError, ModelPlan, allot, best, epoch_costs, main, measure_throughput,
+                       plan_epochs, recipe_config)
 from kit.config import TrainConfig, UserError
 from kit.ensemble import validate_submission_file
 
@@ -15,8 +16,8 @@ SMALL = dict(size=32, batch_size=16, folds=3, num_threads=1)
 def test_plan_fits_the_share_with_the_margin():
     cfg = TrainConfig(folds=5, tta=True)
     epoch_s, fixed_s = epoch_costs(cfg, n_train=1000, n_test=500, train_ips=100, infer_ips=400)
-    assert epoch_s == pytest.approx(800 / 100 + 200 * 2 / 400)      # train 4/5, score the 1/5 twice (flips)
-    assert fixed_s == pytest.approx((200 + 500) * 2 / 400)          # final held-out + test predictions
+    assert epoch_s == pytest.approx(800 / 100 + 200 / 400)          # train 4/5, score the 1/5 (one view)
+    assert fixed_s == pytest.approx((200 + 500) * 2 / 400)          # final held-out + test predictions, flipped too
     epochs = plan_epochs(600, 5, epoch_s, fixed_s, max_epochs=40)
     assert 5 * (epochs * epoch_s + fixed_s) * SAFETY <= 600 < 5 * ((epochs + 1) * epoch_s + fixed_s) * SAFETY
     assert plan_epochs(10_000, 5, epoch_s, fixed_s, max_epochs=7) == 7
@@ -87,6 +88,28 @@ def test_a_budget_too_small_for_one_epoch_stops_before_training(tiny_competition
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=2,
              models=["scratch"], root=project, measure_steps=3, log=lambda *_: None)
     assert not (project / "runs").exists()
+
+
+def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch):
+    import kit.bench
+    import kit.train
+
+    speeds = {"fp32": 180.0, "bf16": 155.0, "auto": 155.0}   # this Intel Xeon's resnet18 figures
+    monkeypatch.setattr(kit.train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kit.bench, "kit_throughput",
+                        lambda cfg, *args, **kwargs: {"train": speeds[cfg.precision], "infer": 500.0})
+    lines = []
+    chosen, figures = measure_throughput(TrainConfig(device="cpu", pretrained=False), None, None, is_sample=True,
+                                         steps=1, log=lines.append)
+    assert chosen.precision == "fp32" and figures["train"] == 180.0 and "fp32 180 / bf16 155" in lines[0]
+    speeds["bf16"] = 290.0                    # the AMD EPYC's
+    assert measure_throughput(TrainConfig(device="cpu"), None, None, is_sample=True, steps=1,
+                              log=lines.append)[0].precision == "bf16"
+    # An explicit precision, or a resumed run's, is measured as it is.
+    for cfg, choose in ((TrainConfig(device="cpu", precision="bf16"), True), (TrainConfig(device="cpu"), False)):
+        assert measure_throughput(cfg, None, None, is_sample=True, steps=1, choose_precision=choose,
+                                  log=lines.append)[0].precision == cfg.precision
+    assert len(lines) == 2
 
 
 def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
