@@ -227,7 +227,7 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     predict_options = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_target=age_target, channels_last=cfg.channels_last,
                            batch_size=max(MIN_INFERENCE_BATCH, 4 * batch_size))
     # Each epoch is scored on one view of the held-out rows, all epochs alike: the flips would double that
-    # cost every epoch (a fifth of an epoch at 3 folds on a CPU). The kept model's final predictions use them.
+    # cost every epoch (on a CPU at 5 folds, 15% of an epoch). The kept model's final predictions use them.
     epoch_scoring = dict(predict_options, tta=False)
     history, best_score, best_epoch, start_epoch = [], -1.0, -1, 0
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
