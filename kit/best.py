@@ -142,7 +142,7 @@ def measure_throughput(cfg: TrainConfig, images, rows, *, is_sample: bool, steps
     Measured on 2-core machines, both with AVX512-BF16, resnet18 trained 1.6x faster in bf16 on an AMD
     EPYC and 0.88x as fast on an Intel Xeon."""
     from kit.bench import kit_throughput
-    from kit.train import MIN_INFERENCE_BATCH, cpu_has_native_bf16, pick_device
+    from kit.train import cpu_has_native_bf16, inference_batch_size, pick_device
 
     resolved = cfg.resolved(sample=is_sample)
     choices = [cfg.precision]
@@ -150,7 +150,7 @@ def measure_throughput(cfg: TrainConfig, images, rows, *, is_sample: bool, steps
         choices = ["fp32", "bf16"]
     figures = {precision: kit_throughput(dataclasses.replace(resolved, precision=precision), images, rows,
                                          steps=steps, warmup=3,
-                                         infer_batch=max(MIN_INFERENCE_BATCH, 4 * resolved.batch_size))
+                                         infer_batch=inference_batch_size(resolved.batch_size))
                for precision in choices}
     if len(choices) == 1:
         return cfg, figures[cfg.precision]

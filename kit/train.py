@@ -151,6 +151,11 @@ def set_phase(model: FaceModel, optimizer, cfg: TrainConfig, epoch: int, factor:
 
 # ----------------------------------------------------------------------------- prediction
 
+def inference_batch_size(train_batch_size: int) -> int:
+    """The batch that predictions use, and that `best` times them with."""
+    return max(MIN_INFERENCE_BATCH, 4 * train_batch_size)
+
+
 def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """An exponential moving average of `model`'s weights and BatchNorm statistics.
 
@@ -225,7 +230,7 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
     predict_options = dict(tta=cfg.tta, amp_dtype=amp_dtype, age_target=age_target, channels_last=cfg.channels_last,
-                           batch_size=max(MIN_INFERENCE_BATCH, 4 * batch_size))
+                           batch_size=inference_batch_size(batch_size))
     # Each epoch is scored on one view of the held-out rows, all epochs alike: the flips would double that
     # cost every epoch (on a CPU at 5 folds, 15% of an epoch). The kept model's final predictions use them.
     epoch_scoring = dict(predict_options, tta=False)
