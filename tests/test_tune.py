@@ -309,7 +309,7 @@ def test_default_spaces_hold_the_baseline():
     ('{"batch_size": {"low": 8.5, "high": 64}}', r"'batch_size': low must be an integer"),
     ('{"optimizer": {"choices": ["adam", "adagrad"]}}', r"'optimizer': 'adagrad' is not a valid value"),
     ('{"schedule": {"choices": "cosine"}}', r"'schedule': choices must be a non-empty list"),
-    ('{"unfreeze_epoch": {"low": 0, "high": 2}}', r"'unfreeze_epoch': only tuned when resnet18 starts pretrained"),
+    ('{"unfreeze_epoch": {"low": 0, "high": 2}}', r"'unfreeze_epoch': only tuned when the model starts pretrained"),
     ('{"lr_backbone": null, "schedule": null, "augment": null}', r"the search space is empty"),
     ('{"lr_backbone": ', r"not valid JSON"),
 ])
