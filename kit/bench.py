@@ -32,7 +32,7 @@ from kit.config import TrainConfig, UserError, add_train_arguments, config_from_
 from kit.cv import project_root
 from kit.data import load_competition, locate
 from kit.models import create_model
-from kit.train import ImageSource, autocast, moving_average, pick_amp_dtype, pick_device
+from kit.train import ImageSource, autocast, flush_denormals_to_zero, moving_average, pick_amp_dtype, pick_device
 
 
 def mapped_rss(path) -> int:
@@ -110,7 +110,10 @@ class ModelSteps:
         self.amp_dtype = pick_amp_dtype(cfg.precision, device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.age_target = AgeTarget(cfg.age_target, cfg.age_loss, mean=33.0, std=19.5)
-        self.model = create_model(cfg.model, pretrained=False, age_outputs=self.age_target.outputs,
+        # The weights training starts from: pretrained ones can run slower than random ones (denormals).
+        flush_denormals_to_zero(device)
+        self.model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,
+                                  age_outputs=self.age_target.outputs,
                                   stem=cfg.stem).to(device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None

@@ -66,6 +66,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def flush_denormals_to_zero(device: torch.device) -> None:
+    """Let the CPU treat floats below 1.2e-38 as zero (x86's FTZ/DAZ; a process-wide switch).
+
+    Pretrained weights make such values in activations and gradients, and x86 computes with them in
+    microcode: fine-tuning dlib_age trained at 139 images/s on one core here against 215 with this on
+    (and 265 from random init, which makes none). Nothing the metric can see is lost."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
     try:
@@ -205,6 +215,7 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg.device)
+    flush_denormals_to_zero(device)
     amp_dtype = pick_amp_dtype(cfg.precision, device)
     torch.manual_seed(epoch_seed(cfg.seed, fold, -1))
     age_target = AgeTarget.for_training(cfg.age_target, cfg.age_loss, data.train["age"])

@@ -74,3 +74,14 @@ def test_bins_learn_ages_within_the_bins_range(tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 3, "age_target": "bins"}).resolved(sample=True)
     result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, log=lambda *_: None)
     assert result.oof["age_pred"].between(0, 120).all() and result.test["age_pred"].between(0, 120).all()
+
+
+def test_denormals_flush_to_zero_on_the_cpu():
+    from kit.train import flush_denormals_to_zero
+
+    tiny = torch.tensor([1e-39])          # below float32's smallest normal number
+    flush_denormals_to_zero(torch.device("cpu"))
+    try:
+        assert (tiny * 2).item() == 0.0 and (torch.tensor([1e-30]) * 2).item() == pytest.approx(2e-30)
+    finally:
+        torch.set_flush_denormal(False)
