@@ -20,6 +20,9 @@ COMMANDS = {
 }
 
 
+TRAINING_COMMANDS = ("cv", "tune", "best", "bench")
+
+
 def usage() -> str:
     lines = ["usage: python -m kit COMMAND [options]   (./run.sh COMMAND ...; ./run.sh test runs the tests)",
              "", "commands:"]
@@ -38,6 +41,13 @@ def main(argv=None) -> int:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function, _ = COMMANDS[command]
+    if command in TRAINING_COMMANDS:
+        # Before torch starts its thread pool: the CPU's flush-to-zero mode is per thread, and threads
+        # take it from the one that starts them. Set later, it reaches only the main thread.
+        import torch
+
+        from kit.train import flush_denormals_to_zero
+        flush_denormals_to_zero(torch.device("cpu"))
     return getattr(importlib.import_module(module_name), function)(rest)
 
 

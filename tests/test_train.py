@@ -76,12 +76,19 @@ def test_bins_learn_ages_within_the_bins_range(tmp_path):
     assert result.oof["age_pred"].between(0, 120).all() and result.test["age_pred"].between(0, 120).all()
 
 
-def test_denormals_flush_to_zero_on_the_cpu():
+@pytest.mark.parametrize("switch", ["function", "command line"])
+def test_denormals_flush_to_zero_on_the_cpu(switch):
+    from kit.__main__ import main
     from kit.train import flush_denormals_to_zero
 
     tiny = torch.tensor([1e-39])          # below float32's smallest normal number
-    flush_denormals_to_zero(torch.device("cpu"))
+    assert (tiny * 2).item() > 0
     try:
+        if switch == "function":
+            flush_denormals_to_zero(torch.device("cpu"))
+        else:                             # a training command switches it on before anything else
+            with pytest.raises(SystemExit):
+                main(["bench", "--help"])
         assert (tiny * 2).item() == 0.0 and (torch.tensor([1e-30]) * 2).item() == pytest.approx(2e-30)
     finally:
         torch.set_flush_denormal(False)
