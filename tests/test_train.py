@@ -81,6 +81,7 @@ def test_denormals_flush_to_zero_on_the_cpu(switch):
     from kit.__main__ import main
     from kit.train import flush_denormals_to_zero
 
+    torch.set_flush_denormal(False)       # other tests' commands may have switched it on in this process
     tiny = torch.tensor([1e-39])          # below float32's smallest normal number
     assert (tiny * 2).item() > 0
     try:
