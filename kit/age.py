@@ -43,7 +43,7 @@ class AgeTarget:
     std: float
 
     @classmethod
-    def for_training(cls, kind: str, point_loss: str, train_ages) -> "AgeTarget":
+    def for_training(cls, kind: str, point_loss: str, train_ages) -> AgeTarget:
         ages = np.asarray(train_ages, dtype=np.float64)
         std = float(ages.std(ddof=1)) if len(ages) > 1 else 0.0
         return cls(kind, point_loss, float(ages.mean()), std if std > 0 else 1.0)

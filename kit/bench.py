@@ -1,16 +1,19 @@
 """Throughput benchmark: is the data path invisible?
 
-    python -m kit.bench --model resnet18 --size 64 --batch-size 64 --data ../shared/data/utkface-age-gender.zip
+    facekit bench --model resnet18 --size 64 --batch-size 64 --data ../shared/data/utkface-age-gender.zip
 
 measures, in one process, training and inference images/s of
-  (a) kit:       the kit's own data path + model step, exactly as `cv` uses them (memory-mapped uint8
-                 cache -> device -> batched augmentation -> forward/backward);
-  (b) ceiling:   the model step alone on a batch already on the device, same precision and memory
-                 format: the compute ceiling;
+  (a) kit:       the very steps `cv` runs (kit/throughput.py): memory-mapped uint8 cache -> device ->
+                 batched augmentation -> Trainer.step, and predict on inference_batch_size() rows;
+  (b) ceiling:   the same Trainer.step and prediction on a batch already prepared on the device: the
+                 compute alone, same model, optimizer, precision, threads and denormal mode;
   (c) reference: a loader like the original notebook's: a Dataset that opens each JPEG with PIL,
                  resizes, augments and converts per image, in a DataLoader with workers.
-It prints a table, then one JSON line with the figures, the ratios kit/ceiling and kit/reference,
-the peak memory, and the cached dataset's resident memory relative to its uint8 array.
+Kit and ceiling steps alternate one by one (which goes first alternates too), each timed on its own, so
+drift, warm-up and order effects fall on both alike. The kit path contains the ceiling's compute, so it
+cannot be faster: a kit/ceiling ratio above 1.05 is reported as a measurement fault, not as a result.
+It prints a table, then one JSON line with the figures, the ratios, the peak memory, and the cached
+dataset's resident memory relative to its uint8 array.
 """
 from __future__ import annotations
 
@@ -18,21 +21,23 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from kit.age import AgeTarget
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
-from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args
-from kit.cv import project_root
+from kit.config import TrainConfig, check_config
 from kit.data import load_competition, locate
-from kit.models import create_model
-from kit.train import ImageSource, autocast, flush_denormals_to_zero, moving_average, pick_amp_dtype, pick_device
+from kit.device import check_device, describe_cpu, set_threads
+from kit.errors import ConfigError
+from kit.log import log
+from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
+from kit.paths import Project
+from kit.predict import predict_batch
+from kit.throughput import KitSteps
+
+SOUND_RATIO = 1.05   # kit/ceiling above this: the measurement, not the kit, is at fault
 
 
 def mapped_rss(path) -> int:
@@ -53,25 +58,28 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class Timer:
-    """Images per second over `steps` calls after `warmup` calls, synchronising the device."""
-
-    def __init__(self, device, warmup, steps):
-        self.device, self.warmup, self.steps = device, warmup, steps
-
-    def __call__(self, step, batch_size) -> float:
-        for _ in range(self.warmup):
+def interleaved(kit_step, ceiling_step, sync, *, steps: int, warmup: int) -> tuple[float, float]:
+    """(kit seconds, ceiling seconds) summed over `steps` pairs of calls, alternating which runs first."""
+    for _ in range(warmup):
+        kit_step()
+        ceiling_step()
+    totals = [0.0, 0.0]
+    for i in range(steps):
+        order = ((0, kit_step), (1, ceiling_step)) if i % 2 == 0 else ((1, ceiling_step), (0, kit_step))
+        for slot, step in order:
+            sync()
+            started = time.perf_counter()
             step()
-        self.sync()
-        started = time.perf_counter()
-        for _ in range(self.steps):
-            step()
-        self.sync()
-        return self.steps * batch_size / (time.perf_counter() - started)
+            sync()
+            totals[slot] += time.perf_counter() - started
+    return totals[0], totals[1]
 
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+
+def soundness(ratios: dict[str, float]) -> list[str]:
+    """Measurement faults: a kit path timed faster than the compute it contains."""
+    return [f"{mode}: the kit path measured {ratio:.2f}x the ceiling, above {SOUND_RATIO}; the kit's step contains "
+            "the ceiling's, so the timing is at fault (other load, too few --steps): rerun on an idle machine"
+            for mode, ratio in ratios.items() if ratio > SOUND_RATIO]
 
 
 def reference_loader(root: Path, paths: list[str], size: int, batch_size: int, workers: int, train: bool):
@@ -93,7 +101,8 @@ def reference_loader(root: Path, paths: list[str], size: int, batch_size: int, w
                 return transform(image.convert("RGB"))
 
     return torch.utils.data.DataLoader(Faces(), batch_size=batch_size, shuffle=train, num_workers=workers,
-                                       drop_last=True, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                                       drop_last=True, persistent_workers=workers > 0,
+                                       pin_memory=torch.cuda.is_available())
 
 
 def forever(loader):
@@ -101,180 +110,131 @@ def forever(loader):
         yield from loader
 
 
-class ModelSteps:
-    """One training and one inference step of a model as `cv` runs it (precision, memory format, stem,
-    age target, AdamW, the moving average of the weights)."""
+def reference_step(kit: KitSteps, loader, *, train: bool, batch: int):
+    """One step of the ceiling's compute on a batch from the notebook's loader."""
+    trainer = kit.trainer
+    gender, ages = kit.gender[:batch].to(kit.device), kit.ages[:batch].to(kit.device)
+    memory_format = torch.channels_last if kit.cfg.channels_last else torch.contiguous_format
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        self.device = device
-        self.amp_dtype = pick_amp_dtype(cfg.precision, device)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.age_target = AgeTarget(cfg.age_target, cfg.age_loss, mean=33.0, std=19.5)
-        # The weights training starts from: pretrained ones can run slower than random ones (denormals).
-        flush_denormals_to_zero(device)
-        self.model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,
-                                  age_outputs=self.age_target.outputs,
-                                  stem=cfg.stem).to(device, memory_format=self.memory_format)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.gender = torch.randint(0, 2, (cfg.batch_size,), device=device)
-        self.age = torch.randint(1, 90, (cfg.batch_size,), device=device).float()
+    def step():
+        x = next(loader).to(kit.device, non_blocking=True).contiguous(memory_format=memory_format)
+        if train:
+            trainer.step(x, gender[:len(x)], ages[:len(x)])
+        else:
+            predict_batch(trainer.model, x, tta=False, amp_dtype=trainer.amp_dtype, age_target=trainer.age_target)
 
-    def train(self, x):
-        with autocast(self.device, self.amp_dtype):
-            logits, age_output = self.forward(x)
-        loss = F.cross_entropy(logits.float(), self.gender) + self.age_target.loss(age_output, self.age)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.average is not None:
-            self.average.update_parameters(self.model)
-
-    @torch.inference_mode()
-    def infer(self, x):
-        with autocast(self.device, self.amp_dtype):
-            self.forward(x)
+    return step
 
 
-def kit_throughput(cfg: TrainConfig, images: np.ndarray, rows: np.ndarray, *, infer_batch: int,
-                   steps: int = 20, warmup: int = 3, model_steps: ModelSteps | None = None,
-                   source: ImageSource | None = None) -> dict:
-    """Training and inference images/s through the kit's own data path (cache -> device -> augment -> step).
-
-    Pass `source` to reuse one: on a GPU with room an ImageSource holds the whole cache in device memory."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = pick_device(cfg.device)
-    model_steps = model_steps or ModelSteps(cfg, device)
-    source = source or ImageSource(images, device, cfg.channels_last)
-    rng, generator, b = np.random.default_rng(0), torch.Generator().manual_seed(0), cfg.batch_size
-    timer = Timer(device, warmup, steps)
-
-    def kit_train():
-        picked = rows[rng.integers(0, len(rows), b)]
-        model_steps.train(prepare(source.batch(picked), strength=cfg.augment, generator=generator,
-                                  channels_last=cfg.channels_last))
-
-    def kit_infer():
-        start = int(rng.integers(0, max(1, len(rows) - infer_batch)))
-        model_steps.infer(prepare(source.batch(rows[start:start + infer_batch]), channels_last=cfg.channels_last))
-
-    return {"train": timer(kit_train, b), "infer": timer(kit_infer, infer_batch)}
+def time_reference(kit: KitSteps, comp, *, workers: int, steps: int, warmup: int) -> dict:
+    """The notebook's loader feeding the same steps as the ceiling."""
+    figures = {}
+    for mode, batch in (("train", kit.batch_size), ("infer", kit.infer_batch)):
+        loader = forever(reference_loader(comp.root, comp.train["full_path"].tolist(), kit.cfg.size, batch, workers,
+                                          train=mode == "train"))
+        step = reference_step(kit, loader, train=mode == "train", batch=batch)
+        figures[mode] = kit.timed(step, batch, steps=steps, warmup=warmup)
+    return figures
 
 
-def benchmark(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3, rounds: int = 3,
-              reference_workers: int | None = None, root: Path | None = None) -> dict:
-    root = Path(root or project_root())
-    _, _, is_sample = locate(cfg.data, project_root=root)
+def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_workers: int | None = None,
+              root: Path | None = None) -> dict:
+    project = Project.at(root)
+    check_config(cfg)
+    _, _, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    comp, train_images, _ = load_competition(cfg.data, project_root=root, size=cfg.size)
-    device = pick_device(cfg.device)
-    model_steps = ModelSteps(cfg, device)
-    amp_dtype, memory_format = model_steps.amp_dtype, model_steps.memory_format
-    train_step, infer_step = model_steps.train, model_steps.infer
-    b = cfg.batch_size
-    rows = comp.train["cache_index"].to_numpy()
-    timer = Timer(device, warmup, steps)
-    source = ImageSource(train_images, device, cfg.channels_last)
-    infer_batch = 2 * b
+    check_config(cfg)
+    check_device(cfg.device, cfg.precision)
+    set_threads(cfg.num_threads)
+    comp, train_images, _ = load_competition(cfg.data, project_root=project.root, size=cfg.size)
+    train = comp.train
+    rows = train["cache_index"].to_numpy()
+    kit = KitSteps(cfg, train_images, rows, train["age"].to_numpy(), train["gender"].to_numpy())
+    trainer = kit.trainer
 
-    fixed = prepare(source.batch(rows[:b]), channels_last=cfg.channels_last)
-    fixed_infer = prepare(source.batch(rows[:infer_batch]), channels_last=cfg.channels_last)
-    # kit and ceiling alternate for `rounds` rounds and each keeps its best round: on a small CPU a single
-    # measurement swings by 20-40% (allocator warm-up, other load), and whichever ran first would lose.
-    results = {"kit": {"train": 0.0, "infer": 0.0}, "ceiling": {"train": 0.0, "infer": 0.0}}
-    for _ in range(rounds):
-        kit = kit_throughput(cfg, train_images, rows, infer_batch=infer_batch, steps=steps, warmup=warmup,
-                             model_steps=model_steps, source=source)
-        ceiling = {"train": timer(lambda: train_step(fixed), b), "infer": timer(lambda: infer_step(fixed_infer), infer_batch)}
-        for path, figures in (("kit", kit), ("ceiling", ceiling)):
-            results[path] = {m: max(results[path][m], figures[m]) for m in figures}
+    fixed = prepare(kit.source.batch(rows[:kit.batch_size]), strength=cfg.augment, generator=kit.generator,
+                    channels_last=cfg.channels_last)
+    fixed_gender, fixed_ages = kit.gender[:kit.batch_size].to(kit.device), kit.ages[:kit.batch_size].to(kit.device)
+    fixed_infer = prepare(kit.source.batch(rows[:kit.infer_batch]), channels_last=cfg.channels_last)
+
+    def ceiling_train():
+        trainer.step(fixed, fixed_gender, fixed_ages)
+
+    def ceiling_infer():
+        predict_batch(trainer.model, fixed_infer, tta=False, amp_dtype=trainer.amp_dtype, age_target=trainer.age_target)
+        trainer.model.train()
+
+    results = {"kit": {}, "ceiling": {}}
+    for mode, kit_step, ceiling_step, batch in (("train", kit.train_step, ceiling_train, kit.batch_size),
+                                                ("infer", kit.infer_step, ceiling_infer, kit.infer_batch)):
+        kit_s, ceiling_s = interleaved(kit_step, ceiling_step, kit.sync, steps=steps, warmup=warmup)
+        results["kit"][mode], results["ceiling"][mode] = steps * batch / kit_s, steps * batch / ceiling_s
+    ratios = {m: results["kit"][m] / results["ceiling"][m] for m in ("train", "infer")}
+    faults = soundness(ratios)
+
     # Read the whole cache once, as an epoch does, then see what it costs in memory: the file's
     # resident pages, plus whatever the process grew by (a hidden copy would show there).
     rss_before_pass = rss_bytes()
-    for start in range(0, len(rows), b):
-        source.batch(rows[start:start + b])
+    for start in range(0, len(rows), kit.batch_size):
+        kit.source.batch(rows[start:start + kit.batch_size])
     mapped = mapped_rss(getattr(train_images, "filename", None))
     unexplained_growth = max(0, rss_bytes() - rss_before_pass - mapped)
     cache_ratio = (mapped + unexplained_growth) / train_images.nbytes
 
     workers = reference_workers if reference_workers is not None else (os.cpu_count() or 1)
-    paths = comp.train["full_path"].tolist()
-    for mode, batch in (("train", b), ("infer", infer_batch)):
-        loader = forever(reference_loader(comp.root, paths, cfg.size, batch, workers, train=mode == "train"))
-
-        def reference_step():
-            x = next(loader).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            (train_step if mode == "train" else infer_step)(x)
-
-        results.setdefault("reference", {})[mode] = timer(reference_step, batch)
-
+    results["reference"] = time_reference(kit, comp, workers=workers, steps=max(1, steps // 3), warmup=warmup)
+    device = kit.device
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    summary = {
-        "model": cfg.model, "size": cfg.size, "batch_size": b, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+    return {
+        "model": cfg.model, "size": cfg.size, "batch_size": kit.batch_size, "infer_batch_size": kit.infer_batch,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_cpu(),
+        "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
         "channels_last": cfg.channels_last, "threads": torch.get_num_threads(), "reference_workers": workers,
-        "rounds": rounds, "steps_per_round": steps,
-        "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in results.items()},
-        "kit_over_ceiling": {m: round(results["kit"][m] / results["ceiling"][m], 3) for m in ("train", "infer")},
+        "steps": steps, "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in results.items()},
+        "kit_over_ceiling": {m: None if faults and r > SOUND_RATIO else round(r, 3) for m, r in ratios.items()},
+        "measurement_faults": faults,
         "kit_over_reference": {m: round(results["kit"][m] / results["reference"][m], 3) for m in ("train", "infer")},
         "peak_rss_mib": round(peak / 2**20, 1),
         "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None,
         "cache_mib": round(train_images.nbytes / 2**20, 1),
         "cache_resident_over_array": round(cache_ratio, 3),
     }
-    return summary
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def print_table(summary: dict) -> None:
-    print(f"\n{summary['model']} at {summary['size']}px, batch {summary['batch_size']}, {summary['device_name']}, "
-          f"{summary['precision']}, {summary['threads']} threads")
-    print(f"{'path':<12}{'train img/s':>14}{'infer img/s':>14}")
+    log(f"\n{summary['model']} at {summary['size']}px, batch {summary['batch_size']} (inference "
+        f"{summary['infer_batch_size']}), {summary['device_name']}, {summary['precision']}")
+    log(f"{'path':<12}{'train img/s':>14}{'infer img/s':>14}")
     for path, figures in summary["images_per_s"].items():
-        print(f"{path:<12}{figures['train']:>14.1f}{figures['infer']:>14.1f}")
+        log(f"{path:<12}{figures['train']:>14.1f}{figures['infer']:>14.1f}")
     for key in ("kit_over_ceiling", "kit_over_reference"):
-        print(f"{key:<20} train {summary[key]['train']:.2f}  infer {summary[key]['infer']:.2f}")
-    print(f"peak RSS {summary['peak_rss_mib']} MiB; cache {summary['cache_mib']} MiB, resident after a full "
-          f"pass {summary['cache_resident_over_array']:.2f} x its size")
+        shown = "  ".join(f"{m} {'FAULT' if v is None else f'{v:.2f}'}" for m, v in summary[key].items())
+        log(f"{key:<20} {shown}")
+    for fault in summary["measurement_faults"]:
+        log(f"measurement fault: {fault}")
+    log(f"peak RSS {summary['peak_rss_mib']} MiB; cache {summary['cache_mib']} MiB, resident after a full "
+        f"pass {summary['cache_resident_over_array']:.2f} x its size")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="facekit bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating kit/ceiling rounds; each keeps its best")
-    parser.add_argument("--reference-workers", type=int, help="DataLoader workers of the reference loader (default: all cores)")
-    add_train_arguments(parser)
+    add_model_argument(parser)
+    parser.add_argument("--steps", type=int, default=30, help="timed kit/ceiling pairs per mode (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed pairs first (default: %(default)s)")
+    parser.add_argument("--reference-workers", type=int,
+                        help="DataLoader workers of the reference loader (default: all cores)")
+    add_config_arguments(parser, skip={"name", "only_folds", "time_limit", "overwrite", "folds", "fold_seed",
+                                       "epochs", "drop_bad_rows"})
     args = parser.parse_args(argv)
-    try:
-        for option in ("steps", "rounds"):
-            if getattr(args, option) < 1:
-                raise UserError(f"--{option} {getattr(args, option)}: must be at least 1")
-        cfg = config_from_args(args)
-        summary = benchmark(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds, reference_workers=args.reference_workers)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for option in ("steps", "warmup"):
+        if getattr(args, option) < (1 if option == "steps" else 0):
+            raise ConfigError(f"--{option} {getattr(args, option)}: must be at least {1 if option == 'steps' else 0}")
+    if args.reference_workers is not None and args.reference_workers < 0:
+        raise ConfigError(f"--reference-workers {args.reference_workers}: must be >= 0")
+    cfg = config_from_args(args, model=model_from_args(args))
+    summary = benchmark(cfg, steps=args.steps, warmup=args.warmup, reference_workers=args.reference_workers)
     print_table(summary)
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    log(json.dumps(summary))
+    return 1 if summary["measurement_faults"] else 0

@@ -14,9 +14,9 @@ out-of-fold row of the blend is predicted by parameters that never saw it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import comb
-from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize
@@ -60,7 +60,7 @@ class MemberPredictions:
     def n_members(self) -> int:
         return self.gender_prob.shape[1]
 
-    def subset(self, rows: np.ndarray) -> "MemberPredictions":
+    def subset(self, rows: np.ndarray) -> MemberPredictions:
         return MemberPredictions(self.gender[rows], self.age[rows], self.fold[rows],
                                  self.gender_prob[rows], self.age_pred[rows])
 

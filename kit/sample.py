@@ -7,6 +7,7 @@ children larger eyes and a rounder head. Scores on it say that the pipeline work
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -15,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
+
+from kit.errors import DataError
+from kit.log import log
 
 IMAGE_SIZE = 80
 
@@ -95,13 +99,30 @@ def ensure_sample(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".sample.", dir=folder.parent))
     try:
-        print(f"no competition data given: generating a SYNTHETIC sample competition in {folder} "
-              "(cartoon faces, not real photos; use --data PATH or ./run.sh download for the real one)",
-              flush=True)
+        log(f"no competition data given: generating a SYNTHETIC sample competition in {folder} "
+            "(cartoon faces, not real photos; use --data PATH or ./run.sh download for the real one)")
         make_sample(tmp)
         if folder.exists():
-            raise FileExistsError(f"{folder} exists but is not a sample competition; move it away")
+            raise DataError(f"{folder} exists but is not a sample competition; move it away")
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="facekit sample", description="Write a synthetic sample competition "
+                                     "(cartoon faces whose gender and age are drawn in) into a new folder.")
+    parser.add_argument("folder", help="where to write it; must not exist yet")
+    parser.add_argument("--train", type=int, default=400, help="labelled images (default: %(default)s)")
+    parser.add_argument("--test", type=int, default=100, help="unlabelled test images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    if folder.exists():
+        raise DataError(f"{folder} exists; the sample is written only into a new folder")
+    if args.train < 10 or args.test < 1:
+        raise DataError(f"--train {args.train} --test {args.test}: need at least 10 train and 1 test image")
+    make_sample(folder, n_train=args.train, n_test=args.test, seed=args.seed)
+    log(f"wrote a synthetic competition with {args.train} train and {args.test} test images to {folder}")
+    return 0

@@ -5,23 +5,25 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kit.config import CHOICES, TrainConfig, UserError, check_config, read_json_option
+from kit.config import CHOICES, TUNABLE_FIELDS, TrainConfig, check_config, value_type
+from kit.errors import ConfigError, UserError
+from kit.options import read_json_option
 
-FLOAT_FIELDS = ("lr_head", "lr_backbone", "weight_decay", "warmup_epochs", "age_loss_weight", "label_smoothing",
-                "ema_decay")
-INT_FIELDS = ("unfreeze_epoch", "batch_size", "size")
-CHOICE_FIELDS = ("optimizer", "schedule", "augment", "tta", "age_target", "age_loss", "stem")
+# The kinds of tunable field, from TrainConfig's metadata: a choice (or a switch), an integer, a number.
+CHOICE_FIELDS = tuple(name for name in TUNABLE_FIELDS if name in CHOICES or value_type(name) is bool)
+INT_FIELDS = tuple(name for name in TUNABLE_FIELDS if name not in CHOICE_FIELDS and value_type(name) is int)
+FLOAT_FIELDS = tuple(name for name in TUNABLE_FIELDS if name not in CHOICE_FIELDS and value_type(name) is float)
 FROZEN_PHASE_FIELDS = ("lr_head", "unfreeze_epoch")   # only mean something when starting pretrained
 
 
 def default_space(cfg: TrainConfig) -> dict:
     """The default search space for the resolved configuration `cfg`.
 
-    Starting pretrained (resnet18 or dlib_age): the heads' rate while the backbone is frozen, the rate of everything once it
-    is unfrozen, and when to unfreeze. From random init (scratch, or resnet18 --no-pretrained) there is
-    no frozen phase: one learning rate, the schedule and the augmentation matter most at the short
-    epoch budgets tuning affords (weight decay is left out: the default 0 is not on a log scale; add
-    it with --space together with --optimizer adamw).
+    Starting pretrained (resnet18 or dlib_age): the heads' rate while the backbone is frozen, the rate of
+    everything once it is unfrozen, and when to unfreeze. From random init (scratch, or resnet18
+    --no-pretrained) there is no frozen phase: one learning rate, the schedule and the augmentation
+    matter most at the short epoch budgets tuning affords (weight decay is left out: the default 0 is not
+    on a log scale; add it with --space together with --optimizer adamw).
     """
     if cfg.starts_pretrained():
         return {"lr_head": {"low": 1e-5, "high": 1e-2, "log": True},
@@ -40,7 +42,7 @@ def load_space(path: str | os.PathLike, cfg: TrainConfig) -> dict:
     path = Path(path)
     loaded = read_json_option("--space", path)
     if not isinstance(loaded, dict):
-        raise UserError(f"--space {path}: must be a JSON object of field -> range, e.g. "
+        raise ConfigError(f"--space {path}: must be a JSON object of field -> range, e.g. "
                         '{"lr_backbone": {"low": 1e-4, "high": 1e-2, "log": true}}')
     space = default_space(cfg)
     for key, entry in loaded.items():
@@ -55,49 +57,49 @@ def load_space(path: str | os.PathLike, cfg: TrainConfig) -> dict:
 def check_space(space: dict, cfg: TrainConfig, *, source: str = "search space") -> None:
     tunable = FLOAT_FIELDS + INT_FIELDS + CHOICE_FIELDS
     if not space:
-        raise UserError(f"{source}: the search space is empty")
+        raise ConfigError(f"{source}: the search space is empty")
     for key, entry in space.items():
         where = f"{source}: {key!r}"
         if key not in tunable:
-            raise UserError(f"{where}: not a tunable field; tunable: {', '.join(tunable)}")
+            raise ConfigError(f"{where}: not a tunable field; tunable: {', '.join(tunable)}")
         if key in FROZEN_PHASE_FIELDS and not cfg.starts_pretrained():
-            raise UserError(f"{where}: only tuned when the model starts pretrained; from random init there is "
+            raise ConfigError(f"{where}: only tuned when the model starts pretrained; from random init there is "
                             "no frozen phase (lr_head follows lr_backbone)")
         if not isinstance(entry, dict):
-            raise UserError(f"{where}: must be an object like {{\"low\": 1, \"high\": 2}} or {{\"choices\": [...]}}")
+            raise ConfigError(f"{where}: must be an object like {{\"low\": 1, \"high\": 2}} or {{\"choices\": [...]}}")
         allowed = {"choices"} if key in CHOICE_FIELDS else {"low", "high", "log", "step"}
         unknown = sorted(set(entry) - allowed)
         missing = sorted(allowed - set(entry) - {"log", "step"})
         if unknown or missing:
-            raise UserError(f"{where}: " + (f"unknown key(s) {unknown}" if unknown else f"missing {missing}")
+            raise ConfigError(f"{where}: " + (f"unknown key(s) {unknown}" if unknown else f"missing {missing}")
                             + f" (allowed: {sorted(allowed)})")
         if key in CHOICE_FIELDS:
             values = entry["choices"]
             if not isinstance(values, list) or not values:
-                raise UserError(f"{where}: choices must be a non-empty list")
+                raise ConfigError(f"{where}: choices must be a non-empty list")
         else:
             low, high = entry["low"], entry["high"]
             kinds = (int,) if key in INT_FIELDS else (int, float)
             for name, value in (("low", low), ("high", high), ("step", entry.get("step", 1))):
                 if isinstance(value, bool) or not isinstance(value, kinds):
-                    raise UserError(f"{where}: {name} must be {'an integer' if key in INT_FIELDS else 'a number'}"
+                    raise ConfigError(f"{where}: {name} must be {'an integer' if key in INT_FIELDS else 'a number'}"
                                     f", got {value!r}")
             if not isinstance(entry.get("log", False), bool):
-                raise UserError(f"{where}: log must be true or false")
+                raise ConfigError(f"{where}: log must be true or false")
             if not low < high:
-                raise UserError(f"{where}: low ({low}) must be below high ({high})")
+                raise ConfigError(f"{where}: low ({low}) must be below high ({high})")
             if entry.get("log") and low <= 0:
-                raise UserError(f"{where}: a log scale needs low > 0")
+                raise ConfigError(f"{where}: a log scale needs low > 0")
             if entry.get("step", 1) <= 0:
-                raise UserError(f"{where}: step must be positive")
+                raise ConfigError(f"{where}: step must be positive")
             if entry.get("log") and "step" in entry:
-                raise UserError(f"{where}: give either log or step, not both")
+                raise ConfigError(f"{where}: give either log or step, not both")
             values = [low, high]
         for value in values:  # every endpoint and choice must be a valid training option
             try:
                 check_config(dataclasses.replace(cfg, **{key: value}))
             except (UserError, TypeError) as err:
-                raise UserError(f"{where}: {value!r} is not a valid value: {err}") from None
+                raise ConfigError(f"{where}: {value!r} is not a valid value: {err}") from None
 
 
 def suggest(trial, space: dict) -> dict:

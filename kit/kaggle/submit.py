@@ -1,28 +1,28 @@
 """Submit a file, wait for its public score, and keep a ledger.
 
-    ./run.sh download                                    # the competition's files into data/<slug>/
     ./run.sh submit submissions/blend.csv -m "blend v2"  # validate, upload, wait for the score, record
     ./run.sh submissions                                 # the ledger, pending submissions refreshed
 
-(`python -m kit.submit download|submit|submissions ...` does the same.) The official client does
-all the talking (see kit/kaggle_api.py for connecting, retries and what each HTTP error means);
-this module decides what to send and records what Kaggle confirmed in submissions/ledger.csv
-(kit/ledger.py). The competition is --competition, else $KAGGLE_COMPETITION, else the project's.
+The official client does all the talking (see kit/kaggle/api.py for connecting, retries and what each
+HTTP error means); this module decides what to send and records what Kaggle confirmed in
+submissions/ledger.csv (kit/kaggle/ledger.py). The competition is --competition, else
+$KAGGLE_COMPETITION, else the project's.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.download import download_main
+from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import sha256_file
-from kit.kaggle_api import (DEFAULT_RETRY, KaggleFault, Retry, SubmitError, add_competition_argument,
-                            call_with_retry, connect, resolve_competition, run_command, say)
-from kit.ledger import LedgerError, append_row, latest_states, now_utc, read_rows, rows_for_file
+from kit.kaggle.api import DEFAULT_RETRY, Retry, add_competition_argument, call_with_retry, connect, resolve_competition
+from kit.kaggle.ledger import append_row, latest_states, now_utc, read_rows, rows_for_file
+from kit.log import log
+from kit.options import parse_duration
+from kit.paths import Project
 
 MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
 
@@ -50,25 +50,26 @@ class SubmitResult:
     error: str | None = None
 
 
-def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=".",
+def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=None,
            ledger_path=None, dry_run: bool = False, wait: bool = True, force: bool = False, api=None,
-           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep,
-           out=say) -> SubmitResult:
+           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep) -> SubmitResult:
     """Validate `path`, refuse a duplicate, submit it, wait for the score and record it in the ledger.
 
-    Raises kit.ensemble.SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in
-    none of those cases was anything submitted or recorded.
+    Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in none of
+    those cases was anything submitted or recorded. A relative `path` is read from the project root.
     """
-    path, root = Path(path), Path(root)
-    ledger_path = Path(ledger_path) if ledger_path else root / "submissions" / "ledger.csv"
+    project = Project.at(root)
+    root = project.root
+    path = root / path
+    ledger_path = Path(ledger_path) if ledger_path else project.ledger
     slug = resolve_competition(competition)
     if not path.is_file():
         raise SubmitError(f"{path}: no such file")
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
-    cv_score = _cv_score(sidecar, sha256, path, out)
+    cv_score = _cv_score(sidecar, sha256, path)
     if sidecar.get("competition") not in (None, slug):
-        out(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
+        log(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
             f"submitting to '{slug}'")
 
     connection = {}  # a dry run with local data never connects
@@ -78,10 +79,10 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
             connection["api"] = api or connect()
         return connection["api"]
 
-    from kit.ensemble import validate_submission_file  # imported here: it brings in sklearn, slow to load
+    from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
     # 1. an invalid file is never uploaded; 2. nor one the ledger already has
-    sample_path = find_sample(slug, sample, sidecar, root, kaggle, retry, out)
+    sample_path = find_sample(slug, sample, sidecar, root, kaggle, retry)
     validate_submission_file(path, sample_path)
     earlier = rows_for_file(read_rows(ledger_path), sha256, slug)  # also checks the ledger before uploading
     if earlier and not force:
@@ -90,9 +91,9 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
                           f"ref {row['ref']} ({row['status']}, public score {row['public_score'] or '-'}); "
                           f"see {ledger_path}. Pass --force to submit it again")
     message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
-    out(f"{path}: valid against {sample_path}")
+    log(f"{path}: valid against {sample_path}")
     if dry_run:
-        out(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
+        log(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
         return SubmitResult("dry-run", cv_score=cv_score)
 
     # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
@@ -103,42 +104,42 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     ref = create_submission(kaggle(), path, message, slug, retry=retry, sleep=sleep)
     row = {"time": now_utc(), "file": str(path), "sha256": sha256, "ref": ref, "message": message,
            "competition": slug, "cv_score": "" if cv_score is None else f"{cv_score:.6f}", "status": "pending"}
-    _record(ledger_path, row, out)
-    out(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
+    _record(ledger_path, row)
+    log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     try:
         limits = submission_limits(kaggle(), slug)
     except KaggleFault:  # the submission is made and recorded; the count is only a courtesy now
         limits = None
     remaining = limits.num_allowed_now if limits is not None else None
     if remaining is not None:
-        out(f"{remaining} submission(s) remaining today")
+        log(f"{remaining} submission(s) remaining today")
     if not wait:
-        out("not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
+        log("not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     # 4. wait for the score (Ctrl-C or giving up leaves the pending row); 5. record it
     try:
-        scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep, out=out)
+        scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep)
     except KeyboardInterrupt:
-        out(f"\nstopped waiting: submission {ref} stays recorded as pending in {ledger_path}; "
+        log(f"\nstopped waiting: submission {ref} stays recorded as pending in {ledger_path}; "
             f"`./run.sh submissions` refreshes it")
         raise
     except KaggleFault as fault:
-        out(f"could not read the score of submission {ref}: {fault}\nit stays recorded as pending in "
+        log(f"could not read the score of submission {ref}: {fault}\nit stays recorded as pending in "
             f"{ledger_path}; `./run.sh submissions` refreshes it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     status = _status(scored)
     if status == "pending":
-        out(f"submission {ref} is still being scored after {polling.timeout:.0f}s; it stays pending in "
+        log(f"submission {ref} is still being scored after {polling.timeout:.0f}s; it stays pending in "
             f"{ledger_path}; `./run.sh submissions` refreshes it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     _record(ledger_path, {**row, "time": now_utc(), "status": status, "public_score": scored.public_score or "",
-                          "error": scored.error_description or ""}, out)
+                          "error": scored.error_description or ""})
     if status == "error":
-        out(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
+        log(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
         return SubmitResult("error", ref, cv_score=cv_score, remaining_today=remaining,
                             error=scored.error_description)
-    out(_score_line(scored.public_score, cv_score))
-    out(f"recorded in {ledger_path}")
+    log(_score_line(scored.public_score, cv_score))
+    log(f"recorded in {ledger_path}")
     return SubmitResult("complete", ref, scored.public_score, cv_score, remaining)
 
 
@@ -152,12 +153,12 @@ def _read_sidecar(path: Path) -> dict:
         raise SubmitError(f"{sidecar}: not valid JSON ({error})") from error
 
 
-def _cv_score(sidecar: dict, sha256: str, path: Path, out) -> float | None:
+def _cv_score(sidecar: dict, sha256: str, path: Path) -> float | None:
     if "cv_score" not in sidecar:
-        out(f"note: no CV score for {path} (no {path.with_suffix('.json').name} from the ensembler)")
+        log(f"note: no CV score for {path} (no {path.with_suffix('.json').name} from the ensembler)")
         return None
     if sidecar.get("sha256") not in (None, sha256):
-        out(f"warning: {path} changed after the ensembler wrote it (sha256 differs from "
+        log(f"warning: {path} changed after the ensembler wrote it (sha256 differs from "
             f"{path.with_suffix('.json').name}); its CV score is not recorded")
         return None
     return float(sidecar["cv_score"])
@@ -174,17 +175,17 @@ def _score_line(public: str | None, cv: float | None) -> str:
     return line
 
 
-def _record(ledger_path: Path, row: dict, out) -> None:
+def _record(ledger_path: Path, row: dict) -> None:
     """Append to the ledger; if that fails Kaggle has the submission anyway, so say so loudly."""
     try:
         append_row(ledger_path, row)
     except (OSError, LedgerError) as error:
-        out(f"WARNING: Kaggle has submission {row['ref']} ({row['status']}) but it could not be written to "
+        log(f"WARNING: Kaggle has submission {row['ref']} ({row['status']}) but it could not be written to "
             f"{ledger_path}: {error}. Add it by hand: {json.dumps(row)}")
         raise
 
 
-def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry, out) -> Path:
+def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry) -> Path:
     """--sample, else the sidecar's, else data/<slug>/'s, else sample_submission.csv from Kaggle."""
     if sample is not None:
         if not Path(sample).is_file():
@@ -200,7 +201,7 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Ret
     cached = sorted(cache.rglob("sample_submission.csv"))
     if cached:
         return cached[0]
-    out(f"no sample_submission.csv for '{slug}' here (run ./run.sh download); fetching it from Kaggle")
+    log(f"no sample_submission.csv for '{slug}' here (run ./run.sh download); fetching it from Kaggle")
     api = kaggle()
     name = call_with_retry("finding sample_submission.csv", lambda: _find_data_file(api, slug, "sample_submission.csv"),
                            competition=slug, retry=retry)
@@ -300,7 +301,7 @@ def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
 
 
 def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLING, retry: Retry = DEFAULT_RETRY,
-                   sleep=time.sleep, out=say):
+                   sleep=time.sleep):
     """Poll until the submission is scored or errored, or `polling.timeout` passes; return its last state."""
     deadline = time.monotonic() + polling.timeout
     interval = polling.interval
@@ -310,7 +311,7 @@ def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLI
             return submission
         if time.monotonic() + interval > deadline:
             return submission
-        out(f"  submission {ref}: being scored; next check in {interval:.0f}s")
+        log(f"  submission {ref}: being scored; next check in {interval:.0f}s")
         sleep(interval)
         interval = min(interval * polling.factor, polling.max_interval)
 
@@ -320,10 +321,10 @@ def _status(submission) -> str:
 
 
 # ----------------------------------------------------------------------------- the ledger, listed
-def list_submissions(competition: str | None = None, *, root=".", ledger_path=None, refresh: bool = True, api=None,
-                     retry: Retry = DEFAULT_RETRY, out=say) -> list[dict]:
+def list_submissions(competition: str | None = None, *, root=None, ledger_path=None, refresh: bool = True, api=None,
+                     retry: Retry = DEFAULT_RETRY) -> list[dict]:
     """Print and return the latest state of every recorded submission; ask Kaggle about pending ones."""
-    ledger_path = Path(ledger_path) if ledger_path else Path(root) / "submissions" / "ledger.csv"
+    ledger_path = Path(ledger_path) if ledger_path else Project.at(root).ledger
 
     def current() -> list[dict]:
         states = latest_states(read_rows(ledger_path))
@@ -340,9 +341,9 @@ def list_submissions(competition: str | None = None, *, root=".", ledger_path=No
                                              "public_score": scored.public_score or "",
                                              "error": scored.error_description or ""})
         except KaggleFault as fault:
-            out(f"could not refresh the pending submissions: {fault}")
+            log(f"could not refresh the pending submissions: {fault}")
     rows = current()
-    out(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
+    log(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
     return rows
 
 
@@ -356,9 +357,7 @@ def format_table(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- command line
 def submit_main(argv=None) -> int:
-    from kit.config import parse_duration
-
-    parser = argparse.ArgumentParser(prog="run.sh submit", description="Validate a submission file, submit it, "
+    parser = argparse.ArgumentParser(prog="facekit submit", description="Validate a submission file, submit it, "
                                      "wait for its public score and record it in submissions/ledger.csv.")
     parser.add_argument("file", help="submissions/NAME.csv (its CV score is read from NAME.json)")
     parser.add_argument("-m", "--message", help="submission description (default: NAME and its CV score)")
@@ -368,47 +367,24 @@ def submit_main(argv=None) -> int:
     parser.add_argument("--no-wait", action="store_true", help="do not wait for the score")
     parser.add_argument("--force", action="store_true", help="submit even if the ledger has this file already")
     parser.add_argument("--poll-timeout", type=parse_duration, default=DEFAULT_POLLING.timeout,
-                        help="how long to wait for the score, e.g. 90s, 30m (default 30m)")
+                        help="how long to wait for the score, e.g. 90s, 30m (default: %(default)ss)")
     parser.add_argument("--poll-interval", type=parse_duration, default=DEFAULT_POLLING.interval,
-                        help="first wait between checks; later waits grow to 60s (default 5s)")
+                        help="first wait between checks; later waits grow to 60s (default: %(default)ss)")
     args = parser.parse_args(argv)
     polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
-
-    def action() -> int:
+    try:
         result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
                         wait=not args.no_wait, force=args.force, polling=polling)
-        return 1 if result.status == "error" else 0
-
-    from kit.ensemble import SubmissionError
-
-    return run_command(action, invalid_file=SubmissionError)
+    except SubmissionError as error:
+        raise SubmissionError(f"{error}\nnothing was uploaded") from None
+    return 1 if result.status == "error" else 0
 
 
 def submissions_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="run.sh submissions", description="List submissions/ledger.csv, "
+    parser = argparse.ArgumentParser(prog="facekit submissions", description="List submissions/ledger.csv, "
                                      "asking Kaggle for the scores of pending submissions.")
     parser.add_argument("--competition", help="only this competition's submissions")
     parser.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about pending submissions")
     args = parser.parse_args(argv)
-
-    def action() -> int:
-        list_submissions(args.competition, refresh=not args.no_refresh)
-        return 0
-
-    return run_command(action)
-
-
-COMMANDS = {"download": download_main, "submit": submit_main, "submissions": submissions_main}
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m kit.submit {{{','.join(COMMANDS)}}} ... (-h after a command for its options)\n\n"
-              + __doc__, file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return COMMANDS[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    list_submissions(args.competition, refresh=not args.no_refresh)
+    return 0

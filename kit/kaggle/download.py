@@ -17,10 +17,20 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.errors import SubmitError
 from kit.files import sha256_file, write_json
-from kit.kaggle_api import (DEFAULT_RETRY, Retry, SubmitError, add_competition_argument, call_with_retry, connect,
-                            resolve_competition, run_command, say)
-from kit.ledger import now_utc
+from kit.kaggle.api import (
+    DEFAULT_RETRY,
+    Retry,
+    add_competition_argument,
+    call_with_retry,
+    classify,
+    connect,
+    resolve_competition,
+)
+from kit.kaggle.ledger import now_utc
+from kit.log import log
+from kit.paths import Project
 
 MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
 
@@ -32,8 +42,8 @@ class DownloadResult:
     files: int
 
 
-def download(competition: str | None = None, dest=None, *, root=".", force: bool = False, api=None,
-             retry: Retry = DEFAULT_RETRY, progress: bool = False, out=say) -> DownloadResult:
+def download(competition: str | None = None, dest=None, *, root=None, force: bool = False, api=None,
+             retry: Retry = DEFAULT_RETRY, progress: bool = False) -> DownloadResult:
     """Download and extract the competition's files into `dest` (default root/data/<slug>/).
 
     One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
@@ -41,7 +51,7 @@ def download(competition: str | None = None, dest=None, *, root=".", force: bool
     nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
     """
     slug = resolve_competition(competition)
-    dest = Path(dest) if dest else Path(root) / "data" / slug
+    dest = Path(dest) if dest else Project.at(root).data / slug
     manifest_path = dest / MANIFEST_NAME
     if dest.exists() and not manifest_path.exists() and not force:
         raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
@@ -60,18 +70,16 @@ def download(competition: str | None = None, dest=None, *, root=".", force: bool
         manifest = _read_json(manifest_path)
         if not force and _unchanged(dest, manifest, remote):
             response.close()
-            out(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
+            log(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
             return DownloadResult(dest, False, len(manifest["files"]))
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
         try:
             archive = staging / f"{slug}.zip"
-            out(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
+            log(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
             try:
                 api.download_file(response, str(archive), client.http_client(), quiet=not progress)
             except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
-                from kit.kaggle_api import classify
-
                 fault = classify(error, slug)
                 raise (fault or error) from error
             files = _extract(archive, staging / "extracted")
@@ -83,7 +91,7 @@ def download(competition: str | None = None, dest=None, *, root=".", force: bool
             os.replace(staging / "extracted", dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    out(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
+    log(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
     return DownloadResult(dest, True, len(files))
 
 
@@ -111,7 +119,8 @@ def _extract(archive: Path, target: Path) -> list[dict]:
 
 
 def _where_train_is(dest: Path) -> str:
-    from kit.data import DataError, find_competition_folder
+    from kit.data import find_competition_folder
+    from kit.errors import DataError
 
     try:
         return f"; train.csv is in {find_competition_folder(dest)}"
@@ -129,22 +138,13 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
-def download_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="run.sh download", description="Download the competition's files "
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="facekit download", description="Download the competition's files "
                                      "into data/<slug>/ and extract them; nothing happens when they are unchanged.")
     add_competition_argument(parser)
     parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
     parser.add_argument("--force", action="store_true", help="download again even when unchanged")
     args = parser.parse_args(argv)
-
-    def action() -> int:
-        download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
-        return 0
-
-    return run_command(action)
-
-
-main = download_main
-
-if __name__ == "__main__":
-    sys.exit(main())
+    download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
+    return 0

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from kit.files import atomic_path, write_csv, write_json
+from kit.log import log
 
 PLOTS = {"history.png": "plot_optimization_history", "importances.png": "plot_param_importances",
          "slice.png": "plot_slice", "intermediate.png": "plot_intermediate_values"}
@@ -36,8 +37,7 @@ def state_counts(study) -> dict[str, int]:
     return counts
 
 
-def write_report(study, study_dir: Path, *, log=print, data: str | None = None,
-                 storage: str | None = None) -> dict | None:
+def write_report(study, study_dir: Path, *, data: str | None = None, storage: str | None = None) -> dict | None:
     """Write best.json, trials.csv and the plots; print the best trials. Returns best.json's content."""
     import pandas as pd
     from optuna.trial import TrialState
@@ -78,7 +78,7 @@ def write_report(study, study_dir: Path, *, log=print, data: str | None = None,
         "command": command,
     }
     write_json(best_path, result)
-    write_plots(study, study_dir, n_complete=len(complete), log=log)
+    write_plots(study, study_dir, n_complete=len(complete))
 
     log(f"\nstudy {study.study_name}: {sum(counts.values())} trials ({counted})")
     log(format_table(complete, best, limit=5))
@@ -107,7 +107,7 @@ def format_value(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def write_plots(study, study_dir: Path, *, n_complete: int, log=print) -> list[Path]:
+def write_plots(study, study_dir: Path, *, n_complete: int) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")

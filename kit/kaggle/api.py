@@ -18,10 +18,12 @@ import contextlib
 import io
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from kit.errors import SECRETS_IN_USE, KaggleFault, MissingCredentials
+from kit.log import warn
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 
@@ -45,63 +47,33 @@ class Retry:
 DEFAULT_RETRY = Retry()
 
 
-class KaggleFault(RuntimeError):
-    """A call to Kaggle that failed; the message says what to do about it. `kind` is for callers."""
-
-    def __init__(self, message: str, kind: str = "other", retryable: bool = False):
-        super().__init__(redact(message))
-        self.kind = kind
-        self.retryable = retryable
-
-
-class MissingCredentials(KaggleFault):
-    def __init__(self, message: str):
-        super().__init__(message, kind="credentials")
-
-
-# ----------------------------------------------------------------------------- secrets
-_SECRETS_IN_USE: set[str] = set()  # the key/token the client authenticated with (from any source)
-
-
-def _secrets() -> list[str]:
-    """Every key or token this process could be using, so that no message ever shows one."""
-    values = {os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")} | _SECRETS_IN_USE
-    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    for secret in _secrets():
-        text = text.replace(secret, "***")
-    return text
-
-
-def warn_if_readable_by_others(config_file: Path, out=None) -> bool:
+# ----------------------------------------------------------------------------- credentials
+def warn_if_readable_by_others(config_file: Path) -> bool:
     """kaggle.json holds the API key: anyone who can read it can submit as you."""
     try:
         mode = config_file.stat().st_mode
     except OSError:
         return False
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        print(f"warning: {config_file} is readable by other users of this machine; "
-              f"run: chmod 600 {config_file}", file=out or sys.stderr)
+        warn(f"warning: {config_file} is readable by other users of this machine; run: chmod 600 {config_file}")
         return True
     return False
 
 
 # ----------------------------------------------------------------------------- connecting
-def connect(out=None):
+def connect():
     """Import the official client, authenticate with whatever it supports, and return its KaggleApi."""
     with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates and prints
         from kaggle.api.kaggle_api_extended import KaggleApi
     api = KaggleApi()
     config_file = Path(api.config)
-    warn_if_readable_by_others(config_file, out)
+    warn_if_readable_by_others(config_file)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # our warning above replaces the client's
             call_with_retry("checking the Kaggle credentials", api.authenticate, competition=None)
     except SystemExit:  # the client's way of saying "no credentials"
         raise MissingCredentials(missing_credentials_message(config_file)) from None
-    _SECRETS_IN_USE.update(str(api.config_values.get(name) or "") for name in ("key", "token"))
+    SECRETS_IN_USE.update(str(api.config_values.get(name) or "") for name in ("key", "token"))
     return api
 
 
@@ -167,7 +139,7 @@ def looks_like_daily_limit(message: str) -> bool:
 
 
 def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = DEFAULT_RETRY,
-                    before_retry=None, sleep=time.sleep, out=None):
+                    before_retry=None, sleep=time.sleep):
     """Run `call()`; retry connection errors and 5xx with backoff; raise KaggleFault for the rest.
 
     `before_retry()` runs before each retry and may return a result instead (used to find a
@@ -185,8 +157,7 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
                     fault = KaggleFault(f"{what}: gave up after {attempt} tries: {fault}", fault.kind)
                 raise fault from error
             delay = retry.delay(attempt)
-            print(f"{what}: {fault}; retrying in {delay:.1f}s (try {attempt + 1} of {retry.attempts})",
-                  file=out or sys.stderr, flush=True)
+            warn(f"{what}: {fault}; retrying in {delay:.1f}s (try {attempt + 1} of {retry.attempts})")
             sleep(delay)
             if before_retry is not None:
                 found = before_retry()
@@ -196,16 +167,6 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
 
 
 # ----------------------------------------------------------------------------- shared by the Kaggle commands
-
-class SubmitError(RuntimeError):
-    """A submit or download that was stopped before anything reached Kaggle; the message says why."""
-
-
-def say(text: str) -> None:
-    """The default `out`: progress lines appear at once even when stdout is a pipe."""
-    print(text, flush=True)
-
-
 def resolve_competition(competition: str | None = None) -> str:
     from kit.data import DEFAULT_COMPETITION
 
@@ -214,18 +175,3 @@ def resolve_competition(competition: str | None = None) -> str:
 
 def add_competition_argument(parser) -> None:
     parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
-
-
-def run_command(action, invalid_file=()) -> int:
-    """Run a command; print a failure as one clear message and turn it into an exit code."""
-    from kit.ledger import LedgerError
-
-    try:
-        return action()
-    except invalid_file as error:
-        print(f"{error}\nnothing was uploaded", file=sys.stderr)
-    except (SubmitError, KaggleFault, LedgerError) as error:
-        print(f"error: {error}", file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
-    return 1

@@ -8,9 +8,12 @@ import time
 import warnings
 from pathlib import Path
 
-from kit.config import UserError
+from kit.errors import ConfigError
+from kit.log import log
+from kit.tune.optuna_compat import heartbeat_base, storage_of, trial_id
 
-def _journal_heartbeat_storage_class():
+
+def journal_heartbeat_storage_class():
     """JournalStorage with Optuna's heartbeat protocol (Optuna implements it only for RDB storages).
 
     Each running trial's heartbeat thread writes a timestamp into the trial every interval; before a
@@ -19,10 +22,9 @@ def _journal_heartbeat_storage_class():
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import JournalStorage
-    from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.trial import TrialState
 
-    class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    class HeartbeatJournalStorage(JournalStorage, heartbeat_base()):
         KEY = "heartbeat"
 
         def __init__(self, backend, *, heartbeat_interval: int, grace_period: int):
@@ -43,7 +45,7 @@ def _journal_heartbeat_storage_class():
                 if beat is None and t.datetime_start is not None:  # died before its first beat
                     beat = t.datetime_start.timestamp()
                 if beat is not None and now - beat > self.grace_period:
-                    stale.append(t._trial_id)
+                    stale.append(trial_id(t))
             return stale
 
         def get_heartbeat_interval(self) -> int | None:
@@ -68,16 +70,16 @@ def open_storage(storage: str | None, study_dir: Path, *, heartbeat_interval: in
                     return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
                                                       grace_period=grace_period, engine_kwargs={"pool_pre_ping": True})
             except ImportError as err:
-                raise UserError(f"--storage {mask_url(storage)}: {err}") from None
+                raise ConfigError(f"--storage {mask_url(storage)}: {err}") from None
             except Exception as err:  # sqlalchemy errors: connection refused, duplicate table type, ...
                 if attempt == 4:
-                    raise UserError(f"--storage {mask_url(storage)}: {type(err).__name__}: {err}") from None
+                    raise ConfigError(f"--storage {mask_url(storage)}: {type(err).__name__}: {err}") from None
                 time.sleep(0.5 + attempt)
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(storage) if storage else study_dir / "journal.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    cls = _journal_heartbeat_storage_class()
+    cls = journal_heartbeat_storage_class()
     return cls(JournalFileBackend(str(path)), heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
@@ -138,7 +140,7 @@ def is_dead(worker: dict) -> bool:
     return False
 
 
-def fail_dead_trials(study, log=print) -> list[int]:
+def fail_dead_trials(study) -> list[int]:
     """Fail RUNNING trials whose worker process on this machine has died (no need to wait for the grace period)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -147,8 +149,8 @@ def fail_dead_trials(study, log=print) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_dead(t.user_attrs.get("worker")):
             try:
-                study._storage.set_trial_user_attr(t._trial_id, "failure", "its worker process died")
-                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                storage_of(study).set_trial_user_attr(trial_id(t), "failure", "its worker process died")
+                if storage_of(study).set_trial_state_values(trial_id(t), state=TrialState.FAIL):
                     failed.append(t.number)
             except UpdateFinishedTrialError:
                 pass

@@ -1,0 +1,46 @@
+"""The model registry and the two-headed model every entry builds.
+
+Every model maps an image batch to (gender logits [B, 2], age output [B] or [B, bins]; kit/age.py says
+what the age output means). A model is a small function registered by name (as in timm), taking
+keyword arguments pretrained, weights, age_outputs and stem; `create_model(name, ...)` is the one way
+to build one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from kit.errors import ConfigError
+
+MODELS: dict[str, Callable[..., FaceModel]] = {}
+
+
+def register_model(fn):
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+class FaceModel(nn.Module):
+    """A feature extractor (`backbone`) and two linear heads on its features."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, age_outputs: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.gender_head = nn.Linear(num_features, 2)
+        self.age_head = nn.Linear(num_features, age_outputs)
+
+    def forward(self, x):
+        features = self.backbone(x)
+        age = self.age_head(features)
+        return self.gender_head(features), age.squeeze(1) if age.shape[1] == 1 else age
+
+    def head_parameters(self):
+        return [*self.gender_head.parameters(), *self.age_head.parameters()]
+
+
+def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
+                 stem: str = "standard") -> FaceModel:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    return MODELS[name](pretrained=pretrained, weights=weights, age_outputs=age_outputs, stem=stem)

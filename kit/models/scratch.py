@@ -1,0 +1,34 @@
+"""The original report's CNN, trained from random initialisation."""
+from __future__ import annotations
+
+from torch import nn
+
+import kit.models.weights as weights_io
+from kit.errors import ConfigError, WeightsError
+from kit.models.registry import FaceModel, register_model
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+@register_model
+def scratch(*, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
+            stem: str = "standard") -> FaceModel:
+    """Three Conv-BN-ReLU-MaxPool blocks (64, 128, 256 channels) and a fully connected layer.
+
+    An adaptive pool to 4x4 before the classifier keeps a coarse layout of the face (where hair
+    and wrinkles are) and lets the model run at any input size.
+    """
+    if pretrained:
+        raise WeightsError("the scratch model has no pretrained weights; drop --pretrained")
+    if stem != "standard":
+        raise ConfigError(f"--stem {stem}: the scratch model's first block already keeps small inputs' detail")
+    backbone = nn.Sequential(conv_block(3, 64), conv_block(64, 128), conv_block(128, 256),
+                             nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                             nn.Linear(256 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.3))
+    model = FaceModel(backbone, 256, age_outputs=age_outputs)
+    if weights:
+        weights_io.load_weights(model, weights)
+    return model

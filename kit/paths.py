@@ -1,0 +1,60 @@
+"""Where a project's files live: one root for every command.
+
+    runs/<model>/<name>/   cross-validation runs          folds/       persisted folds files
+    tuning/<study>/        tuning studies                 submissions/ submissions, sidecars, ledger
+    data/<slug>/           downloaded competitions        .cache/      extracted zips, image caches
+
+The root is $FACEKIT_ROOT if set, else the current directory. Every command and library function that
+reads or writes these takes a `root` (default: this one), so tests and scripts never need to chdir.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_ENV = "FACEKIT_ROOT"
+
+
+def project_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or Path.cwd())
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike | None = None) -> Project:
+        return cls(Path(root) if root is not None else project_root())
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds"
+
+    @property
+    def tuning(self) -> Path:
+        return self.root / "tuning"
+
+    @property
+    def submissions(self) -> Path:
+        return self.root / "submissions"
+
+    @property
+    def ledger(self) -> Path:
+        return self.submissions / "ledger.csv"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / ".cache"
+
+    def run_dir(self, model: str, name: str) -> Path:
+        return self.runs / model / name

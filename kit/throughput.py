@@ -1,0 +1,78 @@
+"""Images per second of the very steps `cv` runs, measured here and now (`best` plans with these figures,
+`bench` prints them beside a compute ceiling).
+
+    steps = KitSteps(cfg, train_images, rows, ages, gender)   # a Trainer as fit_fold builds it
+    figures = steps.measure(steps=12, warmup=3)              # {"train": images/s, "infer": images/s}
+
+The training step is kit/trainer.py's Trainer.step on a batch taken from the memory-mapped cache through
+the kit's own data path (kit/predict.py's ImageSource, kit/augment.py's prepare), with the learning-rate
+phase set as fit_fold sets it; the inference step is kit/predict.py's predict on a batch of
+inference_batch_size() rows.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from kit.age import AgeTarget
+from kit.augment import prepare
+from kit.config import TrainConfig
+from kit.device import flush_denormals_to_zero, pick_device, set_threads
+from kit.predict import ImageSource, inference_batch_size, predict
+from kit.trainer import Trainer
+
+
+class KitSteps:
+    """One training and one inference step of `cfg` through the kit's data path, ready to be timed."""
+
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, rows: np.ndarray, ages: np.ndarray,
+                 gender: np.ndarray, *, source: ImageSource | None = None):
+        set_threads(cfg.num_threads)
+        self.cfg, self.rows = cfg, rows
+        self.device = pick_device(cfg.device)
+        # The weights training starts from: pretrained ones can run slower than random ones (denormals).
+        flush_denormals_to_zero(self.device)
+        self.trainer = Trainer(cfg, self.device, AgeTarget.for_training(cfg.age_target, cfg.age_loss, ages),
+                               init_seed=0)
+        self.source = source or ImageSource(images, self.device, cfg.channels_last)
+        self.gender = torch.as_tensor(np.asarray(gender), dtype=torch.long)
+        self.ages = torch.as_tensor(np.asarray(ages), dtype=torch.float32)
+        self.batch_size = min(cfg.batch_size, len(rows))
+        self.infer_batch = min(inference_batch_size(cfg.batch_size), len(rows))
+        self.rng, self.generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        self.trainer.model.train()
+        self.trainer.set_phase(cfg.unfreeze_epoch or 0, 1.0)   # the unfrozen phase: most of the epochs
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self) -> None:
+        picked = self.rng.integers(0, len(self.rows), self.batch_size)
+        x = prepare(self.source.batch(self.rows[picked]), strength=self.cfg.augment, generator=self.generator,
+                    channels_last=self.cfg.channels_last)
+        self.trainer.step(x, self.gender[picked].to(self.device), self.ages[picked].to(self.device))
+
+    def infer_step(self) -> None:
+        start = int(self.rng.integers(0, max(1, len(self.rows) - self.infer_batch + 1)))
+        predict(self.trainer.model, self.source, self.rows[start:start + self.infer_batch], tta=False,
+                amp_dtype=self.trainer.amp_dtype, age_target=self.trainer.age_target,
+                channels_last=self.cfg.channels_last, batch_size=self.infer_batch)
+        self.trainer.model.train()
+
+    def timed(self, step, images_per_call: int, *, steps: int, warmup: int) -> float:
+        """Images per second over `steps` calls of `step` after `warmup` untimed ones."""
+        for _ in range(warmup):
+            step()
+        self.sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        self.sync()
+        return steps * images_per_call / (time.perf_counter() - started)
+
+    def measure(self, *, steps: int, warmup: int) -> dict:
+        return {"train": self.timed(self.train_step, self.batch_size, steps=steps, warmup=warmup),
+                "infer": self.timed(self.infer_step, self.infer_batch, steps=steps, warmup=warmup)}

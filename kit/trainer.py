@@ -1,0 +1,127 @@
+"""One fold's model, optimizer and training step, exactly as `cv` runs them; `bench` and `best` time
+this same step.
+
+    trainer = Trainer(cfg, device, age_target, init_seed=epoch_seed(cfg.seed, fold, -1))
+    frozen = trainer.set_phase(epoch, lr_factor(cfg.schedule, step, total_steps, warmup_steps))
+    loss = trainer.step(x, gender, ages)          # forward, backward, optimizer, moving average
+
+Loss = cross-entropy(gender) + age_loss_weight * age loss (kit/age.py). With --ema-decay, an exponential
+moving average of the weights is what gets scored and kept: it averages out the noise of the last steps,
+as a free ensemble along the trajectory.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kit.age import AgeTarget
+from kit.config import TrainConfig
+from kit.device import autocast, pick_amp_dtype
+from kit.models import FaceModel, create_model
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    """A seed for (fold, epoch); epoch -1 seeds the model's initialisation."""
+    return int(np.random.default_rng([seed, fold, epoch + 1]).integers(2**62))
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate at `step`."""
+    t = step / max(1, total_steps)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "onecycle":  # as torch's OneCycleLR: cosine up from 1/25 for 30%, then down to ~0
+        if t < 0.3:
+            return 0.04 + 0.96 * (1 - math.cos(math.pi * t / 0.3)) / 2
+        return max(1e-4, (1 + math.cos(math.pi * (t - 0.3) / 0.7)) / 2)
+    if step < warmup_steps:     # cosine with linear warm-up
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(1e-4, (1 + math.cos(math.pi * progress)) / 2)
+
+
+def make_optimizer(cfg: TrainConfig, model: FaceModel) -> torch.optim.Optimizer:
+    head_ids = {id(p) for p in model.head_parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [{"params": model.head_parameters(), "role": "head"}, {"params": body, "role": "backbone"}]
+    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(groups, lr=cfg.lr_head, weight_decay=cfg.weight_decay)
+
+
+def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics.
+
+    The decay warms up as (1 + n) / (10 + n) over the first updates (as TensorFlow's and timm's EMA do):
+    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():  # BatchNorm's step counter
+            return current
+        n = int(num_averaged)
+        return torch.lerp(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=update, use_buffers=True)
+
+
+class Trainer:
+    """A model on its device with its optimizer, loss scaler and (optional) moving average."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, age_target: AgeTarget, *, init_seed: int):
+        self.cfg, self.device, self.age_target = cfg, device, age_target
+        self.amp_dtype = pick_amp_dtype(cfg.precision, device)
+        torch.manual_seed(init_seed)
+        model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,
+                             age_outputs=age_target.outputs, stem=cfg.stem)
+        self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last
+                              else torch.contiguous_format)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """What is scored after each epoch and kept as best.pt: the moving average if there is one."""
+        return self.average.module if self.average is not None else self.model
+
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        return self.average.module if self.average is not None else self.forward
+
+    def set_phase(self, epoch: int, factor: float) -> bool:
+        """Freeze or unfreeze the backbone for `epoch` and set the group learning rates. True if frozen."""
+        cfg, model = self.cfg, self.model
+        frozen = epoch < cfg.unfreeze_epoch
+        model.backbone.requires_grad_(not frozen)
+        if frozen:
+            model.backbone.eval()   # keep BatchNorm statistics too while the backbone is frozen
+        for group in self.optimizer.param_groups:
+            base = cfg.lr_head if frozen else cfg.lr_backbone
+            group["lr"] = base * factor
+        return frozen
+
+    def step(self, x: torch.Tensor, gender: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a prepared batch; returns the (detached) loss."""
+        with autocast(self.device, self.amp_dtype):
+            logits, age_output = self.forward(x)
+        loss = (F.cross_entropy(logits.float(), gender, label_smoothing=self.cfg.label_smoothing)
+                + self.cfg.age_loss_weight * self.age_target.loss(age_output, ages))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
+        return loss.detach()
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "average": self.average.state_dict() if self.average is not None else None}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
