@@ -37,8 +37,8 @@ class KitSteps:
         self.trainer = Trainer(cfg, self.device, AgeTarget.for_training(cfg.age_target, cfg.age_loss, ages),
                                init_seed=0)
         self.source = source or ImageSource(images, self.device, cfg.channels_last)
-        self.gender = torch.as_tensor(np.asarray(gender), dtype=torch.long)
-        self.ages = torch.as_tensor(np.asarray(ages), dtype=torch.float32)
+        self.gender = torch.tensor(np.asarray(gender), dtype=torch.long)
+        self.ages = torch.tensor(np.asarray(ages), dtype=torch.float32)
         self.batch_size = min(cfg.batch_size, len(rows))
         self.infer_batch = min(inference_batch_size(cfg.batch_size), len(rows))
         self.rng, self.generator = np.random.default_rng(0), torch.Generator().manual_seed(0)

@@ -42,7 +42,7 @@ import threading
 import uuid
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -152,7 +152,7 @@ class KaggleServer:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "KaggleServer":
+    def start(self) -> KaggleServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -247,7 +247,7 @@ class KaggleServer:
         ref = next(self._refs)
         self.submissions.append(Submission(
             ref=ref, file_name=upload["file_name"], description=body.get("submissionDescription", ""),
-            date=datetime.now(timezone.utc), size=len(upload["data"]), status=status,
+            date=datetime.now(UTC), size=len(upload["data"]), status=status,
             public_score=public, private_score=private, error=error,
             reads_until_scored=10**9 if self.never_score else self.pending_reads))
         self.used_today += 1
@@ -285,7 +285,7 @@ class KaggleServer:
         size = body.get("pageSize") or 20
         start = int(body.get("pageToken") or 0)
         page = members[start:start + size]
-        created = datetime.fromtimestamp(self.data_zip.stat().st_mtime, timezone.utc)
+        created = datetime.fromtimestamp(self.data_zip.stat().st_mtime, UTC)
         files = [{"ref": m.filename, "name": m.filename, "totalBytes": m.file_size,
                   "creationDate": created.strftime("%Y-%m-%dT%H:%M:%S.000Z")} for m in page]
         following = start + size if start + size < len(members) else None

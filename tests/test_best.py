@@ -1,14 +1,17 @@
 """`best --time-limit`: the plan from measured throughput, the budget kept, the blend written."""
 import json
-import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from kit.best import (SAFETY, BudgetError, ModelPlan, allot, best, epoch_costs, main, measure_throughput,
-                       member_name, parse_model_spec, plan_epochs, recipe_config)
-from kit.config import TrainConfig, UserError
-from kit.ensemble import validate_submission_file
+from kit.__main__ import main as facekit
+from kit.best import best, measure_throughput
+from kit.best.members import member_name, parse_model_spec, recipe_config
+from kit.best.plan import SAFETY, ModelPlan, allot, epoch_costs, plan_epochs
+from kit.config import TrainConfig
+from kit.errors import BudgetError, UserError, WeightsError
+from kit.submission import validate_submission_file
 
 SMALL = dict(size=32, batch_size=16, folds=3, num_threads=1)
 
@@ -63,22 +66,28 @@ def test_a_member_can_carry_its_own_options():
     for bad in ("dlib_age:lr", "dlib_age:colour=1", "dlib_age:epochs=3", "dlib_age:folds=3"):
         with pytest.raises(UserError, match="is not FIELD=VALUE with a per-model training field"):
             parse_model_spec(bad)
+    for bad, message in (("dlib_age:size=80.5", "size='80.5': must be an integer"),
+                         ("dlib_age:tta=maybe", "tta='maybe': must be true or false"),
+                         ("dlib_age:lr_backbone=fast", "lr_backbone='fast': must be a number")):
+        with pytest.raises(UserError, match=message):
+            parse_model_spec(bad)
+    assert member_name("b", {"weights": "/tmp/w.pth"}) == "b-weights_tmp_w.pth"   # one folder, never a path
 
 
 def test_members_are_checked_before_any_work(tiny_competition, project):
     with pytest.raises(UserError, match="listed twice with the same options"):
-        best(TrainConfig(data=str(tiny_competition)), time_limit=60, models=["scratch", "scratch"], root=project,
-             log=lambda *_: None)
+        best(TrainConfig(data=str(tiny_competition)), time_limit=60, models=["scratch", "scratch"], root=project)
     with pytest.raises(UserError, match="--augment 'wild': must be one of"):
         best(TrainConfig(data=str(tiny_competition)), time_limit=60, models=["scratch", "scratch:augment=wild"],
-             root=project, log=lambda *_: None)
+             root=project)
     assert not (project / "runs").exists() and not (project / ".cache").exists()
 
 
 def test_recipe_fills_only_what_the_user_left_open():
     cfg = TrainConfig(pretrained=False, augment="none")
     r18 = recipe_config(cfg, "resnet18", given={"augment", "pretrained"})
-    assert (r18.model, r18.schedule, r18.optimizer, r18.augment, r18.lr_backbone) == ("resnet18", "onecycle", "adamw", "none", 2e-3)
+    assert (r18.model, r18.schedule, r18.optimizer, r18.augment, r18.lr_backbone) == (
+        "resnet18", "onecycle", "adamw", "none", 2e-3)
     pretrained = recipe_config(TrainConfig(pretrained=True), "resnet18", given={"pretrained"})
     assert pretrained.lr_backbone is None and pretrained.schedule == "onecycle"   # pretrained rates stay
     # dlib_age starts from its installed weights with its own measured rates (config.PRETRAINED_DEFAULTS).
@@ -89,15 +98,14 @@ def test_recipe_fills_only_what_the_user_left_open():
     assert recipe_config(TrainConfig(), "resnet18", set(), sample=True).lr_backbone == 2e-3
 
 
-def test_best_stays_within_its_budget_and_writes_a_validated_blend(tiny_competition, project):
+def test_best_plans_within_its_budget_and_writes_a_validated_blend(tiny_competition, project, caplog):
     limit = 90
-    started = time.monotonic()
-    lines = []
     result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
-                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, min_epochs=1,
-                  log=lines.append)
-    elapsed = time.monotonic() - started
-    assert elapsed <= limit * 1.05, f"took {elapsed:.0f} s of {limit}"
+                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, min_epochs=1)
+    # The plan fits the budget (the estimates, margin included, within each member's share, the shares within
+    # the time left); that the estimates hold is for the real data's runs to show, not for a timed test.
+    assert all(estimate <= share + 1e-6 for _, estimate, share in result["plans"])
+    assert sum(share for _, _, share in result["plans"]) <= limit
     assert set(result["epochs"]) == {"scratch", "resnet18"} and all(1 <= e <= 3 for e in result["epochs"].values())
     out = Path(result["submission"])
     assert out.parent == project / "submissions"
@@ -105,7 +113,7 @@ def test_best_stays_within_its_budget_and_writes_a_validated_blend(tiny_competit
     assert len(submission) == 20
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert len(sidecar["members"]) == 2 and sidecar["cv_score"] == pytest.approx(result["cv"]["score"])
-    text = "\n".join(lines)
+    text = caplog.text
     assert "where the time went" in text and "plan: scratch" in text and "plan: resnet18" in text
     config = json.loads((project / "runs/scratch" / out.stem / "config.json").read_text())["train"]
     assert config["schedule"] == "onecycle" and config["epochs"] == result["epochs"]["scratch"]
@@ -113,66 +121,74 @@ def test_best_stays_within_its_budget_and_writes_a_validated_blend(tiny_competit
     # The same command again: the runs are complete and kept, and the submission is not overwritten.
     with pytest.raises(UserError, match="exists"):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
-             models=["scratch", "resnet18"], root=project, log=lines.append)
+             models=["scratch", "resnet18"], root=project)
+    caplog.clear()
     again = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
-                 models=["scratch", "resnet18"], root=project, overwrite=True, log=lines.append)
+                 models=["scratch", "resnet18"], root=project, overwrite=True)
     assert again["epochs"] == result["epochs"] and again["cv"] == result["cv"]
-    assert again["seconds"] < elapsed    # nothing retrained
+    assert caplog.text.count("done earlier") == 6 and " epoch  0 " not in caplog.text    # nothing retrained
 
 
 def test_a_budget_too_small_for_one_epoch_stops_before_training(tiny_competition, project):
     with pytest.raises(BudgetError, match="too short"):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=2,
-             models=["scratch"], root=project, measure_steps=3, log=lambda *_: None)
+             models=["scratch"], root=project, measure_steps=3)
     assert not (project / "runs").exists()
 
 
-def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy, project, monkeypatch):
-    import kit.models
+def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy, project, monkeypatch, caplog):
+    import kit.models.weights
 
     (competition_copy / ".synthetic").unlink()   # real data: resnet18 defaults to ImageNet weights
 
     def offline(*args, **kwargs):
-        raise kit.models.WeightsError("ImageNet weights for resnet18 are not in the torchvision cache and cannot "
-                                      "be downloaded (URLError)\n  - or pass --no-pretrained")
+        raise WeightsError("ImageNet weights for resnet18 are not in the torchvision cache and cannot "
+                           "be downloaded (URLError)\n  - or pass --no-pretrained")
 
-    monkeypatch.setattr(kit.models, "imagenet_state_dict", offline)
-    lines = []
+    monkeypatch.setattr(kit.models.weights, "imagenet_state_dict", offline)
     with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
         best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=["resnet18"], root=project,
-             measure_steps=1, given=set(), log=lines.append)
-    assert lines[0] == ("resnet18: pretrained weights unavailable (ImageNet weights for resnet18 are not in the "
-                        "torchvision cache and cannot be downloaded (URLError)); it trains from random init "
-                        "(--pretrained insists on them)")
-    with pytest.raises(kit.models.WeightsError, match="cannot be downloaded"):
+             measure_steps=1, given=set())
+    assert caplog.messages[0] == ("resnet18: pretrained weights unavailable (ImageNet weights for resnet18 are not in "
+                                  "the torchvision cache and cannot be downloaded (URLError)); it trains from random "
+                                  "init (--pretrained insists on them)")
+    with pytest.raises(WeightsError, match="cannot be downloaded"):
         best(TrainConfig(data=str(competition_copy), pretrained=True, **SMALL), time_limit=2, models=["resnet18"],
-             root=project, measure_steps=1, given={"pretrained"}, log=lines.append)
+             root=project, measure_steps=1, given={"pretrained"})
 
 
-def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch):
-    import kit.bench
-    import kit.train
+def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch, caplog):
+    import kit.best
+    import kit.throughput
 
-    speeds = {"fp32": 180.0, "bf16": 155.0, "auto": 155.0}   # this Intel Xeon's resnet18 figures
-    monkeypatch.setattr(kit.train, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(kit.bench, "kit_throughput",
-                        lambda cfg, *args, **kwargs: {"train": speeds[cfg.precision], "infer": 500.0})
-    lines = []
-    chosen, figures = measure_throughput(TrainConfig(device="cpu", pretrained=False), None, None, is_sample=True,
-                                         steps=1, log=lines.append)
-    assert chosen.precision == "fp32" and figures["train"] == 180.0 and "fp32 180 / bf16 155" in lines[0]
-    speeds["bf16"] = 290.0                    # the AMD EPYC's
-    assert measure_throughput(TrainConfig(device="cpu"), None, None, is_sample=True, steps=1,
-                              log=lines.append)[0].precision == "bf16"
+    speeds = {"fp32": 180.0, "bf16": 155.0, "auto": 155.0}   # an Intel Xeon's resnet18 figures
+
+    class FakeSteps:
+        def __init__(self, cfg, *args, **kwargs):
+            self.precision = cfg.precision
+
+        def measure(self, **kwargs):
+            return {"train": speeds[self.precision], "infer": 500.0}
+
+    monkeypatch.setattr(kit.best, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kit.throughput, "KitSteps", FakeSteps)
+    comp = type("Comp", (), {"train": pd.DataFrame({"cache_index": [0], "age": [30.0], "gender": [1]})})()
+    chosen, figures = measure_throughput(TrainConfig(device="cpu", pretrained=False), comp, None, is_sample=True,
+                                         steps=1)
+    assert chosen.precision == "fp32" and figures["train"] == 180.0 and "fp32 180 / bf16 155" in caplog.messages[0]
+    speeds["bf16"] = 290.0                    # an AMD EPYC's with AVX512-BF16
+    assert measure_throughput(TrainConfig(device="cpu"), comp, None, is_sample=True, steps=1)[0].precision == "bf16"
     # An explicit precision, or a resumed run's, is measured as it is.
     for cfg, choose in ((TrainConfig(device="cpu", precision="bf16"), True), (TrainConfig(device="cpu"), False)):
-        assert measure_throughput(cfg, None, None, is_sample=True, steps=1, choose_precision=choose,
-                                  log=lines.append)[0].precision == cfg.precision
-    assert len(lines) == 2
+        assert measure_throughput(cfg, comp, None, is_sample=True, steps=1,
+                                  choose_precision=choose)[0].precision == cfg.precision
+    assert len(caplog.messages) == 2
 
 
 def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
-    assert main(["--time-limit", "5m", "--epochs", "3", "--data", str(tiny_competition)]) == 2
+    assert facekit(["best", "--time-limit", "5m", "--epochs", "3", "--data", str(tiny_competition)]) == 2
     assert "--epochs is planned" in capsys.readouterr().err
-    assert main(["--time-limit", "5m", "--shares", "1,x", "--data", str(tiny_competition)]) == 2
+    assert facekit(["best", "--time-limit", "5m", "--shares", "1,x", "--data", str(tiny_competition)]) == 2
     assert "--shares '1,x'" in capsys.readouterr().err
+    assert facekit(["best", "--time-limit", "nan", "--data", str(tiny_competition)]) == 2
+    assert "--time-limit nan: must be a positive duration" in capsys.readouterr().err

@@ -1,33 +1,19 @@
-import argparse
-import json
-import subprocess
-from pathlib import Path
+"""TrainConfig: defaults that follow the starting weights, and checks derived from each field's metadata."""
+import math
 
 import pytest
 
-from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args, parse_duration
-
-REPO = Path(__file__).parents[1]
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_params_file_is_overridden_by_explicit_options(tmp_path):
-    params = tmp_path / "best.json"
-    params.write_text(json.dumps({"value": 0.8, "params": {"lr_backbone": 0.003, "epochs": 7, "size": 80}}))
-    cfg = config_from_args(parse(["--params", str(params), "--epochs", "9"]), model="scratch")
-    assert (cfg.lr_backbone, cfg.epochs, cfg.size, cfg.model) == (0.003, 9, 80, "scratch")
-
-
-def test_params_file_with_unknown_field_is_refused(tmp_path):
-    params = tmp_path / "p.json"
-    params.write_text(json.dumps({"learning_rate": 0.1}))
-    with pytest.raises(UserError, match=r"p.json: unknown field\(s\) \['learning_rate'\]"):
-        config_from_args(parse(["--params", str(params)]))
+from kit.config import (
+    CHOICES,
+    FIELDS,
+    MEMBER_FIELDS,
+    RESULT_FIELDS,
+    TUNABLE_FIELDS,
+    TrainConfig,
+    check_config,
+    check_types,
+)
+from kit.errors import ConfigError, UserError
 
 
 def test_defaults_switch_with_the_starting_weights():
@@ -41,35 +27,53 @@ def test_defaults_switch_with_the_starting_weights():
     assert explicit.lr_head == 3e-3
 
 
-def test_durations():
-    assert parse_duration("45m") == 2700 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
-    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
-        parse_duration("soon")
+def test_the_sample_demo_trains_fewer_epochs_unless_told():
+    assert TrainConfig().resolved(sample=False).epochs == 20
+    assert TrainConfig().resolved(sample=True).epochs == 4
+    assert TrainConfig(epochs=9).resolved(sample=True).epochs == 9
 
 
-def test_run_sh_and_module_help_list_the_commands():
-    for command in (["./run.sh", "--help"], ["./run.sh", "cv", "--help"]):
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-    listing = subprocess.run(["./run.sh", "--help"], cwd=REPO, capture_output=True, text=True).stdout
-    for name in ("cv", "tune", "ensemble", "submit", "download", "bench"):
-        assert f"  {name} " in listing
+def test_metadata_derives_the_field_lists():
+    assert set(RESULT_FIELDS) == set(FIELDS) - {"name", "data", "only_folds", "device", "compile", "num_threads",
+                                                 "time_limit", "overwrite"}
+    assert {"lr_backbone", "unfreeze_epoch", "augment", "tta", "size"} <= set(TUNABLE_FIELDS)
+    assert not {"epochs", "folds", "model", "seed", "precision"} & set(TUNABLE_FIELDS)
+    assert {"lr_backbone", "size", "seed", "augment"} <= set(MEMBER_FIELDS)
+    assert not {"folds", "fold_seed", "data", "name", "time_limit"} & set(MEMBER_FIELDS)
+    assert CHOICES["age_target"] == ("regression", "bins")
+    assert TrainConfig().result_fields().keys() == set(RESULT_FIELDS)
 
 
 @pytest.mark.parametrize("values, message", [
-    (dict(ema_decay=1.0), "--ema-decay 1.0: must be in"),
+    (dict(ema_decay=1.0), r"--ema-decay 1.0: must be in \[0, 1\)"),
     (dict(model="scratch", stem="small"), "--stem 'small': only resnet18"),
     (dict(age_target="histogram"), "--age-target 'histogram': must be one of regression, bins"),
     (dict(age_loss="huber"), "--age-loss 'huber': must be one of l1, mse"),
+    (dict(folds=1), "--folds 1: must be >= 2"),
+    (dict(lr_head=5.0), r"--lr-head 5.0: must be in \(0, 1\)"),
+    (dict(weight_decay=-1.0), "--weight-decay -1.0: must be >= 0"),
+    (dict(seed=-1), "--seed -1: must be >= 0"),
+    (dict(num_threads=-1), "--num-threads -1: must be >= 1"),
+    (dict(age_loss_weight=math.nan), "--age-loss-weight nan: must be a finite number"),
+    (dict(time_limit=math.nan), "--time-limit nan: must be a finite number"),
+    (dict(time_limit=0.0), "--time-limit 0.0: must be > 0"),
+    (dict(epochs=1.5), r"--epochs 1.5: must be an integer, not float 1.5"),
+    (dict(tta="false"), "--tta 'false': must be true or false, not str 'false'"),
+    (dict(folds=None), "--folds None: may not be null"),
+    (dict(name="../../x"), "--name '../../x': a run name is one folder name"),
+    (dict(unfreeze_epoch=9, epochs=3), r"--unfreeze-epoch 9: must be between 0 and --epochs \(3\)"),
+    (dict(model="vgg"), "unknown model 'vgg'"),
 ])
-def test_new_recipe_options_are_checked(values, message):
-    from kit.config import check_config
-
-    with pytest.raises(UserError, match=message):
+def test_bad_values_are_refused_naming_the_option(values, message):
+    with pytest.raises(ConfigError, match=message):
         check_config(TrainConfig(**values))
 
 
-def test_recipe_options_parse_from_the_command_line():
-    cfg = config_from_args(parse(["--age-target", "bins", "--age-loss", "mse", "--ema-decay", "0.998",
-                                  "--stem", "small"]))
-    assert (cfg.age_target, cfg.age_loss, cfg.ema_decay, cfg.stem) == ("bins", "mse", 0.998, "small")
+def test_types_are_checked_before_a_config_is_made():
+    with pytest.raises(ConfigError, match=r"x.json: epochs: must be an integer, not str '7'; "
+                                          r"lr_backbone: must be a number, not str '1e-3'"):
+        check_types({"epochs": "7", "lr_backbone": "1e-3"}, source="x.json")
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    assert TrainConfig.from_dict({"epochs": 7, "lr_backbone": 1}).lr_backbone == 1   # an int is a number
+    assert issubclass(ConfigError, UserError)

@@ -10,14 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kit.config import TrainConfig, UserError
-from kit.cv import RunError, run_cv
+from kit.config import TrainConfig
+from kit.cv import run_cv
+from kit.errors import RunError, UserError
 
 FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, folds=3)
 
 
 def test_cv_writes_a_complete_run(tiny_competition, project):
-    result = run_cv(TrainConfig(data=str(tiny_competition), **FAST), root=project, log=lambda *_: None)
+    result = run_cv(TrainConfig(data=str(tiny_competition), **FAST), root=project)
     run = result.run_dir
     assert run == project / "runs" / "scratch" / tiny_competition.parent.name
     assert result.complete and 0 <= result.scores.score <= 1
@@ -38,61 +39,64 @@ def test_cv_writes_a_complete_run(tiny_competition, project):
     assert (run / "report.png").stat().st_size > 10_000
 
 
-def test_only_folds_and_rerun_skips_finished_folds(tiny_competition, project):
+def test_only_folds_and_rerun_skips_finished_folds(tiny_competition, project, caplog):
     cfg = TrainConfig(data=str(tiny_competition), **FAST)
-    partial = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [1]}), root=project, log=lambda *_: None)
+    partial = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [1]}), root=project)
     assert not partial.complete and set(partial.fold_scores) == {1}
     assert not (partial.run_dir / "oof.csv").exists()
-    lines = []
-    full = run_cv(cfg, root=project, log=lines.append)
-    assert full.complete and "fold 1: done earlier" in "\n".join(lines)
+    full = run_cv(cfg, root=project)
+    assert full.complete and "fold 1: done earlier" in "\n".join(caplog.messages)
     assert full.fold_scores[1] == partial.fold_scores[1]
 
 
 def test_another_configuration_never_overwrites_a_run(tiny_competition, project):
     cfg = TrainConfig(data=str(tiny_competition), **FAST)
-    first = run_cv(cfg, root=project, log=lambda *_: None)
+    first = run_cv(cfg, root=project)
     before = (first.run_dir / "oof.csv").read_bytes()
     changed = TrainConfig(**{**cfg.to_dict(), "epochs": 1})
     with pytest.raises(RunError, match=r"another configuration \(epochs: 2 -> 1\).*--name.*--overwrite"):
-        run_cv(changed, root=project, log=lambda *_: None)
+        run_cv(changed, root=project)
     assert (first.run_dir / "oof.csv").read_bytes() == before
-    renamed = run_cv(TrainConfig(**{**changed.to_dict(), "name": "one-epoch"}), root=project, log=lambda *_: None)
+    renamed = run_cv(TrainConfig(**{**changed.to_dict(), "name": "one-epoch"}), root=project)
     assert renamed.run_dir.name == "one-epoch" and renamed.complete
-    replaced = run_cv(TrainConfig(**{**changed.to_dict(), "overwrite": True}), root=project, log=lambda *_: None)
+    replaced = run_cv(TrainConfig(**{**changed.to_dict(), "overwrite": True}), root=project)
     assert json.loads((replaced.run_dir / "config.json").read_text())["train"]["epochs"] == 1
 
 
 def test_same_seed_same_score(tiny_competition, project):
     cfg = TrainConfig(data=str(tiny_competition), **FAST)
-    a = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "a"}), root=project, log=lambda *_: None)
-    b = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "b"}), root=project, log=lambda *_: None)
+    a = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "a"}), root=project)
+    b = run_cv(TrainConfig(**{**cfg.to_dict(), "name": "b"}), root=project)
     assert a.scores == b.scores
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("model", "vgg", "unknown model 'vgg'"),
-    ("folds", 1, "--folds 1: need at least 2 folds"),
+    ("folds", 1, "--folds 1: must be >= 2"),
     ("unfreeze_epoch", 9, "--unfreeze-epoch 9: must be between 0 and --epochs"),
     ("only_folds", [4], r"--only-folds \[4\]: fold\(s\) \[4\] do not exist with --folds 3"),
-    ("lr_head", 5.0, "--lr-head 5.0: a learning rate must be in"),
+    ("lr_head", 5.0, r"--lr-head 5.0: must be in \(0, 1\)"),
     ("weights", "/no/such.pth", "--weights '/no/such.pth': no such file"),
+    ("precision", "fp16", "--precision fp16 needs CUDA"),
+    ("device", "cuda", "--device cuda: no CUDA device is available here"),
+    ("age_loss_weight", float("nan"), "--age-loss-weight nan: must be a finite number"),
+    ("name", "../../x", "--name '../../x': a run name is one folder name"),
 ])
 def test_bad_options_are_refused_before_any_work(tiny_competition, project, field, value, message):
     cfg = TrainConfig(data=str(tiny_competition), **{**FAST, field: value})
     with pytest.raises(UserError, match=message):
-        run_cv(cfg, root=project, log=lambda *_: None)
+        run_cv(cfg, root=project)
     assert not (project / "runs").exists() and not (project / ".cache").exists()
 
 
 def test_offline_pretrained_stops_before_decoding(tiny_competition, project, monkeypatch, tmp_path):
-    from kit.models import WeightsError
+    from kit.errors import WeightsError
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr("kit.models.imagenet_state_dict",
+    monkeypatch.setattr("kit.models.weights.imagenet_state_dict",
                         lambda: (_ for _ in ()).throw(WeightsError("offline: no weights")))
     cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "model": "resnet18", "pretrained": True})
     with pytest.raises(WeightsError, match="offline"):
-        run_cv(cfg, root=project, log=lambda *_: None)
+        run_cv(cfg, root=project)
     assert not (project / ".cache").exists()
 
 
@@ -126,13 +130,23 @@ def test_kill_9_mid_fold_then_resume_gives_the_same_score(competition_copy, proj
     assert killed == clean
 
 
-def test_time_limit_stops_folds_cleanly_and_says_what_it_cut(tiny_competition, project):
-    lines = []
-    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 50, "time_limit": 3.0})
-    result = run_cv(cfg, root=project, log=lines.append)
-    assert result.complete and result.seconds < 60
+class FakeClock:
+    """Time that passes by `tick` seconds each time it is read: a time limit cuts the same epochs on any machine."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_time_limit_stops_folds_cleanly_and_says_what_it_cut(tiny_competition, project, caplog):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 50, "time_limit": 30.0})
+    result = run_cv(cfg, root=project, clock=FakeClock(tick=1.0))
+    assert result.complete
     for k in range(3):
         fold = json.loads((result.run_dir / f"fold{k}" / "metrics.json").read_text())
-        assert fold["cut_at_epoch"] is not None and fold["cut_at_epoch"] < 50
+        assert fold["cut_at_epoch"] is not None and 1 <= fold["cut_at_epoch"] < 50
         assert (result.run_dir / f"test_fold{k}.csv").is_file()  # the best checkpoint still predicted
-    assert any("time limit: stopping before epoch" in line for line in lines)
+    assert "time limit: stopping before epoch" in caplog.text

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit.data import DataError, decode_image, load_competition
+from kit.data import load_competition
+from kit.errors import DataError
+from kit.image_cache import decode_image
 
 
 def load(path, project, **kwargs):

@@ -4,10 +4,17 @@ import pytest
 import torch
 
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD
-from kit.config import TrainConfig, UserError
-from kit.dlib_models import (DlibResNet10, age_graph_path, flush_denormals, load_age_graph, pad_to,
-                             read_onnx_initializers)
+from kit.config import TrainConfig
+from kit.errors import UserError
 from kit.models import create_model
+from kit.models.dlib import (
+    DlibResNet10,
+    age_graph_path,
+    flush_denormals,
+    load_age_graph,
+    pad_to,
+    read_onnx_initializers,
+)
 
 
 def test_the_backbone_computes_what_the_onnx_graph_computes():

@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import kit.blend as blending
-from kit.ensemble import (RunError, SubmissionError, blend, cv_note, load_run, main, submission_problems,
-                          validate_submission, validate_submission_file, write_submission)
+from kit.__main__ import main as facekit
+from kit.ensemble import blend, cv_note, write_submission
+from kit.errors import RunError, SubmissionError
 from kit.files import sha256_file
 from kit.metric import score
+from kit.rundir import load_run
+from kit.submission import submission_problems, validate_submission, validate_submission_file
+
+
+def main(argv):
+    """`facekit ensemble ...` under the command line's contract (errors: exit 2)."""
+    return facekit(["ensemble", *argv])
 
 N_TRAIN, N_TEST, K = 120, 30, 3
 
@@ -139,7 +146,7 @@ def test_load_run_by_path_and_by_model_name(competition, two_runs):
 
 def test_incomplete_run_is_refused_naming_missing_folds(competition):
     path = make_run(competition, "resnet18", "half", gender_noise=0.2, age_noise=5, seed=1, missing_folds=(1, 2))
-    with pytest.raises(RunError, match=r"test_fold1\.csv, test_fold2\.csv.*run\.sh cv"):
+    with pytest.raises(RunError, match=r"test_fold1\.csv, test_fold2\.csv.*facekit cv"):
         load_run(path)
     with pytest.raises(RunError, match="not found"):
         load_run("nope/nothing", runs_root=competition["root"] / "runs")
@@ -260,11 +267,11 @@ def test_cross_fitting_is_visible_where_in_sample_fitting_would_leak(competition
 
 @pytest.mark.parametrize("weights", ["auto", "equal"])
 def test_blend_writes_validated_csv_and_sidecar(competition, two_runs, weights, capsys, monkeypatch):
-    monkeypatch.chdir(competition["root"])
+    monkeypatch.setenv("FACEKIT_ROOT", str(competition["root"]))   # no chdir: every command reads the root
     assert main(["resnet18/base", "effnet/base", "--weights", weights]) == 0
     printed = capsys.readouterr().out
     assert "resnet18/base" in printed and "effnet/base" in printed and "cross-fitted" in printed
-    out = Path("submissions") / f"resnet18-base+effnet-base{'-equal' if weights == 'equal' else ''}.csv"
+    out = competition["root"] / "submissions" / f"resnet18-base+effnet-base{'-equal' if weights == 'equal' else ''}.csv"
     sample_path = competition["data"] / "sample_submission.csv"
     submission = validate_submission_file(out, sample_path)
     assert list(submission["id"]) == list(competition["sample"]["id"])
@@ -288,9 +295,24 @@ def test_existing_submission_is_not_overwritten(competition, two_runs):
     result = blend(runs, "equal")
     write_submission(result, out)
     before = out.read_bytes()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(SubmissionError, match="--overwrite"):
         write_submission(blend(runs, "auto"), out)
     assert main([str(p) for p in two_runs] + ["--out", str(out)]) == 2
     assert out.read_bytes() == before
     assert main([str(p) for p in two_runs] + ["--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["weighting"] == "auto"
+
+
+def test_out_must_be_a_csv_that_is_not_the_ledger(competition, two_runs, capsys):
+    runs = [str(p) for p in two_runs]
+    for out, message in (("x.json", "a submission is a .csv file"), ("ledger.csv", "the submission ledger's name")):
+        target = competition["root"] / "submissions" / out
+        assert main([*runs, "--out", str(target)]) == 2
+        assert message in capsys.readouterr().err and not target.exists()
+
+
+def test_a_run_given_twice_is_refused(competition, two_runs, capsys):
+    path = two_runs[0]
+    spelled_twice = [str(path), str(path.parent / ".." / path.parent.name / path.name)]
+    with pytest.raises(RunError, match="is given twice"):
+        blend([load_run(p) for p in spelled_twice])

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit.folds import FoldsError, folds_for, make_folds
+from kit.errors import FoldsError
+from kit.folds import folds_for, make_folds
 
 
 def frame(n=300, seed=0):

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from kit.models import MODELS, WeightsError, create_model, imagenet_weights_file
+from kit.errors import WeightsError
+from kit.models import MODELS, create_model
+from kit.models.weights import imagenet_weights_file
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -23,7 +25,8 @@ def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path):
     model = create_model("resnet18", weights=str(path))
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
-    assert model.pretrained_backbone  # so training starts with the backbone frozen
+    random_init = create_model("resnet18", pretrained=False)
+    assert not torch.equal(model.backbone.conv1.weight, random_init.backbone.conv1.weight)
 
 
 def test_a_kit_checkpoint_loads_back_whole(tmp_path):
@@ -94,7 +97,7 @@ def test_small_stem_loads_imagenet_shaped_weights_except_conv1(tmp_path):
 
 
 def test_scratch_has_no_stem_to_change():
-    from kit.config import UserError
+    from kit.errors import UserError
 
     with pytest.raises(UserError, match="--stem small"):
         create_model("scratch", stem="small")

@@ -1,4 +1,5 @@
-"""kit.submit against the local fake Kaggle (tests/kaggle_server.py), through the official client.
+"""kit.kaggle (submit, download, the ledger) against the local fake Kaggle (tests/kaggle_server.py), through
+the official client.
 
 Every test starts its own server on a free port; the client reaches it through HTTP_PROXY with
 KAGGLE_API_ENVIRONMENT=LOCALHOST. Credentials come from the environment (or a kaggle.json in a
@@ -21,13 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit.ensemble import SubmissionError
+from kit.__main__ import main
+from kit.errors import KaggleFault, LedgerError, MissingCredentials, SubmissionError, SubmitError
 from kit.files import sha256_file
-from kit.kaggle_api import KaggleFault, MissingCredentials, Retry, TOKEN_URL, connect
-from kit.ledger import HEADER, LedgerError, append_row, latest_states, read_rows
+from kit.kaggle.api import TOKEN_URL, Retry, connect
+from kit.kaggle.download import download
+from kit.kaggle.ledger import HEADER, append_row, latest_states, read_rows
+from kit.kaggle.submit import Polling, list_submissions, submit
 from kit.metric import score
-from kit.download import download
-from kit.submit import Polling, SubmitError, list_submissions, main, submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402
@@ -169,7 +171,7 @@ def test_submit_records_the_public_score_beside_the_cv_score(server, competition
 
 def test_submit_command_line(server, competition, root, monkeypatch, capsys):
     write_submission(root, prediction(competition["labels"]), name="cli", cv=0.75)
-    monkeypatch.chdir(root)
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))   # a relative path is read from the project root
     assert main(["submit", "submissions/cli.csv", "-m", "from the CLI"]) == 0
     out = capsys.readouterr().out
     assert "public score" in out and "CV score 0.75000" in out
@@ -299,8 +301,8 @@ def test_malformed_file_is_stopped_before_upload(server, competition, root, monk
     with pytest.raises(SubmissionError) as caught:
         submit(path, "x", sample=competition["sample"], root=root, retry=FAST)
     assert "missing" in str(caught.value) and "gender" in str(caught.value)
-    monkeypatch.chdir(root)
-    assert main(["submit", "submissions/bad.csv", "--sample", str(competition["sample"])]) == 1
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))
+    assert main(["submit", "submissions/bad.csv", "--sample", str(competition["sample"])]) == 2
     assert "nothing was uploaded" in capsys.readouterr().err
     assert server.calls == []  # not even a credentials check
 
@@ -344,7 +346,7 @@ def test_scoring_error_is_recorded_and_fails_the_command(make_server, competitio
     shifted = competition["labels"].assign(id=competition["labels"].id + 1000)  # Kaggle expects other ids
     server = make_server(labels=shifted)
     write_submission(root, prediction(competition["labels"]), name="off")
-    monkeypatch.chdir(root)
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))
     assert main(["submit", "submissions/off.csv", "--sample", str(competition["sample"])]) == 1
     assert "Kaggle could not score submission" in capsys.readouterr().out
     final = read_rows(root / "submissions" / "ledger.csv")[-1]
@@ -408,8 +410,8 @@ def test_download_leaves_a_folder_it_did_not_make(server, root):
 # ----------------------------------------------------------------------------- credentials
 def test_missing_credentials_say_how_to_make_a_token(server, root, tmp_path):
     env = client_env(server, tmp_path / "home", KAGGLE_USERNAME=None, KAGGLE_KEY=None)
-    done = run(["-m", "kit.submit", "download"], env, root)
-    assert done.returncode == 1
+    done = run(["-m", "kit", "download"], env, root)
+    assert done.returncode == 2
     assert "No usable Kaggle credentials" in done.stderr and TOKEN_URL in done.stderr
     assert server.calls == []
 
@@ -421,12 +423,12 @@ def test_kaggle_json_credentials_and_the_permission_warning(server, root, tmp_pa
     config.write_text(json.dumps({"username": server.username, "key": server.key}))
     config.chmod(0o644)
     env = client_env(server, home, KAGGLE_USERNAME=None, KAGGLE_KEY=None)
-    done = run(["-m", "kit.submit", "download"], env, root)
+    done = run(["-m", "kit", "download"], env, root)
     assert done.returncode == 0, done.stderr
     assert "readable by other users" in done.stderr and f"chmod 600 {config}" in done.stderr
     assert server.key not in done.stdout + done.stderr
     config.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    quiet = run(["-m", "kit.submit", "download"], env, root)
+    quiet = run(["-m", "kit", "download"], env, root)
     assert "readable" not in quiet.stderr and "nothing to do" in quiet.stdout
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kit.config import TrainConfig
-from kit.train import FoldData, fit_fold, moving_average
+from kit.train import FoldData, fit_fold
+from kit.trainer import moving_average
 
 FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, schedule="onecycle", lr_backbone=3e-3)
 
@@ -43,7 +44,7 @@ def test_moving_average_warms_up_and_copies_counters():
 
 def test_ema_keeps_the_averaged_weights_as_best(tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 1, "ema_decay": 0.9}).resolved(sample=True)
-    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, log=lambda *_: None)
+    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path)
     best = torch.load(tmp_path / "best.pt", weights_only=False)["model"]
     last = torch.load(tmp_path / "last.pt", weights_only=False)
     averaged = {k.removeprefix("module."): v for k, v in last["average"].items() if k.startswith("module.")}
@@ -53,33 +54,31 @@ def test_ema_keeps_the_averaged_weights_as_best(tmp_path):
 
 
 @pytest.mark.parametrize("options", [dict(ema_decay=0.9), dict(age_target="bins", age_loss="mse")])
-def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options):
+def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options, caplog):
     cfg = TrainConfig(**{**FAST, **options}).resolved(sample=True)
-    whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole", log=lambda *_: None)
+    whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole")
 
     def crash_after_first_epoch(fold, epoch, scores):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", on_epoch=crash_after_first_epoch,
-                 log=lambda *_: None)
-    lines = []
-    resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", log=lines.append)
-    assert any("resuming after epoch 0" in line for line in lines)
+        fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", on_epoch=crash_after_first_epoch)
+    resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed")
+    assert "resuming after epoch 0" in caplog.text
     pd.testing.assert_frame_equal(whole.oof, resumed.oof)
     assert whole.scores == resumed.scores
 
 
 def test_bins_learn_ages_within_the_bins_range(tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 3, "age_target": "bins"}).resolved(sample=True)
-    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, log=lambda *_: None)
+    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path)
     assert result.oof["age_pred"].between(0, 120).all() and result.test["age_pred"].between(0, 120).all()
 
 
 @pytest.mark.parametrize("switch", ["function", "command line"])
 def test_denormals_flush_to_zero_on_the_cpu(switch):
     from kit.__main__ import main
-    from kit.train import flush_denormals_to_zero
+    from kit.device import flush_denormals_to_zero
 
     torch.set_flush_denormal(False)       # other tests' commands may have switched it on in this process
     tiny = torch.tensor([1e-39])          # below float32's smallest normal number

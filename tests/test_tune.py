@@ -19,11 +19,16 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from kit.config import TrainConfig, UserError, add_train_arguments, config_from_args
+from kit.__main__ import main as facekit
+from kit.config import TrainConfig
 from kit.cv import run_cv
-from kit.tune import RunningScore, main, tune
-from kit.tune_space import load_space
-from kit.tune_storage import _journal_heartbeat_storage_class, open_storage
+from kit.errors import UserError
+from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
+from kit.tune import tune
+from kit.tune.objective import RunningScore
+from kit.tune.optuna_compat import SUPPORTED, check_supported, heartbeat_base, optuna_version, storage_of, trial_id
+from kit.tune.space import load_space
+from kit.tune.storage import journal_heartbeat_storage_class, open_storage
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")]
@@ -81,16 +86,20 @@ def test_two_local_workers_share_a_journal_study_and_best_json_reproduces(tiny_c
         assert (out / plot).stat().st_size > 5_000
     assert len(pd.read_csv(out / "trials.csv")) == 3
     assert "baseline (trial 0)" in done.stdout and "--params" in done.stdout
+    # Every line a worker prints, the training's own included, carries its worker and trial tags.
+    tagged_lines = [line for line in done.stdout.splitlines() if line.startswith("[w")]
+    assert any(line.startswith(("[w0] [trial ", "[w1] [trial ")) and " epoch " in line for line in tagged_lines)
+    assert any("] [trial " in line and "fold 0 done" in line for line in tagged_lines)
 
     # `cv MODEL --params best.json` reads it, and its fold 0 reproduces the best trial's fold 0.
     parser = argparse.ArgumentParser()
-    parser.add_argument("model")
-    add_train_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["scratch", "--params", str(out / "best.json"),
-                                              "--data", str(tiny_competition), "--num-threads", "1"]))
+    add_model_argument(parser, positional=True)
+    add_config_arguments(parser)
+    args = parser.parse_args(["scratch", "--params", str(out / "best.json"), "--data", str(tiny_competition),
+                              "--num-threads", "1"])
+    cfg = config_from_args(args, model=model_from_args(args))
     assert {k: getattr(cfg, k) for k in best["params"]} == best["params"]
-    rerun = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [0], "name": "tuned"}), root=project,
-                   log=lambda *_: None)
+    rerun = run_cv(TrainConfig(**{**cfg.to_dict(), "only_folds": [0], "name": "tuned"}), root=project)
     assert rerun.fold_scores[0].score == pytest.approx(best["fold_scores"]["0"])
 
 
@@ -153,7 +162,7 @@ def test_sigterm_to_the_parent_stops_its_workers_and_fails_their_trials(competit
 def test_journal_heartbeat_fails_silent_trials_after_the_grace_period(tmp_path):
     from optuna.storages.journal import JournalFileBackend
 
-    storage = _journal_heartbeat_storage_class()(JournalFileBackend(str(tmp_path / "journal.log")),
+    storage = journal_heartbeat_storage_class()(JournalFileBackend(str(tmp_path / "journal.log")),
                                                   heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="beats")
     silent, alive = study.ask(), study.ask()
@@ -201,7 +210,7 @@ def test_postgres_heartbeat_fails_a_dead_workers_trial(tiny_competition, project
 
 def fake_train(calls):
     """Stands in for run_cv: a score that grows with the learning rate, and oof.csv files to pool."""
-    def train(cfg, *, root, run_dir, on_epoch, on_fold, log):
+    def train(cfg, *, root, run_dir, on_epoch, on_fold):
         quality = min(1.0, max(0.0, (6 + math.log10(cfg.lr_backbone)) / 4))
         for fold in cfg.only_folds:
             for epoch in range(cfg.epochs):
@@ -242,7 +251,7 @@ def test_median_pruner_stops_a_clearly_bad_trial_early(tiny_competition, project
         study.enqueue_trial({"lr_backbone": lr})
     calls = []
     result = tune(cfg, trials=4, study_name="prune", folds_per_trial=2, root=project, search_space=space,
-                  baseline=False, train=fake_train(calls), log=lambda *_: None)
+                  baseline=False, train=fake_train(calls))
     trials = result.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
     assert max(trials[3].intermediate_values) == 2   # stopped at the first step after the warm-up
@@ -252,42 +261,44 @@ def test_median_pruner_stops_a_clearly_bad_trial_early(tiny_competition, project
 
 def test_a_study_refuses_trials_made_with_another_setup(tiny_competition, project):
     cfg = TrainConfig(data=str(tiny_competition), **FAST_CFG)
-    tune(cfg, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]), log=lambda *_: None)
+    tune(cfg, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
     changed = TrainConfig(**{**cfg.to_dict(), "epochs": 3})
     with pytest.raises(UserError, match=r"another setup \(epochs: 2 -> 3\).*another --study"):
-        tune(changed, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]),
-             log=lambda *_: None)
-    more = tune(cfg, trials=2, study_name="s", folds_per_trial=1, root=project, train=fake_train([]),
-                log=lambda *_: None)
+        tune(changed, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
+    more = tune(cfg, trials=2, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
     assert len(more.study.trials) == 3             # --trials adds to what the study has
 
 
-def test_timeout_stops_the_running_trial_and_repeated_failures_stop_a_worker(tiny_competition, project):
+def test_time_limit_stops_the_running_trial_and_repeated_failures_stop_a_worker(tiny_competition, project):
     cfg = TrainConfig(data=str(tiny_competition), **{**FAST_CFG, "epochs": 8})
+    now = [0.0]
+
+    def clock():   # an epoch takes 0.5 s of this clock; nothing else does
+        return now[0]
+
     inner = fake_train([])
 
     def slow(cfg, **kwargs):
         def on_epoch(*args, _outer=kwargs["on_epoch"]):
-            time.sleep(0.5)
+            now[0] += 0.5
             _outer(*args)
         return inner(cfg, **{**kwargs, "on_epoch": on_epoch})
 
-    timed = tune(cfg, trials=5, study_name="timeout", folds_per_trial=1, timeout=2, root=project, train=slow,
-                 log=lambda *_: None)
-    assert states(timed.study) == ["FAIL"] and timed.exit_code == 0
-    assert timed.study.trials[0].user_attrs["failure"] == "stopped by --timeout"
-    assert max(timed.study.trials[0].intermediate_values) < 7
+    timed = tune(cfg, trials=5, study_name="timeout", folds_per_trial=1, time_limit=2, root=project, train=slow,
+                 clock=clock)
+    assert states(timed.study) == ["FAIL"] and timed.exit_code == 0   # and no trial started after the limit
+    assert timed.study.trials[0].user_attrs["failure"] == "stopped by --time-limit"
+    assert max(timed.study.trials[0].intermediate_values) == 4   # the epoch that ended past 2 s: 5 x 0.5
 
     def broken(cfg, **kwargs):
         raise RuntimeError("CUDA out of memory (pretend)")
 
-    failed = tune(cfg, trials=5, study_name="broken", folds_per_trial=1, root=project, train=broken,
-                  log=lambda *_: None)
+    failed = tune(cfg, trials=5, study_name="broken", folds_per_trial=1, root=project, train=broken)
     assert states(failed.study) == ["FAIL"] * 3 and failed.exit_code == 1 and failed.best is None
 
 
 def test_default_spaces_hold_the_baseline():
-    from kit.tune_space import check_space, default_space, in_space
+    from kit.tune.space import check_space, default_space, in_space
 
     pretrained = TrainConfig(model="resnet18", pretrained=True, epochs=6).resolved(sample=False)
     space = default_space(pretrained)
@@ -329,6 +340,19 @@ def test_space_file_overrides_the_default_and_cli_reports_errors(tiny_competitio
     assert set(space) == {"lr_backbone", "schedule", "weight_decay"}
     path.write_text('{"epochs": {"low": 1, "high": 3}}')
     monkeypatch.setenv("FACEKIT_ROOT", str(project))
-    assert main(["--trials", "1", "--data", str(tiny_competition), *FAST, "--space", str(path)]) == 2
+    assert facekit(["tune", "--trials", "1", "--data", str(tiny_competition), *FAST, "--space", str(path)]) == 2
     assert f"error: --space {path}: 'epochs': not a tunable field" in capsys.readouterr().err
     assert not (project / "tuning").exists()
+
+
+def test_the_optuna_internals_the_tuner_uses_exist_in_the_supported_range(tmp_path):
+    low, high = SUPPORTED
+    assert low <= optuna_version() < high
+    check_supported()
+    storage = open_storage(None, tmp_path, heartbeat_interval=1, grace_period=2)
+    assert isinstance(storage, heartbeat_base())
+    study = optuna.create_study(storage=storage, study_name="compat")
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert storage_of(study) is storage and trial_id(frozen) == trial._trial_id
+    assert storage.get_trial(trial_id(frozen)).number == 0

@@ -106,16 +106,17 @@ def tune(cfg: TrainConfig, *, trials: int, study_name: str | None = None, storag
          folds_per_trial: int = 2, workers: int = 1, time_limit: float | None = None, root: Path | None = None,
          search_space: dict | None = None, pruner: str = "median", baseline: bool = True,
          heartbeat_interval: int = 30, grace_period: int = 120, worker_index: int = 0, report: bool = True,
-         train=None) -> TuneResult:
+         train=None, clock=time.time) -> TuneResult:
     """Add `trials` trials to the study (created on first use) and write its report.
 
-    `train` replaces kit.cv.run_cv (tests inject a fake); it is only used in this process (workers=1).
+    `train` replaces kit.cv.run_cv and `clock` time.time (tests inject fakes); both are used in this
+    process only (workers=1): worker processes train for real, on the wall clock.
     """
     import optuna
 
     from kit.data import locate
 
-    started = time.time()
+    started = clock()
     project = Project.at(root)
     check_arguments(cfg, trials=trials, workers=workers, folds_per_trial=folds_per_trial,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period, time_limit=time_limit)
@@ -155,7 +156,7 @@ def tune(cfg: TrainConfig, *, trials: int, study_name: str | None = None, storag
         if workers > 1 and trials > 0:
             code = spawn_workers(spec, workers, trials, storage=url)
         elif trials > 0:
-            code = run_worker(spec, storage_obj=storage_obj, train=train)
+            code = run_worker(spec, storage_obj=storage_obj, train=train, clock=clock)
     finally:
         best = None
         if report:

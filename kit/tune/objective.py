@@ -49,8 +49,8 @@ def pooled_score(run_dir: Path, folds: list[int]):
 
 
 def make_objective(cfg: TrainConfig, *, space: dict, folds: list[int], study_dir: Path, root: Path,
-                   is_sample: bool, deadline: float | None, train):
-    """The objective of a study: `train` is kit.cv.run_cv (tests pass a fake)."""
+                   is_sample: bool, deadline: float | None, train, clock=time.time):
+    """The objective of a study: `train` is kit.cv.run_cv (tests pass a fake), `deadline` a `clock()` time."""
     import optuna
 
     def objective(trial: optuna.Trial) -> float:
@@ -72,7 +72,7 @@ def make_objective(cfg: TrainConfig, *, space: dict, folds: list[int], study_dir
             if step < running.last_step and trial.should_prune():  # the last step finishes the trial anyway
                 raise optuna.TrialPruned(f"running score {value:.4f} at fold {fold} epoch {epoch} is below "
                                          "the median of earlier trials at that point")
-            if deadline is not None and time.time() > deadline and step < running.last_step:
+            if deadline is not None and clock() > deadline and step < running.last_step:
                 trial.set_user_attr("failure", "stopped by --time-limit")
                 raise TrialTimeUp(f"--time-limit reached at fold {fold} epoch {epoch}")
 

@@ -74,8 +74,10 @@ def load_study(storage_obj, study_name: str, *, seed: int, worker_index: int, pr
                              sampler=make_sampler(seed, worker_index, n_existing))
 
 
-def run_worker(spec: dict, *, storage_obj=None, train=None) -> int:
-    """Run `spec["n_trials"]` trials of the study in this process. 0 when it ran without stopping early."""
+def run_worker(spec: dict, *, storage_obj=None, train=None, clock=time.time) -> int:
+    """Run `spec["n_trials"]` trials of the study in this process. 0 when it ran without stopping early.
+
+    No trial starts after spec["deadline"] (a `clock()` time); a running one stops at its next epoch."""
     import optuna
     from optuna.trial import TrialState
 
@@ -91,12 +93,12 @@ def run_worker(spec: dict, *, storage_obj=None, train=None) -> int:
                        pruner=spec["pruner"], epochs=cfg.epochs)
     fail_dead_trials(study)
     deadline = spec.get("deadline")
-    remaining = None if deadline is None else deadline - time.time()
+    remaining = None if deadline is None else deadline - clock()
     if spec["n_trials"] <= 0 or (remaining is not None and remaining <= 0):
         return 0
     objective = make_objective(cfg, space=spec["space"], folds=spec["folds"], study_dir=study_dir,
                                root=Path(spec["root"]), is_sample=spec["is_sample"], deadline=deadline,
-                               train=train or run_cv)
+                               train=train or run_cv, clock=clock)
     failures = []
 
     def stop_after_repeated_failures(study, trial):
@@ -105,9 +107,13 @@ def run_worker(spec: dict, *, storage_obj=None, train=None) -> int:
             log(f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed: this worker stops (see the errors above)")
             study.stop()
 
+    def stop_at_the_deadline(study, trial):
+        if deadline is not None and clock() > deadline:
+            study.stop()
+
     # Exceptions in a trial (a NaN, CUDA out of memory, ...) fail that trial, not the whole study.
     study.optimize(objective, n_trials=spec["n_trials"], timeout=remaining, catch=(Exception,),
-                   callbacks=[stop_after_repeated_failures], gc_after_trial=True)
+                   callbacks=[stop_after_repeated_failures, stop_at_the_deadline], gc_after_trial=True)
     return 1 if len(failures) >= MAX_CONSECUTIVE_FAILURES and all(failures[-MAX_CONSECUTIVE_FAILURES:]) else 0
 
 
