@@ -38,6 +38,13 @@ def parse_fold_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
 
 
+def parse_device_list(text: str) -> list[str]:
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of devices, e.g. cpu,cpu")
+    return devices
+
+
 def read_json_option(option: str, path) -> object:
     """The JSON content of the file given to `option`, or a ConfigError naming the option and the file."""
     path = Path(path)
@@ -75,6 +82,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip=()) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif meta["cli"] == "folds":
             kwargs["type"] = parse_fold_list
+        elif meta["cli"] == "devices":
+            kwargs["type"] = parse_device_list
         elif meta["cli"] == "duration":
             kwargs["type"] = parse_duration
         else:

@@ -136,6 +136,8 @@ class KaggleServer:
         self.calls: list[str] = []               # method names (and PUT/GET) in arrival order
         self._planned_errors: dict[str, list[int]] = {}
         self._lost_create_responses = 0
+        self.create_delay = 0.0                  # seconds CreateSubmission takes (to make submits overlap)
+        self.after_create = None                 # called once a submission is made, before the answer goes out
         self._refs = itertools.count(1001)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
@@ -251,6 +253,14 @@ class KaggleServer:
             public_score=public, private_score=private, error=error,
             reads_until_scored=10**9 if self.never_score else self.pending_reads))
         self.used_today += 1
+        if self.create_delay:
+            self._lock.release()                 # let other calls in while this one "takes its time"
+            try:
+                threading.Event().wait(self.create_delay)
+            finally:
+                self._lock.acquire()
+        if self.after_create is not None:
+            self.after_create(ref)
         if self._lost_create_responses:
             self._lost_create_responses -= 1
             raise ApiError(503, "Service Unavailable")
