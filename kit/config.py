@@ -29,9 +29,11 @@ from kit.errors import ConfigError
 PRETRAINED_DEFAULTS = {
     "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
     "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (docs/experiments.md, "dlib's age network"): no frozen phase
+    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age (docs/experiments.md, "dlib's face network")
+    "dlib_face_emb": (2.5e-4, 2.5e-4, 0),
 }
 # Pretrained weights that come installed with a package: the default even on the sample data.
-INSTALLED_WEIGHTS = ("dlib_age",)
+INSTALLED_WEIGHTS = ("dlib_age", "dlib_face", "dlib_face_emb")
 FROM_SCRATCH_LR = 1e-3
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")   # run and study names: one folder, never hidden
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -29,6 +29,11 @@ RECIPES = {
     # dlib's pretrained age network: its learning rates are config.PRETRAINED_DEFAULTS'.
     "dlib_age": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                      age_target="bins", tta=True),
+    # dlib's face-recognition network: dlib_age's recipe, at a size it keeps its detail at.
+    "dlib_face": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
+                      age_target="bins", tta=True, size=112),
+    "dlib_face_emb": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
+                          age_target="bins", tta=True, size=112),
 }
 # Epochs past which a model's held-out score falls (fold 0 of the real data): dlib_age scored 0.8322 with 6
 # epochs and 0.8277 with 10 (training loss 0.33: it overfits). Time a capped model does not need goes to the
