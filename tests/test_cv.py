@@ -220,3 +220,19 @@ def test_temporaries_left_by_a_killed_process_are_cleaned(tiny_competition, proj
     alive.write_bytes(b"being written")
     run_cv(cfg, root=project)
     assert not stale.exists() and alive.exists()
+
+
+def test_seeds_of_one_network_share_the_folds_and_blend(tiny_competition, project):
+    """--seed no longer picks the folds (--fold-seed does): two seeds are two members on one folds file."""
+    from kit.ensemble import blend
+    from kit.rundir import load_run
+
+    runs = [run_cv(TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1, "seed": seed, "name": f"s{seed}"}),
+                   root=project) for seed in (1, 2)]
+    configs = [json.loads((r.run_dir / "config.json").read_text()) for r in runs]
+    assert configs[0]["folds_sha256"] == configs[1]["folds_sha256"] and configs[0]["folds_file"].endswith("seed42.csv")
+    assert runs[0].scores != runs[1].scores          # other initialisations, other models
+    assert blend([load_run(r.run_dir) for r in runs]).cv.score > 0
+    other = run_cv(TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1, "fold_seed": 7, "name": "f7"}),
+                   root=project)
+    assert json.loads((other.run_dir / "config.json").read_text())["folds_file"].endswith("seed7.csv")
