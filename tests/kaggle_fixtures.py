@@ -2,6 +2,7 @@
 
     wheelhouse(tmp_path_factory)       wheels of everything the kit needs beyond Kaggle's image, made once per
                                        session from the installed distributions (offline: no registry)
+    image_but("six")                   an image lacking only six: bundles of two wheels
     competition_zip(folder)            a tiny synthetic competition zipped as Kaggle serves it, and its labels
     point_client_at(server, monkeypatch, home)   the official client talks to the fake Kaggle, as `tester`
 """
@@ -41,6 +42,14 @@ def closure_names(extras=()) -> list[str]:
     closure = resolve(project_requirements(read_pyproject(REPO), list(extras)), target=Target(),
                       image=image_closure(KAGGLE_IMAGE_PACKAGES, installed), include=set(), installed=installed)
     return sorted(w.name for w in closure.wanted.values())
+
+
+def image_but(*bundled: str) -> dict:
+    """An image that has everything the kit needs except `bundled`: small bundles, quick to upload."""
+    from kit.kaggle.bundle import canonical
+
+    image = image_closure(KAGGLE_IMAGE_PACKAGES, installed_distributions())
+    return {**image, **{canonical(n): None for n in closure_names() if n not in bundled}}
 
 
 def wheelhouse(tmp_path_factory) -> Path:

@@ -21,7 +21,7 @@ from kit.files import sha256_file
 from kit.kaggle import bundle as bundles
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kaggle_fixtures import REPO, closure_names, point_client_at, wheelhouse  # noqa: E402
+from kaggle_fixtures import REPO, closure_names, image_but, point_client_at, wheelhouse  # noqa: E402
 from kaggle_server import KaggleServer  # noqa: E402
 
 NO_WAIT = bundles.Waiting(interval=0.01, timeout=1)
@@ -49,10 +49,7 @@ def server(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def image_but_six() -> dict:
-    """An image that has all the kit needs but six: bundles of two wheels, quick to upload."""
-    installed = bundles.installed_distributions()
-    image = bundles.image_closure(bundles.KAGGLE_IMAGE_PACKAGES, installed)
-    return {**image, **{bundles.canonical(n): None for n in closure_names() if n != "six"}}
+    return image_but("six")
 
 
 def build(project: Path, wheels: Path, image=None, **options) -> bundles.Bundle:

@@ -179,22 +179,25 @@ def project_requirements(project: dict, extras: list[str]) -> list[str]:
 
 
 def image_closure(names, installed: dict) -> dict[str, str | None]:
-    """`names` and every distribution they need as installed here (markers other than extras taken as true:
-    a superset errs on the safe side); versions None, since the image's own are unknown."""
+    """`names` and every distribution they need as installed here (with the extras they ask of each other,
+    markers read for this machine); versions None, since the image's own are unknown."""
+    from packaging.requirements import Requirement
+
     image: dict[str, str | None] = {}
-    queue = [canonical(n) for n in names]
+    seen: set[tuple[str, str]] = set()
+    queue = [(canonical(n), "") for n in names]
     while queue:
-        name = queue.pop()
-        if name in image:
+        name, extra = queue.pop()
+        if (name, extra) in seen:
             continue
+        seen.add((name, extra))
         image[name] = None
         dist = installed.get(name)
         for text in dist.requires if dist else ():
-            from packaging.requirements import Requirement
-
             requirement = Requirement(text)
-            if requirement.marker is None or "extra" not in str(requirement.marker):
-                queue.append(canonical(requirement.name))
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                child = canonical(requirement.name)
+                queue += [(child, "")] + [(child, e) for e in requirement.extras]
     return image
 
 
