@@ -59,6 +59,21 @@ def sandbox_unavailable() -> str | None:
 
 
 # ----------------------------------------------------------------------------- the image's Python
+def site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+
+
+def fresh_venv(template: Path, dest: Path) -> Path:
+    """A new venv like `template` (the image Python): what a kernel installs never reaches the next one."""
+    subprocess.run([str(template), "-m", "venv", "--without-pip", str(dest)], check=True)
+    python = dest / "bin" / "python"
+    target = site_packages(python)
+    for pth in site_packages(template).glob("*.pth"):
+        shutil.copyfile(pth, target / pth.name)
+    return python
+
+
 def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,)) -> Path:
     """A venv at folder/venv seeing only `packages` and their closure (symlinks in folder/image)."""
     folder = Path(folder)
@@ -79,9 +94,7 @@ def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,)) -> Path:
                 link.symlink_to(Path(dist.dist.locate_file(top)).resolve())
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    (site / "kaggle-image.pth").write_text(f"{image}\n")
+    (site_packages(python) / "kaggle-image.pth").write_text(f"{image}\n")
     return python
 
 
@@ -166,7 +179,8 @@ exec chroot "$root" /bin/sh -c 'cd /kaggle/working && exec "$@"' sh env -i PATH=
 
 
 class SandboxRunner:
-    """Runs a kernel's script the way Kaggle would, in the sandbox described above."""
+    """Runs a kernel's script the way Kaggle would, in the sandbox described above, each time with a new venv
+    made like `python` (so nothing one kernel installs is there for the next)."""
 
     def __init__(self, python: Path, *, timeout: float = 600.0):
         self.python = Path(python)
@@ -178,10 +192,11 @@ class SandboxRunner:
         src, working, home, root = (workdir / n for n in ("src", "working", "home", "root"))
         for folder in (src, working, home, root):
             folder.mkdir(parents=True, exist_ok=True)
+        python = fresh_venv(self.python, workdir / "venv")   # every session starts from the bare image
         (src / code_file).write_text(source)
         pairs = [str(v) for name, path in inputs.items() for v in (name, path)]
         command = ["unshare", "--mount", "--net", "sh", "-c", SCRIPT, "sandbox", str(root), str(working), str(src),
-                   str(home), *pairs, "--", str(self.python), f"/kaggle/src/{code_file}"]
+                   str(home), *pairs, "--", str(python), f"/kaggle/src/{code_file}"]
         started = time.monotonic()
         entries: list[dict] = []
         lock = threading.Lock()

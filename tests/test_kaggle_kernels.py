@@ -205,6 +205,8 @@ def test_a_kernel_runs_offline_and_its_runs_blend_and_submit(world, capsys):
                                                                                   [DEFAULT_COMPETITION])
     log = "".join(entry["data"] for entry in pushed.log)
     assert "--no-index --find-links /kaggle/input/facekit-bundle/wheels" in log and "installed facekit==0.3.0" in log
+    installed = next(line for line in log.splitlines() if line.startswith("Successfully installed"))
+    assert {"facekit-0.3.0", "kaggle-2.2.5", "optuna-5.0.0"} <= set(installed.split())   # none were in the image
     assert f"kaggle notebook: data /kaggle/input/{DEFAULT_COMPETITION}/face_dataset (read-only)" in log
     assert "also wrote /kaggle/working/submission.csv" in log
 

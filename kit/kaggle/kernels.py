@@ -461,14 +461,16 @@ def latest_version(api, ref: str, retry: Retry = DEFAULT_RETRY) -> int:
 # ----------------------------------------------------------------------------- command line
 def add_polling_arguments(parser) -> None:
     parser.add_argument("--poll-interval", type=parse_duration, default=KERNEL_POLLING.interval,
-                        help="first wait between status checks; later waits grow to 5 min (default: %(default)ss)")
+                        help="first wait between status checks; later ones grow to 10 times it, at most 5 min "
+                        "(default: %(default)ss)")
     parser.add_argument("--poll-timeout", type=parse_duration, default=KERNEL_POLLING.timeout,
                         help="how long to wait for the kernel, e.g. 9h (default: %(default)ss)")
 
 
 def polling_from(args) -> Polling:
-    return Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor,
-                   max_interval=max(args.poll_interval, KERNEL_POLLING.max_interval), timeout=args.poll_timeout)
+    longest = max(args.poll_interval, min(KERNEL_POLLING.max_interval, 10 * args.poll_interval))
+    return Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
+                   timeout=args.poll_timeout)
 
 
 def run_main(argv=None) -> int:
