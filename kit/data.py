@@ -40,6 +40,7 @@ class Competition:
     test: pd.DataFrame             # id, full_path (+ cache_index)
     is_sample: bool = False
     dropped: list[str] = field(default_factory=list)
+    fingerprint: str = ""          # kit.data.data_fingerprint: the ids, labels and decoded pixels
 
     @property
     def sample_submission(self) -> Path:
@@ -139,6 +140,13 @@ def row_problems(frame: pd.DataFrame, path: Path, *, labelled: bool) -> list[str
         add("duplicate id", i, "duplicate id")
     for i in np.flatnonzero((ids.str.strip() == "").to_numpy()):
         add("missing id", i, "id is empty")
+    if "full_path" in frame.columns:
+        for i, rel in enumerate(frame["full_path"]):
+            if rel.strip() == "":
+                add("full_path", i, "full_path is empty")
+            elif Path(rel).is_absolute() or ".." in Path(rel).parts:
+                add("full_path", i, f"full_path {rel!r} points outside the competition folder (it must be a "
+                                    "path relative to it)")
     if labelled:
         for i, value in enumerate(frame["gender"]):
             if value.strip() not in ("0", "1"):
@@ -156,6 +164,32 @@ def row_problems(frame: pd.DataFrame, path: Path, *, labelled: bool) -> list[str
     return summarise(found)
 
 
+def sample_problems(sample: pd.DataFrame, test: pd.DataFrame | None, path: Path) -> list[str]:
+    """sample_submission.csv must list exactly test.csv's ids: a submission is checked against it."""
+    if test is None:
+        return []
+    sample_ids, test_ids = set(sample["id"]), set(test["id"])
+    problems = []
+    missing, extra = sorted(test_ids - sample_ids), sorted(sample_ids - test_ids)
+    if missing:
+        problems.append(f"{path}: {len(missing)} id(s) of test.csv are missing, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{path}: {len(extra)} id(s) are not in test.csv, e.g. {extra[:5]}")
+    if sample["id"].duplicated().any():
+        problems.append(f"{path}: duplicated ids, e.g. {sorted(set(sample['id'][sample['id'].duplicated()]))[:5]}")
+    return problems
+
+
+def missing_images(frame: pd.DataFrame, root: Path, csv_name: str) -> list[tuple[int, str]]:
+    """(row, problem) for the rows whose image file is not there: found before any decoding."""
+    return [(i, f"image {rel} is missing") for i, rel in enumerate(frame["full_path"])
+            if rel.strip() and not (root / rel).is_file()]
+
+
+def image_lines(frame: pd.DataFrame, csv_name: str, bad: list[tuple[int, str]]) -> list[str]:
+    return [f"{csv_name} line {i + 2} (id {frame['id'].iat[i]!r}): {err}" for i, err in bad]
+
+
 def summarise(found: dict[str, list[str]]) -> list[str]:
     lines = []
     for kind, items in found.items():
@@ -165,31 +199,49 @@ def summarise(found: dict[str, list[str]]) -> list[str]:
     return lines
 
 
-def load_competition(data: str | None, *, project_root: Path, size: int,
-                     drop_bad_rows: bool = False, cache_root: Path | None = None):
+def check_files(root: Path, *, folds: int | None, drop_bad_rows: bool):
+    """Read and check every CSV and find missing images, reporting all problems at once, before decoding.
+    Returns (train, test) as text frames."""
+    problems: list[str] = []
+    train = read_csv_checked(root / "train.csv", ["id", "full_path", "gender", "age"], problems)
+    test = read_csv_checked(root / "test.csv", ["id", "full_path"], problems)
+    sample = read_csv_checked(root / "sample_submission.csv", ["id", "gender", "age"], problems)
+    if train is not None:
+        problems += row_problems(train, root / "train.csv", labelled=True)
+        if folds is not None and len(train) < folds:
+            problems.append(f"{root / 'train.csv'}: {len(train)} training row(s) cannot be split into {folds} folds")
+    if test is not None:
+        problems += row_problems(test, root / "test.csv", labelled=False)
+    if sample is not None:
+        problems += sample_problems(sample, test, root / "sample_submission.csv")
+    if problems and not any("points outside the competition folder" in p for p in problems):
+        # The CSVs stop the run before decoding; say which images are missing too (unreadable ones are
+        # found by decoding, which then reports them together with the missing ones).
+        missing = [] if test is None else image_lines(test, "test.csv", missing_images(test, root, "test.csv"))
+        if train is not None and not drop_bad_rows:
+            missing = image_lines(train, "train.csv", missing_images(train, root, "train.csv")) + missing
+        problems += summarise({"missing image": missing})
+    if problems or train is None or test is None:
+        hint = ("\n(bad train images can be skipped with --drop-bad-rows; every test image is needed for a "
+                "submission)" if any("is missing" in p and "image" in p for p in problems) else "")
+        raise DataError(f"{root}: {len(problems)} problem(s) in the competition files:\n  - "
+                        + "\n  - ".join(problems) + hint)
+    return train, test
+
+
+def load_competition(data: str | None, *, project_root: Path, size: int, drop_bad_rows: bool = False,
+                     cache_root: Path | None = None, folds: int | None = None):
     """Locate, validate and cache a competition. Returns (Competition, train_images, test_images).
 
     Images come back as read-only memory-mapped uint8 arrays indexed by each frame's cache_index.
     """
     root, name, is_sample = locate(data, project_root=project_root)
-    problems: list[str] = []
-    train = read_csv_checked(root / "train.csv", ["id", "full_path", "gender", "age"], problems)
-    test = read_csv_checked(root / "test.csv", ["id", "full_path"], problems)
-    if train is not None:
-        problems += row_problems(train, root / "train.csv", labelled=True)
-    if test is not None:
-        problems += row_problems(test, root / "test.csv", labelled=False)
-    if problems or train is None or test is None:
-        raise DataError(f"{root}: {len(problems)} problem(s) in the competition files:\n  - "
-                        + "\n  - ".join(problems))
-
+    train, test = check_files(root, folds=folds, drop_bad_rows=drop_bad_rows)
     cache_root = cache_root or project_root / ".cache" / "images"
-    train_images, train_bad = cached_images(root, train["full_path"].tolist(), size, cache_root,
-                                            f"{name}-train")
-    test_images, test_bad = cached_images(root, test["full_path"].tolist(), size, cache_root,
-                                          f"{name}-test")
-    image_problems = [f"train.csv line {i + 2} (id {train['id'].iat[i]!r}): {err}" for i, err in train_bad]
-    image_problems += [f"test.csv line {i + 2} (id {test['id'].iat[i]!r}): {err}" for i, err in test_bad]
+    train_cache = cached_images(root, train["full_path"].tolist(), size, cache_root, f"{name}-train")
+    test_cache = cached_images(root, test["full_path"].tolist(), size, cache_root, f"{name}-test")
+    train_bad, test_bad = train_cache.bad, test_cache.bad
+    image_problems = image_lines(train, "train.csv", train_bad) + image_lines(test, "test.csv", test_bad)
     dropped = []
     if test_bad or (train_bad and not drop_bad_rows):
         hint = ("\n(bad train images can be skipped with --drop-bad-rows; every test image is needed "
@@ -208,4 +260,16 @@ def load_competition(data: str | None, *, project_root: Path, size: int,
     train = train.astype({"id": str, "gender": int})
     train["age"] = train["age"].astype(float)
     test = test.astype({"id": str})
-    return Competition(name, root, train, test, is_sample, dropped), train_images, test_images
+    fingerprint = data_fingerprint(train, test, train_cache.fingerprint, test_cache.fingerprint)
+    return (Competition(name, root, train, test, is_sample, dropped, fingerprint), train_cache.images,
+            test_cache.images)
+
+
+def data_fingerprint(train: pd.DataFrame, test: pd.DataFrame, train_pixels: str, test_pixels: str) -> str:
+    """What a run is trained and scored on: the ids and labels, and the decoded pixels. Another image under
+    the same id, a changed label or a dropped row changes it."""
+    digest = hashlib.sha256()
+    for frame, columns in ((train, ["id", "gender", "age", "cache_index"]), (test, ["id", "cache_index"])):
+        digest.update(frame[columns].to_csv(index=False).encode())
+    digest.update(f"{train_pixels}:{test_pixels}".encode())
+    return digest.hexdigest()[:16]

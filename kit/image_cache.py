@@ -11,12 +11,21 @@ import json
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from kit.files import write_json
+from kit.files import (
+    FILE_MODE,
+    check_free_space,
+    disk_full,
+    exclusive_lock,
+    is_disk_full,
+    remove_stale_temporaries,
+    write_json,
+)
 from kit.log import log
 
 CACHE_VERSION = 1
@@ -65,36 +74,92 @@ def cache_key(root: Path, paths: list[str], size: int) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass
+class CachedImages:
+    images: np.ndarray                 # read-only memory-mapped uint8 (N, size, size, 3)
+    bad: list[tuple[int, str]]         # (row, problem) for images that could not be decoded
+    key: str                           # from the file list, sizes and mtimes: a changed file gets a new cache
+    fingerprint: str                   # sha256 of the decoded pixels: what a run was trained on
+
+
 def cached_images(root: Path, paths: list[str], size: int, cache_root: Path, label: str,
-                  workers: int | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Return (memory-mapped uint8 array, [(row, problem)]) and build the cache if needed."""
+                  workers: int | None = None) -> CachedImages:
+    """The decoded images of `paths` (relative to `root`) at `size`, from the cache or decoded into it.
+
+    One process decodes a given cache at a time (the others wait for it and then read it); the array is
+    written into a temporary file whose space is reserved first, so a full disk fails at once with a
+    DiskFullError instead of killing the decoding workers later, and no partial file is left."""
     key = cache_key(root, paths, size)
     npy = cache_root / f"{label}-{size}px-{key}.npy"
-    meta_path = npy.with_suffix(".json")
-    if npy.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return np.load(npy, mmap_mode="r"), [tuple(x) for x in meta["bad"]]
-
+    cached = read_cache(npy)
+    if cached is not None:
+        return cached
     cache_root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{npy.name}.", suffix=".npy", dir=cache_root)
-    os.close(fd)
+    remove_stale_temporaries(cache_root)
+    with exclusive_lock(cache_root / f".{npy.stem}.lock"):
+        cached = read_cache(npy)       # another process may have built it while this one waited
+        if cached is not None:
+            return cached
+        shape = (len(paths), size, size, 3)
+        check_free_space(cache_root, int(np.prod(shape)), f"the image cache of {len(paths)} images ({label})")
+        fd, tmp = tempfile.mkstemp(prefix=f".{npy.name}.{os.getpid()}.", suffix=".tmp", dir=cache_root)
+        os.close(fd)
+        try:
+            reserve(tmp, shape)
+            log(f"decoding {len(paths)} {label} images at {size}px into {npy} (once)")
+            failures = decode_into(tmp, root, paths, size, workers or os.cpu_count() or 1)
+            fingerprint = pixels_fingerprint(np.load(tmp, mmap_mode="r"))
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, npy)
+            write_json(npy.with_suffix(".json"), {"root": str(root), "size": size, "count": len(paths), "bad": failures,
+                                                  "fingerprint": fingerprint})
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(cache_root, f"the image cache {npy.name}") from None
+            raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return CachedImages(np.load(npy, mmap_mode="r"), failures, key, fingerprint)
+
+
+def read_cache(npy: Path) -> CachedImages | None:
+    """A finished cache (the .npy and its .json), or None where there is none (or a damaged one, rebuilt)."""
+    meta_path = npy.with_suffix(".json")
+    if not (npy.is_file() and meta_path.is_file()):
+        return None
     try:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
-        workers = workers or os.cpu_count() or 1
-        chunk = max(1, -(-len(paths) // (workers * 8)))
-        jobs = [(tmp, str(root), paths[s:s + chunk], s, size) for s in range(0, len(paths), chunk)]
-        log(f"decoding {len(paths)} {label} images at {size}px into {npy} (once)")
-        failures: list[tuple[int, str]] = []
-        if workers > 1 and len(paths) > 256:
-            with ProcessPoolExecutor(workers) as pool:
-                for result in pool.map(_decode_chunk, jobs):
-                    failures += result
-        else:
-            for job in jobs:
-                failures += _decode_chunk(job)
-        os.replace(tmp, npy)
-        write_json(meta_path, {"root": str(root), "size": size, "count": len(paths), "bad": failures})
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return np.load(npy, mmap_mode="r"), failures
+        meta = json.loads(meta_path.read_text())
+        images = np.load(npy, mmap_mode="r")
+        fingerprint = meta.get("fingerprint") or pixels_fingerprint(images)   # caches of earlier versions
+    except (ValueError, OSError):
+        return None
+    return CachedImages(images, [tuple(x) for x in meta["bad"]], npy.stem.rsplit("-", 1)[-1], fingerprint)
+
+
+def reserve(tmp: str, shape: tuple[int, ...]) -> None:
+    """Write the .npy header and reserve every byte of the array on disk (not a sparse file)."""
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+    with open(tmp, "rb+") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+
+
+def decode_into(tmp: str, root: Path, paths: list[str], size: int, workers: int) -> list[tuple[int, str]]:
+    chunk = max(1, -(-len(paths) // (workers * 8)))
+    jobs = [(tmp, str(root), paths[s:s + chunk], s, size) for s in range(0, len(paths), chunk)]
+    failures: list[tuple[int, str]] = []
+    if workers > 1 and len(paths) > 256:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(_decode_chunk, jobs):
+                failures += result
+    else:
+        for job in jobs:
+            failures += _decode_chunk(job)
+    return failures
+
+
+def pixels_fingerprint(images: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{images.shape}".encode())
+    for start in range(0, len(images), 1024):
+        digest.update(np.ascontiguousarray(images[start:start + 1024]).data)
+    return digest.hexdigest()[:16]

@@ -38,6 +38,14 @@ def parse_fold_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers") from None
 
 
+def parse_name_list(text: str) -> list[str]:
+    """'cpu,cpu' or 'dlib_age/r1,dlib_face/r1' -> a list of names."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list, e.g. cpu,cpu")
+    return names
+
+
 def read_json_option(option: str, path) -> object:
     """The JSON content of the file given to `option`, or a ConfigError naming the option and the file."""
     path = Path(path)
@@ -75,6 +83,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip=()) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif meta["cli"] == "folds":
             kwargs["type"] = parse_fold_list
+        elif meta["cli"] in ("devices", "names"):
+            kwargs["type"] = parse_name_list
         elif meta["cli"] == "duration":
             kwargs["type"] = parse_duration
         else:

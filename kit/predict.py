@@ -42,6 +42,25 @@ class ImageSource:
         return to_device(self.images[rows], self.device, self.channels_last)
 
 
+class MixedSource:
+    """Rows 0..len(first)-1 from `first`, the rows after them from `second`: the training rows and the
+    pseudo-labelled test images of a fold, as one index space."""
+
+    def __init__(self, first: ImageSource, second: ImageSource):
+        self.first, self.second, self.boundary = first, second, len(first.images)
+
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        in_first = rows < self.boundary
+        if in_first.all():
+            return self.first.batch(rows)
+        parts = {True: self.first.batch(rows[in_first]), False: self.second.batch(rows[~in_first] - self.boundary)}
+        sample = parts[False]
+        out = torch.empty((len(rows), *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+        mask = torch.as_tensor(in_first, device=sample.device)
+        out[mask], out[~mask] = parts[True], parts[False]
+        return out
+
+
 @torch.inference_mode()
 def predict_batch(model, x: torch.Tensor, *, tta: bool, amp_dtype,
                   age_target: AgeTarget) -> tuple[np.ndarray, np.ndarray]:

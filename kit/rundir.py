@@ -20,7 +20,7 @@ import pandas as pd
 from kit.config import TrainConfig
 from kit.data import Competition
 from kit.errors import RunError
-from kit.files import read_json, write_csv, write_json
+from kit.files import exclusive_lock, read_json, remove_stale_temporaries, write_csv, write_json
 from kit.log import log
 from kit.metric import Scores, score_probabilities
 from kit.paths import Project
@@ -34,6 +34,21 @@ def fold_done_file(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold{fold}" / "metrics.json"
 
 
+def fold_lock(run_dir: Path, fold: int):
+    """Held while a process trains the fold (kit.files.exclusive_lock: it dies with the process)."""
+    return exclusive_lock(run_dir / f"fold{fold}" / ".training.lock", wait=False)
+
+
+def write_fold(run_dir: Path, result) -> None:
+    """A finished fold's files; metrics.json last, since it says the fold is done."""
+    fold_dir = run_dir / f"fold{result.fold}"
+    write_csv(fold_dir / "oof.csv", result.oof)
+    write_csv(run_dir / f"test_fold{result.fold}.csv", result.test)
+    write_json(fold_done_file(run_dir, result.fold), {"fold": result.fold, "best_epoch": result.best_epoch,
+                                                      "scores": result.scores.as_dict(),
+                                                      "cut_at_epoch": result.cut_at_epoch})
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
     """Create the run directory, or check that an existing one was made with this configuration."""
     config_path = run_dir / "config.json"
@@ -44,13 +59,17 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
                        if cfg.result_fields().get(k) != v}
         if saved.get("folds_sha256") != record["folds_sha256"]:
             differences["folds file"] = (saved.get("folds_file"), record["folds_file"])
+        # Runs made before the kit recorded a fingerprint have none: they are taken on trust.
+        if saved.get("data_fingerprint", record["data_fingerprint"]) != record["data_fingerprint"]:
+            differences["data (ids, labels or images)"] = (saved["data_fingerprint"], record["data_fingerprint"])
         if differences and not cfg.overwrite:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
-            raise RunError(f"{run_dir} holds a run with another configuration ({listed}). It is kept; "
-                           "choose another --name, or pass --overwrite to replace it.")
+            raise RunError(f"{run_dir} holds a run with another configuration or other data ({listed}). It is "
+                           "kept; choose another --name, or pass --overwrite to replace it.")
         if not differences:
+            remove_stale_temporaries(run_dir, recursive=True)   # left by a process killed mid-write
             return
-        log(f"--overwrite: removing {run_dir} (made with another configuration)")
+        log(f"--overwrite: removing {run_dir} (made with another configuration or other data)")
         shutil.rmtree(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} exists without a config.json; choose another --name or move it away")
@@ -59,7 +78,12 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
 
 
 def read_fold_scores(run_dir: Path, fold: int) -> Scores:
-    return Scores(**read_json(fold_done_file(run_dir, fold))["scores"])
+    path = fold_done_file(run_dir, fold)
+    try:
+        return Scores(**read_json(path)["scores"])
+    except (KeyError, TypeError):
+        raise RunError(f"{path} is damaged (no fold scores in it); delete it and the fold is finished again from "
+                       "its checkpoints") from None
 
 
 def finish_run(run_dir: Path, cfg: TrainConfig, comp: Competition) -> Scores:
@@ -125,7 +149,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
                        + (f" (fold(s) {unfinished} not finished)" if unfinished else "")
                        + f". Rerun `facekit cv {config['model']} --name {config['name']} ...` with the "
                          "run's options to resume it; finished folds are kept.")
-    oof = _read_checked(path / "oof.csv", OOF_COLUMNS, probability="gender_prob")
+    oof = read_predictions(path / "oof.csv", OOF_COLUMNS, probability="gender_prob")
     problems = []
     if oof["id"].duplicated().any():
         problems.append("duplicated ids")
@@ -135,7 +159,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
         problems.append("true gender not 0/1")
     if problems:
         raise RunError(f"{path / 'oof.csv'}: {'; '.join(problems)}")
-    test_folds = [_read_checked(path / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
+    test_folds = [read_predictions(path / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
                   for k in range(n_folds)]
     for k, frame in enumerate(test_folds[1:], start=1):
         if not frame["id"].equals(test_folds[0]["id"]):
@@ -148,7 +172,7 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
     return Run(path=path, config=config, oof=oof, test=test)
 
 
-def _read_checked(path: Path, columns: list[str], probability: str) -> pd.DataFrame:
+def read_predictions(path: Path, columns: list[str], probability: str) -> pd.DataFrame:
     """`columns` of a predictions CSV: ids as text, the rest as finite numbers."""
     frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
     absent = [c for c in columns if c not in frame.columns]

@@ -11,6 +11,9 @@ import pandas as pd
 from kit.errors import SubmissionError
 
 SUBMISSION_COLUMNS = ["id", "gender", "age"]
+# Ages a model can predict (a regression a little below 0 for a baby, above 100 for the oldest) and ages no
+# model does: past these the file is broken upstream (years in days, an unscaled output), not a prediction.
+PLAUSIBLE_AGES = (-20.0, 200.0)
 
 
 def submission_problems(submission: pd.DataFrame, sample: pd.DataFrame) -> list[str]:
@@ -41,21 +44,28 @@ def submission_problems(submission: pd.DataFrame, sample: pd.DataFrame) -> list[
                             f"{ids.iloc[row]!r}, expected {expected.iloc[row]!r}")
     if "gender" in submission.columns:
         gender = submission["gender"]
-        # The text must be exactly 0 or 1: a float column would be written as "1.0", a bool as "True".
-        bad = ~gender.astype(str).str.fullmatch(r"[01]", na=False).to_numpy(dtype=bool)
+        # 0 or 1, as Kaggle reads numbers: "1" and "1.0" alike; "True", "male" or 0.5 are not a class.
+        numeric = pd.to_numeric(gender.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isin(numeric, (0.0, 1.0))
         if gender.dtype == bool:
             bad[:] = True
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            problems.append(f"{int(bad.sum())} gender value(s) are not the integer 0 or 1, "
-                            f"first at row {row + 1}: {gender.iloc[row]!r}")
+            problems.append(f"{int(bad.sum())} gender value(s) are not 0 or 1, first at row {row + 1}: "
+                            f"{gender.iloc[row]!r}")
     if "age" in submission.columns:
-        age = pd.to_numeric(submission["age"], errors="coerce")
-        bad = ~np.isfinite(age.to_numpy(dtype=np.float64))
+        age = pd.to_numeric(submission["age"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(age)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             problems.append(f"{int(bad.sum())} age value(s) are missing or not finite numbers, "
                             f"first at row {row + 1}: {submission['age'].iloc[row]!r}")
+        low, high = PLAUSIBLE_AGES
+        absurd = np.isfinite(age) & ((age < low) | (age > high))
+        if absurd.any():
+            row = int(np.flatnonzero(absurd)[0])
+            problems.append(f"{int(absurd.sum())} age value(s) are outside {low:g}..{high:g} years, first at "
+                            f"row {row + 1}: {submission['age'].iloc[row]!r} (a bug upstream, not a prediction)")
     return problems
 
 
@@ -67,12 +77,21 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, *, name:
 
 
 def validate_submission_file(path, sample_path) -> pd.DataFrame:
-    """Read both CSVs as text (so '1.0' is not taken for the integer 1) and validate."""
-    submission = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    sample = read_sample(sample_path)
-    validate_submission(submission, sample, name=str(path))
+    """Read both CSVs as text and validate."""
+    submission = read_csv_text(path, "the submission", na_values=[""])
+    validate_submission(submission, read_sample(sample_path), name=str(path))
     return submission
 
 
 def read_sample(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_csv_text(path, "sample_submission.csv")
+
+
+def read_csv_text(path, what: str, **kwargs) -> pd.DataFrame:
+    """A CSV as text columns; an empty or unparsable file is a SubmissionError naming it."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise SubmissionError(f"{path} ({what}) is empty: no header, no rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SubmissionError(f"{path} ({what}) cannot be read as CSV: {err}") from None

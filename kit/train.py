@@ -29,7 +29,7 @@ from kit.errors import RunError
 from kit.files import save_torch, write_csv
 from kit.log import log
 from kit.metric import Scores, score_probabilities
-from kit.predict import ImageSource, inference_batch_size, predict
+from kit.predict import ImageSource, MixedSource, inference_batch_size, predict
 from kit.trainer import Trainer, epoch_seed, lr_factor
 
 
@@ -40,6 +40,10 @@ class FoldData:
     test: pd.DataFrame           # id, cache_index
     train_images: np.ndarray     # uint8 (N, H, W, 3), indexed by cache_index
     test_images: np.ndarray
+    # Pseudo-labelled test images this fold also learns from (kit/pseudo.py): cache_index into test_images,
+    # gender_prob and age from first-round models that never saw this fold's rows; weight per row.
+    pseudo: pd.DataFrame | None = None
+    pseudo_weight: float = 1.0
 
 
 @dataclass
@@ -117,13 +121,28 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
                              progress=progress, cut_at=cut_at)
 
 
+def training_rows(data: FoldData, source: ImageSource):
+    """(rows, gender targets, ages, row weights or None, the source the rows index): the training rows,
+    and with pseudo-labels the test images after them, with soft gender targets and their weight."""
+    train_rows = data.train["cache_index"].to_numpy()
+    if data.pseudo is None:
+        return (train_rows, torch.tensor(data.train["gender"].to_numpy(), dtype=torch.long),
+                torch.tensor(data.train["age"].to_numpy(), dtype=torch.float32), None, source)
+    test_source = ImageSource(data.test_images, source.device, source.channels_last)
+    rows = np.concatenate([train_rows, len(data.train_images) + data.pseudo["cache_index"].to_numpy()])
+    pseudo = data.pseudo
+    gender = np.concatenate([data.train["gender"].to_numpy(np.float32), pseudo["gender_prob"].to_numpy(np.float32)])
+    ages = np.concatenate([data.train["age"].to_numpy(np.float32), pseudo["age"].to_numpy(np.float32)])
+    weights = np.concatenate([np.ones(len(train_rows), np.float32),
+                              np.full(len(pseudo), data.pseudo_weight, np.float32)])
+    return rows, torch.tensor(gender), torch.tensor(ages), torch.tensor(weights), MixedSource(source, test_source)
+
+
 def train_epoch(trainer: Trainer, data: FoldData, source: ImageSource, *, fold: int, epoch: int,
                 clock: Callable[[], float]) -> tuple[float, bool, float]:
     """One pass over the training rows: (mean loss, whether the backbone was frozen, images per second)."""
     cfg, device = trainer.cfg, trainer.device
-    train_rows = data.train["cache_index"].to_numpy()
-    gender = torch.tensor(data.train["gender"].to_numpy(), dtype=torch.long)
-    ages = torch.tensor(data.train["age"].to_numpy(), dtype=torch.float32)
+    train_rows, gender, ages, weights, source = training_rows(data, source)
     batch_size = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -144,7 +163,8 @@ def train_epoch(trainer: Trainer, data: FoldData, source: ImageSource, *, fold: 
         picked = order[step * batch_size:(step + 1) * batch_size]
         x = prepare(source.batch(train_rows[picked]), strength=cfg.augment, generator=generator,
                     channels_last=cfg.channels_last)
-        loss_sum += trainer.step(x, gender[picked].to(device), ages[picked].to(device))
+        loss_sum += trainer.step(x, gender[picked].to(device), ages[picked].to(device),
+                                 None if weights is None else weights[picked].to(device))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
     seconds = clock() - started

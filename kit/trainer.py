@@ -102,12 +102,21 @@ class Trainer:
             group["lr"] = base * factor
         return frozen
 
-    def step(self, x: torch.Tensor, gender: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on a prepared batch; returns the (detached) loss."""
+    def step(self, x: torch.Tensor, gender: torch.Tensor, ages: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimizer step on a prepared batch; returns the (detached) loss.
+
+        `gender` holds class indices; with `weights` (a batch with pseudo-labelled rows) it holds the
+        probability of male instead, a soft target, and every row's loss counts by its weight."""
         with autocast(self.device, self.amp_dtype):
             logits, age_output = self.forward(x)
-        loss = (F.cross_entropy(logits.float(), gender, label_smoothing=self.cfg.label_smoothing)
-                + self.cfg.age_loss_weight * self.age_target.loss(age_output, ages))
+        if weights is None:
+            gender_loss = F.cross_entropy(logits.float(), gender, label_smoothing=self.cfg.label_smoothing)
+        else:
+            soft = torch.stack([1 - gender, gender], 1)
+            per_row = F.cross_entropy(logits.float(), soft, label_smoothing=self.cfg.label_smoothing, reduction="none")
+            gender_loss = (per_row * weights).sum() / weights.sum()
+        loss = gender_loss + self.cfg.age_loss_weight * self.age_target.loss(age_output, ages, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -167,6 +167,8 @@ class KaggleServer:
         self.calls: list[str] = []               # method names (and PUT/GET) in arrival order
         self._planned_errors: dict[str, list[int]] = {}
         self._lost_create_responses = 0
+        self.create_delay = 0.0                  # seconds CreateSubmission takes (to make submits overlap)
+        self.after_create = None                 # called once a submission is made, before the answer goes out
         self._refs = itertools.count(1001)
         self._lock = threading.Lock()
         self.workdir = Path(tempfile.mkdtemp(prefix="fake-kaggle-"))   # blobs, datasets, kernels' files
@@ -294,6 +296,14 @@ class KaggleServer:
             public_score=public, private_score=private, error=error,
             reads_until_scored=10**9 if self.never_score else self.pending_reads))
         self.used_today += 1
+        if self.create_delay:
+            self._lock.release()                 # let other calls in while this one "takes its time"
+            try:
+                threading.Event().wait(self.create_delay)
+            finally:
+                self._lock.acquire()
+        if self.after_create is not None:
+            self.after_create(ref)
         if self._lost_create_responses:
             self._lost_create_responses -= 1
             raise ApiError(503, "Service Unavailable")
@@ -719,8 +729,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------- the real data, held out
-def make_holdout(zip_path, out_dir, *, fraction: float = 0.25, public: float = 0.5, seed: int = 0):
+def make_holdout(zip_path, out_dir, *, fraction: float = 0.25, public: float = 0.5, seed: int = 0,
+                 limit: int | None = None):
     """Write out_dir/competition.zip whose test rows are held-out train rows, and out_dir/labels.csv.
+    `limit`: keep only that many train rows (a mini cut of the real data) before holding some out.
 
     The images stay where they are in the archive (test.csv's full_path points at train/...), so the
     kit reads the derived competition exactly like the real one.
@@ -734,6 +746,8 @@ def make_holdout(zip_path, out_dir, *, fraction: float = 0.25, public: float = 0
         folder = csvs[0][: -len("train.csv")]
         train = pd.read_csv(source.open(csvs[0]))
         rng = np.random.default_rng(seed)
+        if limit is not None:
+            train = train.iloc[np.sort(rng.permutation(len(train))[:limit])]
         held = rng.random(len(train)) < fraction
         test, kept = train[held], train[~held]
         labels = test[["id", "gender", "age"]].assign(
@@ -744,8 +758,9 @@ def make_holdout(zip_path, out_dir, *, fraction: float = 0.25, public: float = 0
         with zipfile.ZipFile(out_dir / "competition.zip", "w") as target:
             for name, frame in replaced.items():
                 target.writestr(name, frame.to_csv(index=False), compress_type=zipfile.ZIP_DEFLATED)
-            for info in source.infolist():  # all images but the real test set's, whose labels are unknown
-                if info.filename not in replaced and not info.filename.startswith(folder + "test/"):
+            used = set(folder + train["full_path"].astype(str))
+            for info in source.infolist():  # the images the rows use (never the real test set's: no labels)
+                if info.filename not in replaced and info.filename in used:
                     target.writestr(info, source.read(info))
     labels.to_csv(out_dir / "labels.csv", index=False)
     print(f"{out_dir / 'competition.zip'}: {len(kept)} train rows, {len(test)} held-out test rows\n"
@@ -760,8 +775,9 @@ def main(argv=None) -> int:
         parser.add_argument("--out", required=True, help="folder for competition.zip and labels.csv")
         parser.add_argument("--fraction", type=float, default=0.25, help="share of train rows held out")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--limit", type=int, help="keep only this many train rows (a mini cut)")
         args = parser.parse_args(argv[1:])
-        make_holdout(args.zip, args.out, fraction=args.fraction, seed=args.seed)
+        make_holdout(args.zip, args.out, fraction=args.fraction, seed=args.seed, limit=args.limit)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (80 to be http://localhost)")
@@ -778,6 +794,8 @@ def main(argv=None) -> int:
     parser.add_argument("--never-score", action="store_true", help="scoring stays pending for ever")
     parser.add_argument("--fail", action="append", default=[], metavar="METHOD:STATUS[xN]",
                         help="answer the next N calls of METHOD with STATUS, e.g. CreateSubmission:503x2")
+    parser.add_argument("--create-delay", type=float, default=0.0,
+                        help="seconds CreateSubmission waits after making the submission, before it answers")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
     parser.add_argument("--sandbox-python", help="run pushed kernels with this Python in the sandbox of "
                         "tests/kaggle_sandbox.py (the output of: python tests/kaggle_sandbox.py image-python DIR)")
@@ -800,6 +818,7 @@ def main(argv=None) -> int:
         method, _, status = spec.partition(":")
         status, _, times = status.partition("x")
         server.fail_next(method, *[int(status)] * int(times or 1))
+    server.create_delay = args.create_delay
     server._httpd.verbose = not args.quiet
     print(f"fake Kaggle for '{args.competition}' on {server.proxy_url}; point the client at it with:\n"
           f"  export KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={server.proxy_url} http_proxy={server.proxy_url}\n"

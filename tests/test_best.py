@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from kit.__main__ import main as facekit
-from kit.best import best, measure_throughput
+from kit.best import best
+from kit.best.measure import measure_throughput
 from kit.best.members import member_name, parse_model_spec, recipe_config
-from kit.best.plan import SAFETY, ModelPlan, allot, epoch_costs, plan_epochs
+from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
 from kit.config import TrainConfig
 from kit.errors import BudgetError, UserError, WeightsError
 from kit.submission import validate_submission_file
@@ -158,7 +159,7 @@ def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy
 
 
 def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch, caplog):
-    import kit.best
+    import kit.best.measure
     import kit.throughput
 
     speeds = {"fp32": 180.0, "bf16": 155.0, "auto": 155.0}   # an Intel Xeon's resnet18 figures
@@ -170,7 +171,7 @@ def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(mon
         def measure(self, **kwargs):
             return {"train": speeds[self.precision], "infer": 500.0}
 
-    monkeypatch.setattr(kit.best, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kit.best.measure, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(kit.throughput, "KitSteps", FakeSteps)
     comp = type("Comp", (), {"train": pd.DataFrame({"cache_index": [0], "age": [30.0], "gender": [1]})})()
     chosen, figures = measure_throughput(TrainConfig(device="cpu", pretrained=False), comp, None, is_sample=True,
@@ -192,3 +193,44 @@ def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
     assert "--shares '1,x'" in capsys.readouterr().err
     assert facekit(["best", "--time-limit", "nan", "--data", str(tiny_competition)]) == 2
     assert "--time-limit nan: must be a positive duration" in capsys.readouterr().err
+
+
+def plan_of(label, epoch_s, *, max_epochs=40, folds=5):
+    return ModelPlan(TrainConfig(model="scratch", folds=folds, name=label), 0.0, 100.0, 400.0, epoch_s=epoch_s,
+                     fixed_s=10.0, epochs=0, label=label, max_epochs=max_epochs)
+
+
+def test_a_slow_first_measurement_does_not_cost_a_member():
+    """Measured 60 s an epoch, both members would get 5 (< --min-epochs 6): the second waits. The first
+    member's folds then run twice as fast as measured, and after its first fold the second joins."""
+    a, b = plan_of("a", 60), plan_of("b", 60)
+    kept, left_out = allot([a, b], 3600, folds=5, max_epochs=40, min_epochs=6)
+    assert [p.label for p in kept] == ["a"] and [p.label for p in left_out] == ["b"] and a.epochs == 10
+    schedule = Schedule(kept, left_out, folds=5, max_epochs=40, min_epochs=6)
+    schedule.start(a)
+    schedule.observe(a, a.fold_s() / 2)               # 305 s estimated, 152.5 s seen
+    changes = schedule.replan(3600 - 152.5)
+    assert [p.label for p in schedule.plans] == ["a", "b"] and b.epochs >= 6
+    assert changes[0] == "the machine runs at 2.00x the measured speed" and "b: joins with" in changes[-1]
+    assert a.epochs == 10                              # started: its epochs are fixed
+
+
+def test_time_a_capped_member_leaves_goes_to_more_epochs_and_a_slow_machine_to_fewer():
+    capped, other = plan_of("capped", 60, max_epochs=3), plan_of("other", 60)
+    schedule = Schedule(*allot([capped, other], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5,
+                        max_epochs=40, min_epochs=2)
+    assert [p.epochs for p in schedule.plans] == [3, 7]
+    schedule.start(capped)
+    schedule.observe(capped, capped.fold_s() * 1.3)     # this machine is 30% slower than it measured
+    changes = schedule.replan(3600 - capped.fold_s())
+    assert other.epochs < 7 and any("other: 7 ->" in c for c in changes)
+    assert sum(p.estimate_s() for p in schedule.plans) <= 3600 - capped.fold_s()
+
+
+def test_best_with_pseudo_labels_trains_a_second_round_on_the_first_round_s_folds(tiny_competition, project, caplog):
+    result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=120,
+                  models=["scratch"], pseudo_label=True, root=project, measure_steps=2, max_epochs=2, min_epochs=1)
+    assert set(result["members"]) == {"scratch/best-tiny0-2m", "scratch/best-tiny0-2m-pseudo"}
+    config = json.loads((project / "runs/scratch/best-tiny0-2m-pseudo/config.json").read_text())
+    assert config["train"]["pseudo_labels"] == ["scratch/best-tiny0-2m"]
+    assert "+pseudo:" in config["data_fingerprint"]

@@ -1,6 +1,7 @@
 """The cross-validation harness end to end on a tiny synthetic competition."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_another_configuration_never_overwrites_a_run(tiny_competition, project)
     first = run_cv(cfg, root=project)
     before = (first.run_dir / "oof.csv").read_bytes()
     changed = TrainConfig(**{**cfg.to_dict(), "epochs": 1})
-    with pytest.raises(RunError, match=r"another configuration \(epochs: 2 -> 1\).*--name.*--overwrite"):
+    with pytest.raises(RunError, match=r"another configuration or other data \(epochs: 2 -> 1\).*--name.*--overwrite"):
         run_cv(changed, root=project)
     assert (first.run_dir / "oof.csv").read_bytes() == before
     renamed = run_cv(TrainConfig(**{**changed.to_dict(), "name": "one-epoch"}), root=project)
@@ -150,3 +151,72 @@ def test_time_limit_stops_folds_cleanly_and_says_what_it_cut(tiny_competition, p
         assert fold["cut_at_epoch"] is not None and 1 <= fold["cut_at_epoch"] < 50
         assert (result.run_dir / f"test_fold{k}.csv").is_file()  # the best checkpoint still predicted
     assert "time limit: stopping before epoch" in caplog.text
+
+
+# ----------------------------------------------------------------------------- trust: stale runs, locks, damage
+
+def test_a_run_on_changed_data_is_refused_not_reported_as_done(competition_copy, project):
+    """Same ids, another image (or a changed label): the run's folds were trained on other data."""
+    cfg = TrainConfig(data=str(competition_copy), **{**FAST, "epochs": 1})
+    run_cv(cfg, root=project)
+    shutil.copy(competition_copy / "train/00001.jpg", competition_copy / "train/00000.jpg")
+    with pytest.raises(RunError, match=r"other data \(data \(ids, labels or images\): '\w+' -> '\w+'\).*--overwrite"):
+        run_cv(cfg, root=project)
+    replaced = run_cv(TrainConfig(**{**cfg.to_dict(), "overwrite": True}), root=project)
+    assert replaced.complete
+
+
+def test_two_identical_cv_at_once_never_train_the_same_fold(tiny_competition, project):
+    args = ["--data", str(tiny_competition), "--folds", "3", "--epochs", "2", "--size", "32", "--batch-size", "16",
+            "--num-threads", "1", "--name", "twice"]
+    command, env = cli(project, *args)
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    trained = [{int(line.split()[1]) for line in out.splitlines() if line.startswith("fold ") and " done: " in line}
+               for out, _ in outputs]
+    assert not trained[0] & trained[1] and trained[0] | trained[1] == {0, 1, 2}
+    assert (project / "runs/scratch/twice/oof.csv").is_file()
+
+
+def test_devices_cpu_cpu_trains_each_fold_as_one_process_would(tiny_competition, project):
+    common = ["--data", str(tiny_competition), "--folds", "3", "--epochs", "2", "--size", "32", "--batch-size", "16"]
+    command, env = cli(project, *common, "--devices", "cpu,cpu", "--name", "parallel")
+    parallel = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert parallel.returncode == 0, parallel.stderr
+    assert "worker 0: cpu, 1 thread(s)" in parallel.stdout and "[worker 1 cpu] " in parallel.stdout
+    command, env = cli(project, *common, "--num-threads", "1", "--name", "single")
+    single = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    scores = {name: {fold: record["scores"] for fold, record in
+                     json.loads((project / f"runs/scratch/{name}/metrics.json").read_text())["folds"].items()}
+              for name in ("parallel", "single")}
+    assert scores["parallel"] == scores["single"]
+
+
+def test_a_damaged_checkpoint_or_fold_record_is_named(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1})
+    result = run_cv(cfg, root=project)
+    (result.run_dir / "fold1" / "metrics.json").write_text('{"fold": 1, "sco')        # cut short
+    with pytest.raises(RunError, match=r"fold1/metrics.json is damaged .*delete it"):
+        run_cv(cfg, root=project)
+    (result.run_dir / "fold1" / "metrics.json").unlink()
+    (result.run_dir / "fold1" / "last.pt").write_bytes(b"")                        # an empty checkpoint
+    with pytest.raises(RunError, match=r"fold1/last.pt is damaged and cannot be read .*Delete it"):
+        run_cv(cfg, root=project)
+    (result.run_dir / "fold1" / "last.pt").unlink()
+    assert run_cv(cfg, root=project).complete                                      # retrained from its start
+
+
+def test_temporaries_left_by_a_killed_process_are_cleaned(tiny_competition, project):
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1})
+    result = run_cv(cfg, root=project)
+    finished = subprocess.Popen(["true"])
+    finished.wait()                                              # its pid is no process's now
+    stale = result.run_dir / "fold0" / f".last.pt.{finished.pid}.abc123.tmp"
+    stale.write_bytes(b"partial")
+    alive = result.run_dir / f".oof.csv.{os.getpid()}.xyz.tmp"   # this very process: kept
+    alive.write_bytes(b"being written")
+    run_cv(cfg, root=project)
+    assert not stale.exists() and alive.exists()

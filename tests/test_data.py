@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kit.data import load_competition
-from kit.errors import DataError
+from kit.errors import DataError, DiskFullError
 from kit.image_cache import decode_image
 
 
@@ -83,12 +83,51 @@ def test_all_problems_are_reported_at_once(competition_copy, project):
     edit_csv(competition_copy / "train.csv", 0, "gender", "x")
     edit_csv(competition_copy / "train.csv", 7, "age", "500")
     edit_csv(competition_copy / "test.csv", 2, "id", "1")
+    (competition_copy / "train/00009.jpg").unlink()
     with pytest.raises(DataError) as caught:
         load(competition_copy, project)
     text = str(caught.value)
-    assert "4 problem(s)" in text  # both rows of the duplicated test id are named
+    assert "6 problem(s)" in text  # both rows of the duplicated test id are named
     assert "line 2 (id '0'): gender 'x'" in text and "line 9 (id '7'): age '500'" in text
     assert "test.csv line 4 (id '1'): duplicate id" in text
+    assert "sample_submission.csv: 1 id(s) are not in test.csv, e.g. ['2']" in text
+    assert "train.csv line 11 (id '9'): image train/00009.jpg is missing" in text   # with the CSVs' problems
+    assert not (project / ".cache" / "images").exists()
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../x.jpg", "train/../../outside.jpg"])
+def test_a_full_path_outside_the_competition_folder_is_refused(competition_copy, project, path):
+    edit_csv(competition_copy / "train.csv", 4, "full_path", path)
+    with pytest.raises(DataError, match=r"train.csv line 6 \(id '4'\): full_path .* points outside the competition"):
+        load(competition_copy, project)
+    assert not (project / ".cache" / "images").exists()
+
+
+def test_sample_submission_is_checked_before_any_decoding(competition_copy, project):
+    sample = pd.read_csv(competition_copy / "sample_submission.csv")
+    sample.drop(index=[3]).to_csv(competition_copy / "sample_submission.csv", index=False)
+    with pytest.raises(DataError, match=r"sample_submission.csv: 1 id\(s\) of test.csv are missing, e.g. \['3'\]"):
+        load(competition_copy, project)
+    (competition_copy / "sample_submission.csv").unlink()
+    with pytest.raises(DataError, match="sample_submission.csv: file is missing"):
+        load(competition_copy, project)
+    assert not (project / ".cache" / "images").exists()
+
+
+def test_too_few_rows_for_the_folds_is_found_before_decoding(competition_copy, project):
+    with pytest.raises(DataError, match="80 training row\\(s\\) cannot be split into 100 folds"):
+        load(competition_copy, project, folds=100)
+    assert not (project / ".cache" / "images").exists()
+
+
+def test_the_fingerprint_follows_ids_labels_and_pixels(competition_copy, project):
+    first, _, _ = load(competition_copy, project)
+    assert load(competition_copy, project)[0].fingerprint == first.fingerprint
+    shutil.copy(competition_copy / "train/00001.jpg", competition_copy / "train/00000.jpg")   # same ids, other image
+    other_image = load(competition_copy, project)[0].fingerprint
+    edit_csv(competition_copy / "train.csv", 5, "age", "77")
+    other_label = load(competition_copy, project)[0].fingerprint
+    assert len({first.fingerprint, other_image, other_label}) == 3
 
 
 def break_images(folder):
@@ -130,3 +169,37 @@ def test_a_bad_test_image_is_always_an_error(competition_copy, project):
 def test_data_path_that_does_not_exist(project):
     with pytest.raises(DataError, match="--data /nowhere: no such file or folder"):
         load("/nowhere", project)
+
+
+def test_a_full_disk_while_decoding_stops_at_once_and_leaves_no_partial_cache(competition_copy, project, monkeypatch):
+    """The array's space is reserved before decoding: ENOSPC there, not a Bus error in a worker later."""
+    import errno
+    import os
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(DiskFullError, match=r"the disk holding .*images is full .* while writing the image cache"):
+        load(competition_copy, project)
+    assert [p.name for p in (project / ".cache" / "images").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_disk_too_small_for_the_cache_is_refused_before_decoding(competition_copy, tmp_path):
+    """A real 1 MiB filesystem (tmpfs, in a mount namespace of its own) under the project."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("needs unshare --mount (root) to mount a small tmpfs")
+    project = tmp_path / "small"
+    project.mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs {project} && exec {sys.executable} -m kit cv scratch --epochs 1 "
+              f"--size 64 --data {competition_copy}")
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"FACEKIT_ROOT": str(project), "PYTHONPATH": str(Path(__file__).parents[1]),
+                               "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert "the image cache of 80 images (" in done.stderr and "needs about 1 MiB, but the disk has only" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -27,8 +28,9 @@ from kit.errors import KaggleFault, LedgerError, MissingCredentials, SubmissionE
 from kit.files import sha256_file
 from kit.kaggle.api import TOKEN_URL, Retry, connect
 from kit.kaggle.download import download
-from kit.kaggle.ledger import HEADER, append_row, latest_states, read_rows
-from kit.kaggle.submit import Polling, list_submissions, submit
+from kit.kaggle.ledger import HEADER, append_row, is_intent, latest_states, read_rows
+from kit.kaggle.scores import Polling, list_submissions
+from kit.kaggle.submit import submit
 from kit.metric import score
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,6 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = Retry(attempts=3, first_delay=0.01)             # retries without real waiting
 QUICK = Polling(interval=0.01, timeout=0.2)
 TEST_IDS = list(range(100, 130))
+
+
+def submissions_in(ledger: Path) -> list[dict]:
+    """The ledger's rows about Kaggle submissions (its intent rows left out)."""
+    return [row for row in read_rows(ledger) if not is_intent(row)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -159,7 +166,10 @@ def test_submit_records_the_public_score_beside_the_cv_score(server, competition
     assert result.remaining_today == 4
     out = capsys.readouterr().out
     assert f"public score {expected}   CV score 0.81230" in out and "4 submission(s) remaining today" in out
-    rows = read_rows(root / "submissions" / "ledger.csv")
+    everything = read_rows(root / "submissions" / "ledger.csv")
+    assert [r["status"] for r in everything] == ["submitting", "pending", "confirmed", "complete"]
+    assert everything[0]["ref"] == everything[2]["ref"] and everything[2]["error"] == f"Kaggle ref {result.ref}"
+    rows = submissions_in(root / "submissions" / "ledger.csv")
     assert [r["status"] for r in rows] == ["pending", "complete"]  # recorded on confirmation, then scored
     final = rows[-1]
     assert final["ref"] == str(result.ref) == str(server.submissions[0].ref)
@@ -223,7 +233,9 @@ def test_503s_that_never_stop_are_given_up(server, competition, root):
     with pytest.raises(KaggleFault, match="gave up after 3 tries"):
         submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
     assert server.count("CreateSubmission") == 3 and not server.submissions
-    assert not (root / "submissions" / "ledger.csv").exists()
+    ledger = root / "submissions" / "ledger.csv"
+    assert not submissions_in(ledger)          # only the intent, marked abandoned with the reason
+    assert [(r["status"], "gave up" in r["error"]) for r in latest_states(read_rows(ledger))] == [("abandoned", True)]
 
 
 def test_connection_errors_are_retried_then_reported(server, root, monkeypatch, capsys):
@@ -252,7 +264,7 @@ def test_silent_upload_failure_is_a_failure(server, competition, root):
     with pytest.raises(KaggleFault, match="uploading .* failed"):
         submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
     assert server.count("PUT") == 3 and server.count("CreateSubmission") == 0
-    assert not (root / "submissions" / "ledger.csv").exists()
+    assert not submissions_in(root / "submissions" / "ledger.csv")
 
 
 def test_daily_limit_reached_stops_before_the_upload(make_server, competition, root, tmp_path):
@@ -267,7 +279,7 @@ def test_daily_limit_reached_stops_before_the_upload(make_server, competition, r
     with pytest.raises(KaggleFault) as caught:
         submit(path, "x", root=root, retry=FAST, polling=QUICK)
     assert caught.value.kind == "daily_limit" and server.count("CreateSubmission") == 1
-    assert not server.submissions and not (root / "submissions" / "ledger.csv").exists()
+    assert not server.submissions and not submissions_in(root / "submissions" / "ledger.csv")
 
     official = run(["-m", "kaggle", "competitions", "submit", "-c", DEFAULT_COMPETITION, "-f", str(path), "-m", "x"],
                    client_env(server, tmp_path / "home"), root)
@@ -314,8 +326,67 @@ def test_duplicate_is_refused_unless_forced(server, competition, root):
         submit(path, "twice", root=root, retry=FAST, polling=QUICK)
     assert len(server.submissions) == 1
     again = submit(path, "twice, on purpose", root=root, force=True, retry=FAST, polling=QUICK)
-    states = latest_states(read_rows(root / "submissions" / "ledger.csv"))
+    states = latest_states(submissions_in(root / "submissions" / "ledger.csv"))
     assert [s["ref"] for s in states] == [str(first.ref), str(again.ref)] and len(server.submissions) == 2
+
+
+def submit_process(server, root: Path, home: Path, path: Path, *args) -> subprocess.Popen:
+    env = client_env(server, home, FACEKIT_ROOT=str(root))
+    return subprocess.Popen([sys.executable, "-m", "kit", "submit", str(path), *args], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_submits_of_one_file_at_once_upload_it_once(server, competition, root, tmp_path):
+    """The ledger check, the upload and the ledger row are one critical section across processes."""
+    path = write_submission(root, prediction(competition["labels"]))
+    server.create_delay = 1.0            # both processes are inside submit while Kaggle takes its time
+    both = [submit_process(server, root, tmp_path / "home", path, "-m", "same file", "--no-wait") for _ in range(2)]
+    finished = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in both]
+    assert sorted(code for code, _, _ in finished) == [0, 2], finished
+    assert len(server.submissions) == 1 and server.count("CreateSubmission") == 1
+    assert "was already submitted" in next(err for code, _, err in finished if code == 2)
+    assert [r["status"] for r in submissions_in(root / "submissions" / "ledger.csv")] == ["pending"]
+
+
+def test_a_submit_killed_after_kaggle_took_it_is_recorded_not_repeated(server, competition, root, tmp_path):
+    """kill -9 between Kaggle's confirmation and the ledger row: the rerun finds the submission on Kaggle."""
+    path = write_submission(root, prediction(competition["labels"]))
+    process = submit_process(server, root, tmp_path / "home", path, "-m", "killed", "--no-wait")
+    server.after_create = lambda ref: os.kill(process.pid, signal.SIGKILL)   # before the answer goes out
+    assert process.wait(timeout=120) == -signal.SIGKILL
+    server.after_create = None
+    ledger = root / "submissions" / "ledger.csv"
+    assert [(r["status"], is_intent(r)) for r in read_rows(ledger)] == [("submitting", True)]
+    assert len(server.submissions) == 1
+
+    with pytest.raises(SubmitError, match=f"already submitted .* ref {server.submissions[0].ref}"):
+        submit(path, "killed", root=root, retry=FAST, polling=QUICK)     # the rerun: found, recorded, refused
+    assert len(server.submissions) == 1 and server.count("CreateSubmission") == 1
+    rows = submissions_in(ledger)
+    assert [(r["ref"], r["status"]) for r in rows] == [(str(server.submissions[0].ref), "pending")]
+    assert latest_states(read_rows(ledger))[0]["status"] == "confirmed"       # the intent, settled
+    assert list_submissions(root=root, retry=FAST)[0]["status"] == "complete"   # and its score fetched
+
+
+def test_an_intent_kaggle_never_saw_is_abandoned_and_the_file_submitted(server, competition, root):
+    path = write_submission(root, prediction(competition["labels"]))
+    ledger = root / "submissions" / "ledger.csv"
+    append_row(ledger, {"time": "2026-01-01T00:00:00Z", "file": str(path), "sha256": sha256_file(path),
+                        "ref": "intent-0123456789ab", "message": "lost", "competition": DEFAULT_COMPETITION,
+                        "status": "submitting"})
+    result = submit(path, "lost", root=root, retry=FAST, polling=QUICK)
+    assert result.status == "complete" and len(server.submissions) == 1
+    intents = [r for r in latest_states(read_rows(ledger)) if is_intent(r)]
+    assert sorted(r["status"] for r in intents) == ["abandoned", "confirmed"]
+
+
+def test_an_empty_file_is_refused_before_any_upload(server, competition, root, monkeypatch, capsys):
+    (root / "submissions" / "empty.csv").write_bytes(b"")
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))
+    assert main(["submit", "submissions/empty.csv", "--sample", str(competition["sample"])]) == 2
+    err = capsys.readouterr().err
+    assert "empty.csv (the submission) is empty" in err and "nothing was uploaded" in err
+    assert server.count("StartSubmissionUpload") == 0
 
 
 def test_dry_run_uploads_nothing(server, competition, root):
@@ -330,10 +401,10 @@ def test_pending_when_polling_gives_up_then_refreshed(make_server, competition, 
     result = submit(write_submission(root, sub), "slow", root=root, retry=FAST, polling=QUICK)
     assert result.status == "pending" and "still being scored" in capsys.readouterr().out
     ledger = root / "submissions" / "ledger.csv"
-    assert [r["status"] for r in read_rows(ledger)] == ["pending"]
+    assert [r["status"] for r in submissions_in(ledger)] == ["pending"]
 
     list_submissions(root=root, retry=FAST)  # still pending: nothing appended
-    assert len(read_rows(ledger)) == 1
+    assert len(submissions_in(ledger)) == 1
     before = ledger.read_bytes()
     server.submissions[0].reads_until_scored = 0  # Kaggle finishes scoring
     rows = list_submissions(root=root, retry=FAST)
@@ -363,7 +434,7 @@ def test_ctrl_c_while_waiting_leaves_it_pending(make_server, competition, root, 
     with pytest.raises(KeyboardInterrupt):
         submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST,
                polling=QUICK, sleep=interrupted)
-    rows = read_rows(root / "submissions" / "ledger.csv")
+    rows = submissions_in(root / "submissions" / "ledger.csv")
     assert [r["status"] for r in rows] == ["pending"] and rows[0]["ref"]
     assert "stays recorded as pending" in capsys.readouterr().out
 

@@ -1,19 +1,21 @@
-"""Spend a wall-time budget on the best submission it can buy: plan, cross-validate, blend.
+"""Spend a wall-time budget on the best submission it can buy: plan, cross-validate, re-plan, blend.
 
     ./run.sh best --time-limit 60m --data ../shared/data/utkface-age-gender.zip
 
-1. members: each --models entry with its recipe and options (kit/best/members.py); a model whose
+1. members: each --models entry with its recipe and options (kit/best/members.py), then the --spares
+   (members that join only if time is left), then with --pseudo-label a second-round member that also
+   learns from the test images, labelled fold by fold by the first round (kit/pseudo.py); a model whose
    pretrained weights cannot be had here trains from random init and says so (unless --pretrained);
 2. prepare: validate and decode the data (cached after the first time) and make the folds;
 3. measure: time a few training and inference batches of each member through the very steps cv runs
-   (kit/throughput.py), on this machine, now; with --precision auto on a CPU with native bf16, in fp32
-   and bf16 both, and train in the faster;
-4. plan: split the time left among the members (--shares) and give each the largest number of epochs
-   per fold whose estimated cost fits its share (kit/best/plan.py). A model capped below what its share
-   buys (EPOCH_CAPS: past it, it overfits) gives the rest to the others. While a member would get fewer
-   than --min-epochs, the last of --models is left out and its time goes to the rest;
-5. cross-validate each member (kit.cv.run_cv) under its own deadline: should the estimate be wrong, cv
-   stops before an epoch that would overrun and keeps the best checkpoint;
+   (kit/best/measure.py); with --precision auto on a CPU with native bf16, fp32 and bf16 both;
+4. plan: split the time among the members (--shares) and give each the most epochs per fold whose
+   estimated cost fits its share (kit/best/plan.py). A model capped below what its share buys
+   (EPOCH_CAPS: past it, it overfits) gives the rest to the others. While a member would get fewer
+   than --min-epochs, the last one is left out and its time goes to the rest;
+5. cross-validate fold by fold (kit.cv.run_cv), and after every fold re-plan from the speed the machine
+   really shows: the members not started yet get more or fewer epochs, a left-out member or a spare
+   joins when its time is there, and what changed is said;
 6. blend the runs (kit.ensemble) into a validated submissions/<name>.csv and say where the time went.
 
 Rerunning the same command resumes: finished folds are kept and an existing run keeps the epochs and
@@ -28,12 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.best.members import DEFAULT_MODELS, EPOCH_CAPS, member_config, parse_model_spec
-from kit.best.plan import SAFETY, ModelPlan, allot, epoch_costs, parse_shares
+from kit.best.measure import measure_members
+from kit.best.members import DEFAULT_MODELS, DEFAULT_SPARES, EPOCH_CAPS, member_config, parse_model_spec
+from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, parse_shares
 from kit.config import TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
-from kit.device import cpu_has_native_bf16, pick_device
 from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.files import read_json
@@ -49,10 +51,11 @@ BLEND_RESERVE_S = 30   # blending and writing the submission
 
 @dataclass
 class Member:
-    label: str             # the --models entry
+    label: str             # the --models (or --spares) entry
     model: str
     overrides: dict
     cfg: TrainConfig
+    pseudo: bool = False   # the second round: learns from pseudo-labelled test images too
 
 
 @dataclass
@@ -73,11 +76,20 @@ def member_specs(cfg: TrainConfig, models: list[str], *, given: set[str], name: 
         model, overrides = parse_model_spec(label)
         members.append(Member(label, model, overrides, member_config(cfg, model, overrides, given=given, name=name,
                                                                      sample=sample)))
+    return members
+
+
+def check_distinct(members: list[Member]) -> None:
     runs = [(m.cfg.model, m.cfg.name) for m in members]
     if len(set(runs)) < len(runs):
-        raise ConfigError(f"--models {','.join(models)}: a model is listed twice with the same options; give each "
-                          "entry its own, e.g. dlib_age,dlib_age:lr_backbone=5e-4")
-    return members
+        raise ConfigError(f"--models/--spares {','.join(m.label for m in members)}: a model is listed twice with the "
+                          "same options; give each entry its own, e.g. dlib_age,dlib_age:lr_backbone=5e-4")
+
+
+def pseudo_member(first: Member) -> Member:
+    """The second round of the first member: the same recipe, and the test images labelled fold by fold."""
+    cfg = dataclasses.replace(first.cfg, name=f"{first.cfg.name}-pseudo")
+    return Member(f"{first.label}+pseudo", first.model, first.overrides, cfg, pseudo=True)
 
 
 def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: set[str], name: str,
@@ -92,93 +104,66 @@ def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: se
                 raise
             log(f"{member.label}: pretrained weights unavailable ({str(err).splitlines()[0]}); it trains from "
                 "random init (--pretrained insists on them)")
-            member.cfg = member_config(dataclasses.replace(cfg, pretrained=False), member.model, member.overrides,
-                                       given=given, name=name, sample=sample)
+            fallback = member_config(dataclasses.replace(cfg, pretrained=False), member.model, member.overrides,
+                                     given=given, name=name, sample=sample)
+            member.cfg = dataclasses.replace(fallback, name=member.cfg.name)
 
 
-def measure_throughput(cfg: TrainConfig, comp, images, *, is_sample: bool, steps: int, choose_precision: bool = True,
-                       label: str | None = None) -> tuple[TrainConfig, dict]:
-    """Training and inference images/s of `cfg` here, now, through the very steps cv runs.
-
-    With --precision auto on a CPU with native bf16 (and `choose_precision`), fp32 and bf16 are both
-    timed and the faster one is written into the returned config: native bf16 is no promise of speed.
-    Measured on 2-core machines, both with AVX512-BF16, resnet18 trained 1.6x faster in bf16 on an AMD
-    EPYC and 0.88x as fast on an Intel Xeon."""
-    from kit.throughput import KitSteps
-
-    resolved = cfg.resolved(sample=is_sample)
-    choices = [cfg.precision]
-    if choose_precision and cfg.precision == "auto" and pick_device(cfg.device).type == "cpu" and cpu_has_native_bf16():
-        choices = ["fp32", "bf16"]
-    train = comp.train
-    figures = {precision: KitSteps(dataclasses.replace(resolved, precision=precision), images,
-                                   train["cache_index"].to_numpy(), train["age"].to_numpy(),
-                                   train["gender"].to_numpy()).measure(steps=steps, warmup=3)
-               for precision in choices}
-    if len(choices) == 1:
-        return cfg, figures[cfg.precision]
-    fastest = max(choices, key=lambda precision: figures[precision]["train"])
-    log(f"measure: {label or cfg.model}: " + " / ".join(f"{p} {figures[p]['train']:.0f}" for p in choices)
-        + f" train img/s -> --precision {fastest}")
-    return dataclasses.replace(cfg, precision=fastest), figures[fastest]
-
-
-def measure_members(members: list[Member], shares: list[float], *, cfg: TrainConfig, comp, images, project: Project,
-                    given: set[str], is_sample: bool, max_epochs: int, measure_steps: int) -> list[ModelPlan]:
-    plans = []
-    for member, share in zip(members, shares):
-        member_cfg = dataclasses.replace(member.cfg, overwrite=False)
-        saved = project.run_dir(member_cfg.model, member_cfg.name) / "config.json"
-        started_with = read_json(saved)["train"] if saved.is_file() else None
-        if started_with and "precision" not in given:  # resume as it started (cv refuses a changed config)
-            member_cfg = dataclasses.replace(member_cfg, precision=started_with["precision"])
-        member_images = images
-        if member_cfg.size != cfg.size:  # a member at its own size is timed on images of that size
-            member_images = load_competition(cfg.data, project_root=project.root, size=member_cfg.size,
-                                             drop_bad_rows=cfg.drop_bad_rows)[1]
-        member_cfg, figures = measure_throughput(member_cfg, comp, member_images, is_sample=is_sample,
-                                                 label=member.label, steps=measure_steps,
-                                                 choose_precision=not started_with)
-        epoch_s, fixed_s = epoch_costs(member_cfg.resolved(sample=is_sample), n_train=len(comp.train),
-                                       n_test=len(comp.test), train_ips=figures["train"], infer_ips=figures["infer"])
-        plan = ModelPlan(member_cfg, 0.0, figures["train"], figures["infer"], epoch_s, fixed_s, 0, share=share,
-                         max_epochs=EPOCH_CAPS.get(member_cfg.model, max_epochs), label=member.label)
-        if started_with:
-            plan.epochs, plan.resumed = int(started_with["epochs"]), True
-        plans.append(plan)
-    return plans
-
-
-def plan_members(plans: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int, min_epochs: int,
-                 spent_s: float, time_limit: float) -> list[ModelPlan]:
-    measured = list(plans)
-    plans, left_out = allot(plans, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
-    if plans[0].epochs < 1:
+def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
+               min_epochs: int, spent_s: float, time_limit: float) -> Schedule:
+    measured = plans + spares
+    kept, left_out = allot(plans + spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    if kept[0].epochs < 1:
         need = min(folds * (p.epoch_s + p.fixed_s) * SAFETY for p in measured) + spent_s + BLEND_RESERVE_S
         raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: one epoch on {folds} folds of the "
                           f"fastest model needs about {need / 60:.1f} min here. Give more time, fewer --folds or "
                           "a smaller --size.")
     for plan in left_out:
-        log(f"plan: {plan.label} left out: with it, each model would get fewer than {min_epochs} epoch(s) "
-            f"per fold; its time goes to {', '.join(p.label for p in plans)}")
-    for plan in plans:
-        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs)
+        if plan not in spares:
+            log(f"plan: {plan.label} left out for now: with it, a member would get fewer than {min_epochs} "
+                f"epoch(s) per fold; it joins if the time turns out to be there")
+    for plan in kept:
         log(f"plan: {plan.label}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
             f"img/s -> {plan.epochs} epoch(s) x {folds} folds, about {plan.estimate_s() / 60:.1f} of "
             f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
-    return plans
+    return Schedule(kept, left_out, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
 
 
-def cross_validate(plans: list[ModelPlan], *, deadline: float, project: Project, timeline: Timeline,
-                   clock: Callable[[], float]) -> list:
-    results = []
-    for position, plan in enumerate(plans):
-        # Each model may use what is left of the budget by the time it starts, in proportion to its share.
-        left = deadline - clock() - BLEND_RESERVE_S
-        later = sum(p.share_s for p in plans[position:])
-        cfg_now = dataclasses.replace(plan.cfg, time_limit=max(1.0, left * plan.share_s / later))
+def fold_budget(schedule: Schedule, plan: ModelPlan, left_s: float) -> float:
+    """The seconds the next fold of `plan` may take: its part of what is left, by the estimates."""
+    later = [p for p in schedule.plans if p.folds_done < p.cfg.folds]
+    total = sum(p.estimate_s() for p in later) or 1.0
+    return max(1.0, left_s * plan.estimate_s() / total / (plan.cfg.folds - plan.folds_done))
+
+
+def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: float, project: Project,
+                   timeline: Timeline, clock: Callable[[], float]) -> list:
+    """Train the schedule's members fold by fold, re-planning after every fold; returns their results."""
+    results = [run_cv(dataclasses.replace(plan.cfg, epochs=plan.epochs), root=project.root, clock=clock)
+               for plan in schedule.plans if plan.folds_done == plan.cfg.folds]   # finished by an earlier command
+    while (plan := schedule.next_plan()) is not None:
+        if deadline - clock() - BLEND_RESERVE_S <= 0:
+            break
+        schedule.start(plan)
+        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs)
+        if members[plan.label].pseudo:   # the first round is done by now: fold k learns from its fold-k models
+            first_round = [f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in results if r.complete]
+            plan.cfg = dataclasses.replace(plan.cfg, pseudo_labels=first_round)
         run_started = clock()
-        result = run_cv(cfg_now, root=project.root, clock=clock)
+        result = None
+        for fold in range(plan.cfg.folds):
+            run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
+            trained_before = fold_done_file(run_dir, fold).is_file()
+            left = deadline - clock() - BLEND_RESERVE_S
+            fold_started = clock()
+            result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold],
+                                                time_limit=fold_budget(schedule, plan, left)),
+                            root=project.root, clock=clock)
+            if trained_before:
+                continue
+            schedule.observe(plan, clock() - fold_started)
+            for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
+                log(f"re-plan after {plan.label} fold {fold}: {change}")
         timeline.mark(f"cv {plan.label} ({plan.epochs} epochs x {plan.cfg.folds} folds)", run_started)
         cut = [f for f in range(plan.cfg.folds) if fold_done_file(result.run_dir, f).is_file()
                and read_json(fold_done_file(result.run_dir, f)).get("cut_at_epoch") is not None]
@@ -188,11 +173,12 @@ def cross_validate(plans: list[ModelPlan], *, deadline: float, project: Project,
     return results
 
 
-def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list[float] | None = None,
-         given: set[str] | None = None, name: str | None = None, max_epochs: int = 40, min_epochs: int = 4,
-         root: Path | None = None, overwrite: bool = False, measure_steps: int = 12,
-         clock: Callable[[], float] = time.monotonic) -> dict:
-    """Cross-validate `models` and blend them into a submission, all within `time_limit` seconds.
+def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list[str] | None = None,
+         shares: list[float] | None = None, pseudo_label: bool = False, given: set[str] | None = None,
+         name: str | None = None, max_epochs: int = 40, min_epochs: int = 4, root: Path | None = None,
+         overwrite: bool = False, measure_steps: int = 12, clock: Callable[[], float] = time.monotonic) -> dict:
+    """Cross-validate `models` (and `spares` where time allows) and blend them into a submission, all within
+    `time_limit` seconds.
 
     `given`: the fields the user chose, which the recipes leave alone (default: those that differ
     from TrainConfig's defaults)."""
@@ -203,25 +189,38 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list
     shares = shares or [1.0] * len(models)
     if given is None:
         given = {k for k, v in dataclasses.asdict(cfg).items() if v != getattr(TrainConfig(), k)}
-    folder, competition, is_sample = locate(cfg.data, project_root=project.root)
+    _, competition, is_sample = locate(cfg.data, project_root=project.root)
     name = name or f"best-{competition}-{int(time_limit // 60)}m"
     members = member_specs(cfg, models, given=given, name=name, sample=is_sample)
+    extra = member_specs(cfg, spares or [], given=given, name=name, sample=is_sample)
+    if pseudo_label:
+        extra.append(pseudo_member(members[0]))
+    check_distinct(members + extra)
     out = project.submissions / f"{name}.csv"
     check_output(out, overwrite=overwrite)
-    with_reachable_weights(members, cfg, given=given, name=name, sample=is_sample)
+    with_reachable_weights(members + extra, cfg, given=given, name=name, sample=is_sample)
 
     comp, train_images, _ = load_competition(cfg.data, project_root=project.root, size=cfg.size,
-                                             drop_bad_rows=cfg.drop_bad_rows)
+                                             drop_bad_rows=cfg.drop_bad_rows, folds=cfg.folds)
     folds_for(comp.train, competition=comp.name, k=cfg.folds, seed=cfg.fold_seed, folds_dir=project.folds)
     now = timeline.mark("prepare data and folds", started)
 
-    plans = measure_members(members, shares, cfg=cfg, comp=comp, images=train_images, project=project, given=given,
-                            is_sample=is_sample, max_epochs=max_epochs, measure_steps=measure_steps)
+    measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
+                   max_epochs=max_epochs, measure_steps=measure_steps, caps=EPOCH_CAPS)
+    plans = measure_members(members, shares, **measure)
+    spare_plans = measure_members(extra, [1.0] * len(extra), **measure)
     now = timeline.mark("measure throughput", now)
-    plans = plan_members(plans, deadline - now - BLEND_RESERVE_S, folds=cfg.folds, max_epochs=max_epochs,
-                         min_epochs=min_epochs, spent_s=now - started, time_limit=time_limit)
-    results = cross_validate(plans, deadline=deadline, project=project, timeline=timeline, clock=clock)
+    schedule = first_plan(plans, spare_plans, deadline - now - BLEND_RESERVE_S, folds=cfg.folds,
+                          max_epochs=max_epochs, min_epochs=min_epochs, spent_s=now - started, time_limit=time_limit)
+    by_label = {m.label: m for m in members + extra}
+    results = cross_validate(schedule, members=by_label, deadline=deadline, project=project, timeline=timeline,
+                             clock=clock)
+    return blend_and_write(results, schedule, comp=comp, out=out, overwrite=overwrite, started=started,
+                           time_limit=time_limit, timeline=timeline, clock=clock)
 
+
+def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overwrite: bool, started: float,
+                    time_limit: float, timeline: Timeline, clock: Callable[[], float]) -> dict:
     blend_started = clock()
     complete = [r for r in results if r.complete]
     if not complete:
@@ -240,8 +239,8 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], shares: list
         log(f"  {what:<44} {seconds / 60:6.1f} min")
     return {"submission": str(out), "cv": blended.cv.as_dict(), "seconds": total, "time_limit": time_limit,
             "members": {f"{r.run_dir.parent.name}/{r.run_dir.name}": r.scores.as_dict() for r in complete},
-            "epochs": {p.label: p.epochs for p in plans}, "timeline": timeline.phases,
-            "plans": [(p.label, p.estimate_s(), p.share_s) for p in plans]}
+            "epochs": {p.label: p.epochs for p in schedule.plans}, "timeline": timeline.phases,
+            "plans": [(p.label, p.estimate_s(), p.share_s) for p in schedule.plans]}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -253,6 +252,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", "--model", dest="models", default=DEFAULT_MODELS,
                         help=f"comma-separated members (default: {DEFAULT_MODELS}); MODEL:FIELD=VALUE[:...] trains "
                              "a member with its own options")
+    parser.add_argument("--spares", default=DEFAULT_SPARES,
+                        help=f"members that join only if the time is there (default: {DEFAULT_SPARES or 'none'}; "
+                             "'' for none)")
+    parser.add_argument("--pseudo-label", action="store_true",
+                        help="a second round of the first member that also learns from the test images, labelled "
+                             "for each fold by the first round's models of that fold (kit/pseudo.py)")
     parser.add_argument("--shares", help="relative time shares of the members, e.g. 2,1 (default: equal)")
     parser.add_argument("--name", help="run and submission name (default: best-<competition>-<minutes>m)")
     parser.add_argument("--max-epochs", type=int, default=40, help="upper bound on the planned epochs per fold "
@@ -264,13 +269,14 @@ def main(argv=None) -> int:
     add_config_arguments(parser, skip={"name", "time_limit", "overwrite", "only_folds"})
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    spares = [m.strip() for m in args.spares.split(",") if m.strip()]
     if args.epochs is not None:
         raise ConfigError("--epochs is planned from the time limit here; use --max-epochs to cap it")
     if not args.time_limit > 0:
         raise ConfigError(f"--time-limit {args.time_limit}: must be a positive duration, e.g. 60m")
     if args.max_epochs < 1 or args.min_epochs < 1:
         raise ConfigError("--max-epochs and --min-epochs must be at least 1")
-    best(config_from_args(args), time_limit=args.time_limit, models=models, shares=parse_shares(args.shares, models),
-         given=set(given_fields(args)), name=args.name, max_epochs=args.max_epochs, min_epochs=args.min_epochs,
-         overwrite=args.overwrite)
+    best(config_from_args(args), time_limit=args.time_limit, models=models, spares=spares,
+         shares=parse_shares(args.shares, models), pseudo_label=args.pseudo_label, given=set(given_fields(args)),
+         name=args.name, max_epochs=args.max_epochs, min_epochs=args.min_epochs, overwrite=args.overwrite)
     return 0

@@ -29,6 +29,11 @@ RECIPES = {
     # dlib's pretrained age network: its learning rates are config.PRETRAINED_DEFAULTS'.
     "dlib_age": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                      age_target="bins", tta=True),
+    # dlib's face-recognition network: dlib_age's recipe, at a size it keeps its detail at.
+    "dlib_face": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
+                      age_target="bins", tta=True, size=112),
+    "dlib_face_emb": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
+                          age_target="bins", tta=True, size=112),
 }
 # Epochs past which a model's held-out score falls (fold 0 of the real data): dlib_age scored 0.8322 with 6
 # epochs and 0.8277 with 10 (training loss 0.33: it overfits). Time a capped model does not need goes to the
@@ -38,6 +43,8 @@ EPOCH_CAPS = {"dlib_age": 6}
 # 0.8322 alone and 0.8376 averaged (a third, at 5e-4, added nothing: 0.8367); a CPU hour here buys both with
 # time to spare (resnet18 from random init scored 0.818 with the whole hour).
 DEFAULT_MODELS = "dlib_age,dlib_age:lr_backbone=1e-3"
+# Members that join only when the plan finds the time for them (a second seed: a cheap blend member).
+DEFAULT_SPARES = ""
 LEARNING_RATE_FIELDS = ("lr_head", "lr_backbone", "unfreeze_epoch")
 # What the plan decides, never a member's own: its epochs (from the time), and what every member shares.
 PER_MEMBER = tuple(name for name in MEMBER_FIELDS if name != "epochs")

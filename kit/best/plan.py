@@ -30,28 +30,38 @@ class ModelPlan:
     epochs: int
     share: float = 1.0             # relative share of the time (--shares)
     label: str = ""                # the --models entry (model name, and its overrides if any)
-    resumed: bool = False
+    resumed: bool = False          # its run exists (an earlier command): its epochs are fixed
     max_epochs: int = 40           # --max-epochs, or the model's EPOCH_CAPS entry if lower
+    folds_done: int = 0            # folds finished in this command or before it
+    speed: float = 1.0             # seconds seen / seconds estimated, over the folds trained so far
+    margin: float = SAFETY         # smaller once real folds have been timed
+
+    def fold_s(self) -> float:
+        """The estimate of one fold, without the margin."""
+        return (self.epochs * self.epoch_s + self.fixed_s) * self.speed
 
     def estimate_s(self) -> float:
-        return self.cfg.folds * (self.epochs * self.epoch_s + self.fixed_s) * SAFETY
+        """What the folds still to train will take, with the margin."""
+        return (self.cfg.folds - self.folds_done) * self.fold_s() * self.margin
 
 
-def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float,
-                infer_ips: float) -> tuple[float, float]:
+def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float,
+                extra_train: int = 0) -> tuple[float, float]:
     """(seconds of one epoch of one fold, seconds per fold outside the epochs), from measured images/s.
 
-    Epochs are scored on one view of the held-out rows; the final predictions add the flips (--tta)."""
+    Epochs are scored on one view of the held-out rows; the final predictions add the flips (--tta).
+    `extra_train`: images each epoch trains on besides the fold's rows (pseudo-labelled test images)."""
     views = 2 if cfg.tta else 1
     n_valid = n_train / cfg.folds
-    epoch = (n_train - n_valid) / train_ips + n_valid / infer_ips
+    epoch = (n_train - n_valid + extra_train) / train_ips + n_valid / infer_ips
     fixed = (n_valid + n_test) * views / infer_ips
     return epoch, fixed
 
 
-def plan_epochs(share_s: float, folds: int, epoch_s: float, fixed_s: float, max_epochs: int) -> int:
+def plan_epochs(share_s: float, folds: int, epoch_s: float, fixed_s: float, max_epochs: int, *,
+                margin: float = SAFETY, speed: float = 1.0) -> int:
     """The most epochs per fold (at most max_epochs) whose estimated cost, with the margin, fits share_s."""
-    per_fold = share_s / SAFETY / folds - fixed_s
+    per_fold = share_s / margin / speed / folds - fixed_s
     return max(0, min(max_epochs, math.floor(per_fold / epoch_s)))
 
 
@@ -87,12 +97,69 @@ def share_out(plans: list[ModelPlan], available_s: float, folds: int) -> None:
             plan = plans[i]
             plan.share_s = left * plan.share / total_share
             if not plan.resumed:
-                plan.epochs = plan_epochs(plan.share_s, folds, plan.epoch_s, plan.fixed_s, plan.max_epochs)
+                plan.epochs = plan_epochs(plan.share_s, folds, plan.epoch_s, plan.fixed_s, plan.max_epochs,
+                                          margin=plan.margin, speed=plan.speed)
             if (plan.resumed or plan.epochs == plan.max_epochs) and plan.estimate_s() < plan.share_s:
                 fixed[i] = plan.share_s = plan.estimate_s()
                 newly_fixed = True
         if not newly_fixed or len(fixed) == len(plans):
             return
+
+
+class Schedule:
+    """The plan, kept up to date as folds finish: the members training or trained (their epochs fixed),
+    the members still to start, and those waiting for time (left out, or spares).
+
+    After every fold, `observe` compares the fold's seconds with their estimate; `replan` then spreads the
+    time left over the members not started yet, waiting ones included, with estimates scaled by what the
+    machine really does: a slow first measurement costs no member, and time a capped member does not need
+    goes to another member or more epochs."""
+
+    SEEN_MARGIN = 1.05   # once folds have been timed, the margin only covers one fold's noise
+
+    def __init__(self, kept: list[ModelPlan], waiting: list[ModelPlan], *, folds: int, max_epochs: int,
+                 min_epochs: int):
+        self.plans, self.waiting = kept, waiting
+        self.folds, self.max_epochs, self.min_epochs = folds, max_epochs, min_epochs
+        self.seen_s = self.estimated_s = 0.0
+
+    def started(self) -> list[ModelPlan]:
+        return [p for p in self.plans if p.resumed]
+
+    def next_plan(self) -> ModelPlan | None:
+        return next((p for p in self.plans if p.folds_done < p.cfg.folds), None)
+
+    def start(self, plan: ModelPlan) -> None:
+        plan.resumed = True   # from now on its epochs are fixed, as a resumed run's are
+
+    def observe(self, plan: ModelPlan, seconds: float) -> None:
+        """A fold of `plan` was trained in `seconds`."""
+        self.estimated_s += plan.fold_s() / plan.speed
+        self.seen_s += seconds
+        plan.folds_done += 1
+
+    def replan(self, available_s: float) -> list[str]:
+        """Re-split `available_s` (from now to the deadline, less the reserve); returns what changed."""
+        speed = self.seen_s / self.estimated_s if self.estimated_s else 1.0
+        for plan in self.plans + self.waiting:
+            plan.speed, plan.margin = speed, self.SEEN_MARGIN
+        before = {p.label: p.epochs for p in self.plans}
+        committed = sum(p.estimate_s() for p in self.plans if p.resumed)
+        open_plans = [p for p in self.plans if not p.resumed] + self.waiting
+        kept, left_out = allot(open_plans, available_s - committed, folds=self.folds, max_epochs=self.max_epochs,
+                               min_epochs=self.min_epochs) if open_plans else ([], [])
+        if kept and not kept[0].resumed and kept[0].epochs < min(self.min_epochs, kept[0].max_epochs):
+            kept, left_out = [], kept + left_out   # not even one more member fits now
+        self.plans = [p for p in self.plans if p.resumed] + kept
+        self.waiting = left_out
+        after = {p.label: p.epochs for p in self.plans}
+        changes = [f"{label}: {before[label]} -> {epochs} epoch(s)" for label, epochs in after.items()
+                   if label in before and before[label] != epochs]
+        changes += [f"{label}: joins with {epochs} epoch(s)" for label, epochs in after.items() if label not in before]
+        changes += [f"{label}: left out (no time for it)" for label in before if label not in after]
+        if changes:
+            changes.insert(0, f"the machine runs at {1 / speed:.2f}x the measured speed")
+        return changes
 
 
 def parse_shares(text: str | None, models: list[str]) -> list[float]:

@@ -32,6 +32,7 @@ from kit.kaggle.ledger import now_utc
 from kit.log import log
 from kit.paths import Project
 
+MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
 MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
 
 
@@ -137,6 +138,44 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry) -> Path:
+    """--sample, else the sidecar's, else data/<slug>/'s, else sample_submission.csv from Kaggle."""
+    if sample is not None:
+        if not Path(sample).is_file():
+            raise SubmitError(f"--sample {sample}: no such file")
+        return Path(sample)
+    recorded = sidecar.get("sample_submission")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    local = sorted((root / "data" / slug).rglob("sample_submission.csv"), key=lambda p: (len(p.parts), str(p)))
+    if local:
+        return local[0]
+    cache = root / ".cache" / "kaggle" / slug
+    cached = sorted(cache.rglob("sample_submission.csv"))
+    if cached:
+        return cached[0]
+    log(f"no sample_submission.csv for '{slug}' here (run facekit download); fetching it from Kaggle")
+    api = kaggle()
+    name = call_with_retry("finding sample_submission.csv", lambda: _find_data_file(api, slug, "sample_submission.csv"),
+                           competition=slug, retry=retry)
+    call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
+        slug, name, path=str(cache), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
+    return cache / name
+
+
+def _find_data_file(api, slug: str, basename: str) -> str:
+    page_token = None
+    for _ in range(MAX_FILE_LIST_PAGES):
+        response = api.competition_list_files(slug, page_token=page_token, page_size=200)
+        names = [f.name for f in response.files if f.name.rsplit("/", 1)[-1] == basename]
+        if names:
+            return min(names, key=len)
+        page_token = response.next_page_token
+        if not page_token:
+            break
+    raise SubmitError(f"'{slug}' has no {basename} among its data files; pass --sample PATH")
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,11 @@ confirms it (so a crash or Ctrl-C while waiting loses nothing), and when its sco
 row with the same ref says `complete` or `error`. The latest row per (competition, ref) is the
 submission's state. Appending reads the existing bytes, adds one line and renames a complete new
 file into place (kit.files.atomic_path) under a lock, so concurrent submits cannot drop a row.
+
+Before an upload, an intent row is written (ref `intent-<id>`, status `submitting`); once Kaggle
+confirms, the intent is marked `confirmed` beside the real ref's `pending` row. A process killed
+between the upload and that row leaves the intent `submitting`: the next submit resolves it against
+Kaggle's own list of submissions (kit/kaggle/submit.py), so a confirmed upload is recorded, not repeated.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import csv
 import fcntl
 import io
 import os
+import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +28,7 @@ from kit.files import atomic_path
 COLUMNS = ["time", "file", "sha256", "ref", "message", "competition", "cv_score", "status",
            "public_score", "error"]
 HEADER = ",".join(COLUMNS) + "\n"
+INTENT_PREFIX = "intent-"
 
 
 def now_utc() -> str:
@@ -88,5 +95,25 @@ def latest_states(rows: list[dict]) -> list[dict]:
 
 
 def rows_for_file(rows: list[dict], sha256: str, competition: str) -> list[dict]:
-    """The recorded submissions of a file with this content to this competition."""
-    return [row for row in latest_states(rows) if row["sha256"] == sha256 and row["competition"] == competition]
+    """The recorded submissions (not intents) of a file with this content to this competition."""
+    return [row for row in latest_states(rows)
+            if not is_intent(row) and row["sha256"] == sha256 and row["competition"] == competition]
+
+
+def is_intent(row: dict) -> bool:
+    return row["ref"].startswith(INTENT_PREFIX)
+
+
+def new_intent_ref() -> str:
+    return INTENT_PREFIX + uuid.uuid4().hex[:12]
+
+
+def unresolved_intents(rows: list[dict], competition: str) -> list[dict]:
+    """Intents whose process never said how the upload ended (killed between upload and ledger row)."""
+    return [row for row in latest_states(rows)
+            if is_intent(row) and row["status"] == "submitting" and row["competition"] == competition]
+
+
+def submit_lock_path(ledger_path: Path) -> Path:
+    """Held across a submit's ledger check, upload and ledger row (kit.files.exclusive_lock)."""
+    return ledger_path.parent / f".{ledger_path.name}.submit.lock"

@@ -8,6 +8,11 @@ The official client does all the talking (see kit/kaggle/api.py for connecting, 
 HTTP error means); this module decides what to send and records what Kaggle confirmed in
 submissions/ledger.csv (kit/kaggle/ledger.py). The competition is --competition, else
 $KAGGLE_COMPETITION, else the project's.
+
+A daily submission is never wasted twice: the ledger check, the upload and the ledger row are one
+critical section (a lock beside the ledger, held by one submit at a time), an intent row is written
+before the upload, and an intent left by a killed process is resolved against Kaggle's own list of
+submissions before anything new is uploaded.
 """
 from __future__ import annotations
 
@@ -15,32 +20,30 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
-from kit.files import sha256_file
+from kit.files import exclusive_lock, sha256_file
 from kit.kaggle.api import DEFAULT_RETRY, Retry, add_competition_argument, call_with_retry, connect, resolve_competition
-from kit.kaggle.ledger import append_row, latest_states, now_utc, read_rows, rows_for_file
+from kit.kaggle.download import find_sample
+from kit.kaggle.ledger import (
+    append_row,
+    new_intent_ref,
+    now_utc,
+    read_rows,
+    rows_for_file,
+    submit_lock_path,
+    unresolved_intents,
+)
+from kit.kaggle.scores import DEFAULT_POLLING, Polling, score_line, status_of, wait_for_score
 from kit.log import log
 from kit.options import parse_duration
 from kit.paths import Project
 
-MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
+CLOCK_SKEW = timedelta(minutes=5)         # between this machine's clock and Kaggle's, when matching an intent
 
 
-@dataclass(frozen=True)
-class Polling:
-    """How to wait for a score: checks `interval` apart, growing by `factor`, for `timeout` seconds."""
-    interval: float = 5.0
-    factor: float = 1.5
-    max_interval: float = 60.0
-    timeout: float = 1800.0
-
-
-DEFAULT_POLLING = Polling()
-
-
-# ----------------------------------------------------------------------------- submit
 @dataclass
 class SubmitResult:
     status: str                  # dry-run | pending | complete | error
@@ -49,6 +52,18 @@ class SubmitResult:
     cv_score: float | None = None
     remaining_today: int | None = None
     error: str | None = None
+
+
+class Connection:
+    """The Kaggle client, connected on first use: a dry run with local data never connects."""
+
+    def __init__(self, api=None):
+        self._api = api
+
+    def __call__(self):
+        if self._api is None:
+            self._api = connect()
+        return self._api
 
 
 def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=None,
@@ -64,8 +79,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     those cases was anything submitted or recorded. A relative `path` is read from the project root.
     """
     project = Project.at(root)
-    root = project.root
-    path = root / path
+    path = project.root / path
     ledger_path = Path(ledger_path) if ledger_path else project.ledger
     slug = resolve_competition(competition)
     if not path.is_file():
@@ -76,41 +90,102 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     if sidecar.get("competition") not in (None, slug):
         log(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
             f"submitting to '{slug}'")
-
-    connection = {}  # a dry run with local data never connects
-
-    def kaggle():
-        if "api" not in connection:
-            connection["api"] = api or connect()
-        return connection["api"]
-
+    kaggle = Connection(api)
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
-    # 1. an invalid file is never uploaded; 2. nor one the ledger already has
-    sample_path = find_sample(slug, sample, sidecar, root, kaggle, retry)
+    # 1. an invalid file is never uploaded
+    sample_path = find_sample(slug, sample, sidecar, project.root, kaggle, retry)
     validate_submission_file(path, sample_path)
-    earlier = rows_for_file(read_rows(ledger_path), sha256, slug)  # also checks the ledger before uploading
+    message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
+    row = {"file": str(path), "sha256": sha256, "message": message, "competition": slug,
+           "cv_score": "" if cv_score is None else f"{cv_score:.6f}"}
+    with exclusive_lock(submit_lock_path(ledger_path)):
+        # 2. nor one the ledger (or Kaggle, for an upload whose process was killed) already has
+        resolve_intents(kaggle, ledger_path, slug, retry)
+        refuse_duplicate(ledger_path, path, sha256, slug, force)
+        log(f"{path}: valid against {sample_path}")
+        if dry_run:
+            log(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
+            return SubmitResult("dry-run", cv_score=cv_score)
+        # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
+        check_allowance(kaggle(), slug)
+        ref = upload(kaggle(), path, row, ledger_path, retry=retry, sleep=sleep, create=create)
+    log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
+    return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
+                        polling=polling, retry=retry, sleep=sleep)
+
+
+def refuse_duplicate(ledger_path: Path, path: Path, sha256: str, slug: str, force: bool) -> None:
+    earlier = rows_for_file(read_rows(ledger_path), sha256, slug)
     if earlier and not force:
         row = earlier[-1]
         raise SubmitError(f"{path} (sha256 {sha256[:12]}) was already submitted to '{slug}' on {row['time']} as "
                           f"ref {row['ref']} ({row['status']}, public score {row['public_score'] or '-'}); "
                           f"see {ledger_path}. Pass --force to submit it again")
-    message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
-    log(f"{path}: valid against {sample_path}")
-    if dry_run:
-        log(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
-        return SubmitResult("dry-run", cv_score=cv_score)
 
-    # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
-    limits = submission_limits(kaggle(), slug)
+
+def check_allowance(api, slug: str) -> None:
+    limits = submission_limits(api, slug)
     if limits is not None and limits.num_allowed_now == 0 and (limits.num_today > 0 or limits.limited_by_total):
         raise KaggleFault(f"the daily submission limit of '{slug}' is reached ({limits.num_today} used today); "
                           f"stopping before the upload. Try again after midnight UTC", kind="daily_limit")
-    ref = (create or create_submission)(kaggle(), path, message, slug, retry=retry, sleep=sleep)
-    row = {"time": now_utc(), "file": str(path), "sha256": sha256, "ref": ref, "message": message,
-           "competition": slug, "cv_score": "" if cv_score is None else f"{cv_score:.6f}", "status": "pending"}
-    _record(ledger_path, row)
-    log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
+
+
+def upload(api, path: Path, row: dict, ledger_path: Path, *, retry: Retry, sleep, create=None) -> int:
+    """The intent row, the upload (`create`, default create_submission), then the confirmed submission's
+    pending row and the intent resolved."""
+    intent = {**row, "time": now_utc(), "ref": new_intent_ref(), "status": "submitting"}
+    append_row(ledger_path, intent)
+    try:
+        ref = (create or create_submission)(api, path, row["message"], row["competition"], retry=retry, sleep=sleep)
+    except KaggleFault as fault:   # create_submission looked for a lost answer first: nothing was made
+        append_row(ledger_path, {**intent, "time": now_utc(), "status": "abandoned", "error": str(fault)})
+        raise
+    _record(ledger_path, {**row, "time": now_utc(), "ref": ref, "status": "pending"})
+    append_row(ledger_path, {**intent, "time": now_utc(), "status": "confirmed", "error": f"Kaggle ref {ref}"})
+    return ref
+
+
+def resolve_intents(kaggle, ledger_path: Path, slug: str, retry: Retry) -> None:
+    """Settle intents left `submitting` by a killed submit: a submission Kaggle lists for that file,
+    message and time is recorded (pending, so its score is fetched later); otherwise the upload never
+    happened and the intent is abandoned."""
+    rows = read_rows(ledger_path)
+    open_intents = unresolved_intents(rows, slug)
+    if not open_intents:
+        return
+    recorded = {row["ref"] for row in rows}
+    listed = call_with_retry("listing submissions", lambda: kaggle().competition_submissions(slug) or [],
+                             competition=slug, retry=retry)
+    for intent in open_intents:
+        since = datetime.strptime(intent["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - CLOCK_SKEW
+        found = sorted((s for s in listed if str(s.ref) not in recorded and s.file_name == Path(intent["file"]).name
+                        and (s.description or "") == intent["message"] and _utc(s.date) >= since),
+                       key=lambda s: _utc(s.date))
+        if found:
+            ref = int(found[0].ref)
+            recorded.add(str(ref))
+            append_row(ledger_path, {**intent, "time": now_utc(), "ref": ref, "status": "pending"})
+            append_row(ledger_path, {**intent, "time": now_utc(), "status": "confirmed",
+                                     "error": f"Kaggle ref {ref}, found on Kaggle after the submit was stopped"})
+            log(f"an earlier submit of {intent['file']} was stopped after Kaggle took it: recorded Kaggle's "
+                f"submission {ref} in {ledger_path}")
+        else:
+            append_row(ledger_path, {**intent, "time": now_utc(), "status": "abandoned",
+                                     "error": "the submit was stopped before Kaggle took the upload"})
+            log(f"an earlier submit of {intent['file']} was stopped before Kaggle took it; nothing was submitted")
+
+
+def _utc(moment) -> datetime:
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, polling: Polling, retry: Retry,
+                 sleep) -> SubmitResult:
+    """After the upload: today's remaining count, then (unless --no-wait) the score, recorded."""
+    ref, slug = row["ref"], row["competition"]
     try:
         limits = submission_limits(kaggle(), slug)
     except KaggleFault:  # the submission is made and recorded; the count is only a courtesy now
@@ -119,23 +194,22 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     if remaining is not None:
         log(f"{remaining} submission(s) remaining today")
     if not wait:
-        log("not waiting for the score; `./run.sh submissions` shows it once Kaggle has it")
+        log("not waiting for the score; `facekit submissions` shows it once Kaggle has it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
-    # 4. wait for the score (Ctrl-C or giving up leaves the pending row); 5. record it
     try:
         scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep)
     except KeyboardInterrupt:
         log(f"\nstopped waiting: submission {ref} stays recorded as pending in {ledger_path}; "
-            f"`./run.sh submissions` refreshes it")
+            "`facekit submissions` refreshes it")
         raise
     except KaggleFault as fault:
         log(f"could not read the score of submission {ref}: {fault}\nit stays recorded as pending in "
-            f"{ledger_path}; `./run.sh submissions` refreshes it")
+            f"{ledger_path}; `facekit submissions` refreshes it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
-    status = _status(scored)
+    status = status_of(scored)
     if status == "pending":
         log(f"submission {ref} is still being scored after {polling.timeout:.0f}s; it stays pending in "
-            f"{ledger_path}; `./run.sh submissions` refreshes it")
+            f"{ledger_path}; `facekit submissions` refreshes it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     _record(ledger_path, {**row, "time": now_utc(), "status": status, "public_score": scored.public_score or "",
                           "error": scored.error_description or ""})
@@ -143,7 +217,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
         log(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
         return SubmitResult("error", ref, cv_score=cv_score, remaining_today=remaining,
                             error=scored.error_description)
-    log(_score_line(scored.public_score, cv_score))
+    log(score_line(scored.public_score, cv_score))
     log(f"recorded in {ledger_path}")
     return SubmitResult("complete", ref, scored.public_score, cv_score, remaining)
 
@@ -169,17 +243,6 @@ def _cv_score(sidecar: dict, sha256: str, path: Path) -> float | None:
     return float(sidecar["cv_score"])
 
 
-def _score_line(public: str | None, cv: float | None) -> str:
-    line = f"public score {public or '(not published)'}"
-    if cv is not None:
-        line += f"   CV score {cv:.5f}"
-        try:
-            line += f"   (public - CV = {float(public) - cv:+.5f})"
-        except (TypeError, ValueError):
-            pass
-    return line
-
-
 def _record(ledger_path: Path, row: dict) -> None:
     """Append to the ledger; if that fails Kaggle has the submission anyway, so say so loudly."""
     try:
@@ -188,44 +251,6 @@ def _record(ledger_path: Path, row: dict) -> None:
         log(f"WARNING: Kaggle has submission {row['ref']} ({row['status']}) but it could not be written to "
             f"{ledger_path}: {error}. Add it by hand: {json.dumps(row)}")
         raise
-
-
-def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry) -> Path:
-    """--sample, else the sidecar's, else data/<slug>/'s, else sample_submission.csv from Kaggle."""
-    if sample is not None:
-        if not Path(sample).is_file():
-            raise SubmitError(f"--sample {sample}: no such file")
-        return Path(sample)
-    recorded = sidecar.get("sample_submission")
-    if recorded and Path(recorded).is_file():
-        return Path(recorded)
-    local = sorted((root / "data" / slug).rglob("sample_submission.csv"), key=lambda p: (len(p.parts), str(p)))
-    if local:
-        return local[0]
-    cache = root / ".cache" / "kaggle" / slug
-    cached = sorted(cache.rglob("sample_submission.csv"))
-    if cached:
-        return cached[0]
-    log(f"no sample_submission.csv for '{slug}' here (run ./run.sh download); fetching it from Kaggle")
-    api = kaggle()
-    name = call_with_retry("finding sample_submission.csv", lambda: _find_data_file(api, slug, "sample_submission.csv"),
-                           competition=slug, retry=retry)
-    call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
-        slug, name, path=str(cache), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
-    return cache / name
-
-
-def _find_data_file(api, slug: str, basename: str) -> str:
-    page_token = None
-    for _ in range(MAX_FILE_LIST_PAGES):
-        response = api.competition_list_files(slug, page_token=page_token, page_size=200)
-        names = [f.name for f in response.files if f.name.rsplit("/", 1)[-1] == basename]
-        if names:
-            return min(names, key=len)
-        page_token = response.next_page_token
-        if not page_token:
-            break
-    raise SubmitError(f"'{slug}' has no {basename} among its data files; pass --sample PATH")
 
 
 # ----------------------------------------------------------------------------- Kaggle calls
@@ -330,84 +355,6 @@ def submission_limits(api, slug: str):
         return None
 
 
-def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
-    """The submission's current state, or None while Kaggle does not show it yet (it may lag a moment).
-
-    Called through kagglesdk rather than KaggleApi.get_submission, whose own retry loop waits
-    minutes on a dead connection; call_with_retry's bounds apply instead.
-    """
-    import requests
-    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
-
-    request = ApiGetSubmissionRequest()
-    request.ref = int(ref)
-
-    def read():
-        with api.build_kaggle_client() as client:
-            try:
-                return client.competitions.competition_api_client.get_submission(request)
-            except requests.exceptions.HTTPError as error:
-                if error.response is not None and error.response.status_code == 404:
-                    return None
-                raise
-
-    return call_with_retry(f"reading submission {ref}", read, competition=slug, retry=retry)
-
-
-def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLING, retry: Retry = DEFAULT_RETRY,
-                   sleep=time.sleep):
-    """Poll until the submission is scored or errored, or `polling.timeout` passes; return its last state."""
-    deadline = time.monotonic() + polling.timeout
-    interval = polling.interval
-    while True:
-        submission = get_submission(api, ref, slug, retry)
-        if submission is not None and _status(submission) != "pending":
-            return submission
-        if time.monotonic() + interval > deadline:
-            return submission
-        log(f"  submission {ref}: being scored; next check in {interval:.0f}s")
-        sleep(interval)
-        interval = min(interval * polling.factor, polling.max_interval)
-
-
-def _status(submission) -> str:
-    return "pending" if submission is None else submission.status.name.lower()
-
-
-# ----------------------------------------------------------------------------- the ledger, listed
-def list_submissions(competition: str | None = None, *, root=None, ledger_path=None, refresh: bool = True, api=None,
-                     retry: Retry = DEFAULT_RETRY) -> list[dict]:
-    """Print and return the latest state of every recorded submission; ask Kaggle about pending ones."""
-    ledger_path = Path(ledger_path) if ledger_path else Project.at(root).ledger
-
-    def current() -> list[dict]:
-        states = latest_states(read_rows(ledger_path))
-        return [row for row in states if competition is None or row["competition"] == competition]
-
-    pending = [row for row in current() if row["status"] == "pending"]
-    if refresh and pending:
-        try:
-            api = api or connect()
-            for row in pending:
-                scored = get_submission(api, int(row["ref"]), row["competition"], retry)
-                if _status(scored) != "pending":
-                    append_row(ledger_path, {**row, "time": now_utc(), "status": _status(scored),
-                                             "public_score": scored.public_score or "",
-                                             "error": scored.error_description or ""})
-        except KaggleFault as fault:
-            log(f"could not refresh the pending submissions: {fault}")
-    rows = current()
-    log(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    columns = [("time", "time"), ("ref", "ref"), ("file", "file"), ("status", "status"),
-               ("public_score", "public"), ("cv_score", "cv"), ("message", "message")]
-    cells = [[label for _, label in columns]] + [[row[key] or "-" for key, _ in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
-
 
 # ----------------------------------------------------------------------------- command line
 def submit_main(argv=None) -> int:
@@ -447,6 +394,8 @@ def submit_main(argv=None) -> int:
 
 
 def submissions_main(argv=None) -> int:
+    from kit.kaggle.scores import list_submissions
+
     parser = argparse.ArgumentParser(prog="facekit submissions", description="List submissions/ledger.csv, "
                                      "asking Kaggle for the scores of pending submissions.")
     parser.add_argument("--competition", help="only this competition's submissions")

@@ -1,0 +1,119 @@
+"""A submission's public score: reading it, waiting for it, and the ledger listed with fresh scores.
+
+    scored = wait_for_score(api, ref, slug, polling=Polling(interval=5, timeout=1800))
+    list_submissions()          # what `facekit submissions` prints; pending ones are asked about first
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.errors import KaggleFault
+from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect
+from kit.kaggle.ledger import append_row, is_intent, latest_states, now_utc, read_rows
+from kit.log import log
+from kit.paths import Project
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How to wait for a score: checks `interval` apart, growing by `factor`, for `timeout` seconds."""
+    interval: float = 5.0
+    factor: float = 1.5
+    max_interval: float = 60.0
+    timeout: float = 1800.0
+
+
+DEFAULT_POLLING = Polling()
+
+
+def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
+    """The submission's current state, or None while Kaggle does not show it yet (it may lag a moment).
+
+    Called through kagglesdk rather than KaggleApi.get_submission, whose own retry loop waits
+    minutes on a dead connection; call_with_retry's bounds apply instead.
+    """
+    import requests
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    request = ApiGetSubmissionRequest()
+    request.ref = int(ref)
+
+    def read():
+        with api.build_kaggle_client() as client:
+            try:
+                return client.competitions.competition_api_client.get_submission(request)
+            except requests.exceptions.HTTPError as error:
+                if error.response is not None and error.response.status_code == 404:
+                    return None
+                raise
+
+    return call_with_retry(f"reading submission {ref}", read, competition=slug, retry=retry)
+
+
+def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLING, retry: Retry = DEFAULT_RETRY,
+                   sleep=time.sleep):
+    """Poll until the submission is scored or errored, or `polling.timeout` passes; return its last state."""
+    deadline = time.monotonic() + polling.timeout
+    interval = polling.interval
+    while True:
+        submission = get_submission(api, ref, slug, retry)
+        if submission is not None and status_of(submission) != "pending":
+            return submission
+        if time.monotonic() + interval > deadline:
+            return submission
+        log(f"  submission {ref}: being scored; next check in {interval:.0f}s")
+        sleep(interval)
+        interval = min(interval * polling.factor, polling.max_interval)
+
+
+def status_of(submission) -> str:
+    return "pending" if submission is None else submission.status.name.lower()
+
+
+def score_line(public: str | None, cv: float | None) -> str:
+    line = f"public score {public or '(not published)'}"
+    if cv is not None:
+        line += f"   CV score {cv:.5f}"
+        try:
+            line += f"   (public - CV = {float(public) - cv:+.5f})"
+        except (TypeError, ValueError):
+            pass
+    return line
+
+
+def list_submissions(competition: str | None = None, *, root=None, ledger_path=None, refresh: bool = True, api=None,
+                     retry: Retry = DEFAULT_RETRY) -> list[dict]:
+    """Print and return the latest state of every recorded submission; ask Kaggle about pending ones."""
+    ledger_path = Path(ledger_path) if ledger_path else Project.at(root).ledger
+
+    def current() -> list[dict]:
+        states = latest_states(read_rows(ledger_path))
+        # Intents are bookkeeping; one still "submitting" is shown: its process was stopped mid-upload.
+        return [row for row in states if (competition is None or row["competition"] == competition)
+                and (not is_intent(row) or row["status"] == "submitting")]
+
+    pending = [row for row in current() if row["status"] == "pending"]
+    if refresh and pending:
+        try:
+            api = api or connect()
+            for row in pending:
+                scored = get_submission(api, int(row["ref"]), row["competition"], retry)
+                if status_of(scored) != "pending":
+                    append_row(ledger_path, {**row, "time": now_utc(), "status": status_of(scored),
+                                             "public_score": scored.public_score or "",
+                                             "error": scored.error_description or ""})
+        except KaggleFault as fault:
+            log(f"could not refresh the pending submissions: {fault}")
+    rows = current()
+    log(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = [("time", "time"), ("ref", "ref"), ("file", "file"), ("status", "status"),
+               ("public_score", "public"), ("cv_score", "cv"), ("message", "message")]
+    cells = [[label for _, label in columns]] + [[row[key] or "-" for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)

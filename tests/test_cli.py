@@ -1,0 +1,77 @@
+"""The command line's contract, for every command: --help shows the options with their real defaults, and a
+user's mistake is one `error: ...` line with exit code 2 (no traceback), before any work starts."""
+import pytest
+
+from kit.__main__ import COMMANDS, main
+
+
+def test_the_command_list_names_every_command(capsys):
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"  {name} " in listing
+    assert main(["frobnicate"]) == 2 and "error: unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("cv", ["MODEL", "--model", "--epochs EPOCHS", "(default: 20; 4 on the synthetic sample)", "--devices"]),
+    ("tune", ["--trials", "--time-limit", "--folds-per-trial", "default: 2)", "--storage"]),
+    ("ensemble", ["RUN", "--weights", "(default: auto)", "--out"]),
+    ("best", ["--time-limit", "--models", "dlib_age,dlib_age:lr_backbone=1e-3", "--min-epochs"]),
+    ("bench", ["--model", "--steps", "(default: 30)", "--reference-workers"]),
+    ("download", ["--competition", "--dest", "--force"]),
+    ("submit", ["--message", "--dry-run", "--poll-timeout", "(default: 1800.0s)"]),
+    ("submissions", ["--competition", "--no-refresh"]),
+    ("sample", ["folder", "--train", "(default: 400)"]),
+])
+def test_every_command_has_help_with_its_defaults(command, shown, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in shown:
+        assert expected in text, (command, expected)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """A project root of its own, and no Kaggle credentials of the user's."""
+    monkeypatch.setenv("FACEKIT_ROOT", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / "kaggle"))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cv", "scratch", "--data", "/no/such/data"], "error: --data /no/such/data: no such file or folder"),
+    (["cv", "scratch", "--model", "resnet18"], "error: the model is given twice"),
+    (["cv", "scratch", "--seed", "-1"], "error: --seed -1: must be >= 0"),
+    (["cv", "scratch", "--time-limit", "nan"], "error: --time-limit nan: must be a finite number"),
+    (["tune", "--trials", "-1", "--model", "scratch"], "error: --trials must be >= 0"),
+    (["ensemble", "nope/nothing"], "error: run 'nope/nothing' not found"),
+    (["best", "--time-limit", "5m", "--epochs", "3"], "error: --epochs is planned from the time limit"),
+    (["best", "--time-limit", "5m", "--models", "scratch:size=80.5"], "size='80.5': must be an integer"),
+    (["bench", "--steps", "0"], "error: --steps 0: must be at least 1"),
+    (["download"], "error: No usable Kaggle credentials"),
+    (["submit", "submissions/none.csv"], "none.csv: no such file"),
+    (["sample", "."], "exists; the sample is written only into a new folder"),
+])
+def test_every_command_reports_a_mistake_as_one_error_line(argv, message, isolated, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_damaged_ledger_is_named_by_submissions(isolated, capsys):
+    (isolated / "submissions").mkdir()
+    (isolated / "submissions" / "ledger.csv").write_text("a,b\n1,2\n")
+    assert main(["submissions", "--no-refresh"]) == 2
+    assert "ledger.csv: first line is 'a,b'" in capsys.readouterr().err
+
+
+def test_an_unparsable_value_is_argparse_s_usage_error(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["cv", "scratch", "--epochs", "many"])
+    assert done.value.code == 2 and "--epochs: invalid int value: 'many'" in capsys.readouterr().err
