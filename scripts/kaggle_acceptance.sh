@@ -91,7 +91,8 @@ step facekit kaggle run "${POLL[@]}" -- "${KERNEL[@]}"
 OUT=$FACEKIT_ROOT/runs/kaggle/facekit-run/v1
 step ls -R "$OUT"
 step cat "$OUT/kaggle-run.json"
-mapfile -t RUNS < <(cd "$FACEKIT_ROOT/runs" && ls -d kaggle/facekit-run/v1/*/*/ | grep -v '/output/' | sed 's:/$::')
+# the kernel's complete runs (those with an oof.csv), as RUN specs under runs/
+mapfile -t RUNS < <(cd "$FACEKIT_ROOT/runs" && ls kaggle/facekit-run/v1/*/*/oof.csv | grep -v '/output/' | xargs -n1 dirname)
 step facekit ensemble "${RUNS[@]}" scratch/local --out "$FACEKIT_ROOT/submissions/kernel+local.csv"
 step facekit submit "$FACEKIT_ROOT/submissions/kernel+local.csv" -m "kernel runs + a local run" --poll-interval 1s
 step facekit submit --kernel tester/facekit-run --version 1 --poll-interval 1s
