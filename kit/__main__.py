@@ -20,6 +20,7 @@ COMMANDS = {
     "submit": ("kit.kaggle.submit:submit_main", "validate, upload, wait for the public score, record in the ledger"),
     "submissions": ("kit.kaggle.submit:submissions_main", "list the ledger and refresh pending submissions"),
     "sample": ("kit.sample", "write the synthetic sample competition to a folder"),
+    "kaggle": ("kit.kaggle.cli", "Kaggle's notebooks and GPUs: `kaggle bundle` the kit, `kaggle run -- COMMAND`"),
 }
 # Commands that train: the CPU's flush-to-zero mode must be on before torch starts its threads.
 TRAINING_COMMANDS = ("cv", "tune", "best", "bench")
@@ -74,7 +75,20 @@ def main(argv=None) -> int:
         return 2
     if command in TRAINING_COMMANDS:
         flush_denormals_before_threads()
-    return run(command_function(command), rest)
+    return run(_with_banner(command_function(command)), rest)
+
+
+def _with_banner(function):
+    """In a Kaggle notebook, a command first says where its data and outputs are (kit/notebook.py)."""
+    def command(argv):
+        from kit.log import log
+        from kit.notebook import banner
+
+        line = banner()
+        if line:
+            log(line)
+        return function(argv)
+    return command
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 A competition is a folder with train.csv (id, full_path, gender, age), test.csv (id, full_path),
 sample_submission.csv (id, gender, age) and the images those paths name. `--data` may be that folder,
 its parent (Kaggle's zip holds `face_dataset/`), or the zip itself (extracted once under .cache/).
+Without --data: in a Kaggle notebook the competition under /kaggle/input (kit/notebook.py), else
+data/<slug>/ (`facekit download`), else the synthetic sample.
 
 Every problem is collected and reported at once, with file and line, before any long work starts.
 The images are decoded once into a memory-mapped cache (kit/image_cache.py).
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit import notebook
 from kit.errors import DataError
 from kit.image_cache import cached_images
 from kit.log import log
@@ -48,9 +51,15 @@ def locate(data: str | None, *, project_root: Path) -> tuple[Path, str, bool]:
     """Resolve --data to (folder with train.csv, competition name, is the synthetic sample)."""
     if data is None:
         slug = os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
+        mounted = notebook.find_competition_input(slug) if notebook.in_notebook() else None
+        if mounted is not None:  # a Kaggle notebook: the competition as Kaggle mounts it, read-only
+            return mounted, notebook.competition_name(mounted), (mounted / ".synthetic").exists()
         downloaded = project_root / "data" / slug
         if downloaded.is_dir():
             return find_competition_folder(downloaded), slug, False
+        if notebook.in_notebook():
+            raise DataError(f"no competition files under {notebook.input_dir()}: add the competition to the "
+                            "notebook's inputs (Add Input), or pass --data PATH")
         from kit.sample import ensure_sample
 
         return ensure_sample(project_root / "data" / "sample"), "sample", True

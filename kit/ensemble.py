@@ -25,6 +25,7 @@ from kit.errors import RunError, SubmissionError
 from kit.files import atomic_path, sha256_file, write_json
 from kit.log import log
 from kit.metric import Scores, score
+from kit.notebook import publish_submission
 from kit.paths import Project
 from kit.rundir import Run, check_blendable, load_run
 from kit.submission import read_sample, validate_submission, validate_submission_file
@@ -82,7 +83,9 @@ def blend(runs: list[Run], weights: str = "auto", *, tune_threshold: bool | None
     oof = first[["id", "fold", "gender", "age"]].assign(
         gender_prob=crossed.gender_prob, gender_pred=crossed.gender_pred, age_pred=crossed.age_pred)
 
-    sample_path = Path(sample_path or Path(runs[0].config["data_dir"]) / "sample_submission.csv")
+    # The first member whose data_dir is here (a run made on Kaggle names /kaggle/input/...).
+    found = [Path(run.config["data_dir"]) / "sample_submission.csv" for run in runs]
+    sample_path = Path(sample_path or next((p for p in found if p.is_file()), found[0]))
     if not sample_path.is_file():
         raise RunError(f"{sample_path} not found (data_dir of {runs[0].label}); pass --sample PATH")
     sample = read_sample(sample_path)
@@ -206,4 +209,5 @@ def main(argv=None) -> int:
     log(table(result))
     sidecar = write_submission(result, out, overwrite=args.overwrite)
     log(f"wrote {out} ({sidecar['rows']} rows, sha256 {sidecar['sha256'][:12]}) and {sidecar_path(out)}")
+    publish_submission(out, result.sample_path)  # a Kaggle notebook: also /kaggle/working/submission.csv
     return 0

@@ -54,9 +54,27 @@ def folds_path(folds_dir: Path, competition: str, k: int, seed: int) -> Path:
     return Path(folds_dir) / f"{competition}-k{k}-seed{seed}.csv"
 
 
+def same_ids_elsewhere(train: pd.DataFrame, folds_dir: Path, k: int, seed: int) -> Path | None:
+    """A folds file of this K and seed saved under another competition name for exactly these training
+    ids (the same competition, named by its zip locally and by its slug in a Kaggle notebook): reusing
+    it keeps runs made under either name blendable."""
+    ids = set(train["id"].astype(str))
+    for candidate in sorted(Path(folds_dir).glob(f"*-k{k}-seed{seed}.csv")):
+        try:
+            saved = pd.read_csv(candidate, dtype={"id": str})
+        except (OSError, ValueError):
+            continue
+        if list(saved.columns) == ["id", "fold"] and len(saved) == len(ids) and set(saved["id"]) == ids:
+            log(f"using {candidate}: the folds file of these very training ids")
+            return candidate
+    return None
+
+
 def folds_for(train: pd.DataFrame, *, competition: str, k: int, seed: int, folds_dir: Path) -> tuple[pd.Series, Path]:
     """The fold of each training row (aligned with `train`), from the folds file or made and saved."""
     path = folds_path(folds_dir, competition, k, seed)
+    if not path.is_file():
+        path = same_ids_elsewhere(train, folds_dir, k, seed) or path
     if path.is_file():
         saved = pd.read_csv(path, dtype={"id": str})
         if list(saved.columns) != ["id", "fold"] or saved["id"].duplicated().any():

@@ -4,7 +4,8 @@
     tuning/<study>/        tuning studies                 submissions/ submissions, sidecars, ledger
     data/<slug>/           downloaded competitions        .cache/      extracted zips, image caches
 
-The root is $FACEKIT_ROOT if set, else the current directory. Every command and library function that
+The root is $FACEKIT_ROOT if set, else /kaggle/working in a Kaggle notebook (kit/notebook.py: the
+input there is read-only), else the current directory. Every command and library function that
 reads or writes these takes a `root` (default: this one), so tests and scripts never need to chdir.
 """
 from __future__ import annotations
@@ -17,7 +18,11 @@ ROOT_ENV = "FACEKIT_ROOT"
 
 
 def project_root() -> Path:
-    return Path(os.environ.get(ROOT_ENV) or Path.cwd())
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV])
+    from kit import notebook
+
+    return notebook.working_dir() if notebook.in_notebook() else Path.cwd()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,15 @@ From tests: `with KaggleServer(data_zip=..., labels=...) as server: env = server
 
 Labels are a CSV of id,gender,age and optionally Usage (Public/Private, as in Kaggle solution
 files); without Usage every row is public. Submissions are scored with kit.metric.score.
+Datasets, blobs and kernels: `kaggle datasets create/version` (StartBlobUpload, then a PUT of each file)
+make dataset versions, unpacked as Kaggle mounts them (a folder uploaded as NAME.zip shows as NAME/);
+`kaggle kernels push` (SaveKernel) makes a kernel version that really runs when `kernel_runner` is given
+(tests/kaggle_sandbox.py's SandboxRunner: /kaggle/input holds the competition and the attached datasets,
+/kaggle/working starts empty, no network); GetKernelSessionStatus answers QUEUED for `queued_reads`
+reads, then RUNNING until it ends COMPLETE or ERROR; ListKernelSessionOutput lists /kaggle/working and
+the log; CreateCodeSubmission scores a COMPLETE version's submission.csv. From a shell, with
+`--sandbox-python $(python tests/kaggle_sandbox.py image-python /tmp/kaggle-image)`.
+
 Faults: wrong credentials get 401 like Kaggle; `fail_next(method, 503, 503)` answers the next calls
 of a method with those statuses; `daily_limit`/`used_today` make the daily allowance run out;
 `pending_reads` / `never_score` keep a submission pending; `lose_next_create_responses(n)` makes a
@@ -38,14 +47,15 @@ import itertools
 import json
 import shutil
 import sys
+import tempfile
 import threading
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -85,6 +95,26 @@ class Submission:
 
 
 @dataclass
+class KernelVersion:
+    """One pushed version of a kernel and what became of it."""
+    owner: str
+    slug: str
+    number: int
+    request: dict                       # the SaveKernel body
+    status: str = "QUEUED"              # QUEUED, RUNNING, COMPLETE, ERROR
+    failure_message: str | None = None
+    log: list = field(default_factory=list)
+    working: Path | None = None         # its /kaggle/working once it ran
+    queued_reads: int = 0
+    started: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.slug}"
+
+
+@dataclass
 class ApiError(Exception):
     status: int
     message: str
@@ -121,7 +151,8 @@ class KaggleServer:
     def __init__(self, *, competition: str = DEFAULT_COMPETITION, data_zip=None, labels=None,
                  username: str = "tester", key: str = "local-key", token: str | None = "local-token",
                  daily_limit: int = 5, used_today: int = 0, pending_reads: int = 0,
-                 never_score: bool = False, entered: bool = True, host: str = "127.0.0.1", port: int = 0):
+                 never_score: bool = False, entered: bool = True, host: str = "127.0.0.1", port: int = 0,
+                 kernel_runner=None, queued_reads: int = 1, kernel_timeout: float = 600.0):
         self.competition = competition
         self.data_zip = Path(data_zip) if data_zip else None
         if labels is None or isinstance(labels, pd.DataFrame):
@@ -140,6 +171,13 @@ class KaggleServer:
         self.after_create = None                 # called once a submission is made, before the answer goes out
         self._refs = itertools.count(1001)
         self._lock = threading.Lock()
+        self.workdir = Path(tempfile.mkdtemp(prefix="fake-kaggle-"))   # blobs, datasets, kernels' files
+        self.blobs: dict[str, dict] = {}         # token -> {"name", "path", "type"}
+        self.datasets: dict[str, dict] = {}      # owner/slug -> {"title", "private", "versions": [mounted folder]}
+        self.kernels: dict[str, list[KernelVersion]] = {}   # owner/slug -> its versions, oldest first
+        self.kernel_runner = kernel_runner       # None: pushed kernels end in ERROR, saying so
+        self.queued_reads = queued_reads
+        self.kernel_timeout = kernel_timeout
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.kaggle = self
@@ -163,6 +201,11 @@ class KaggleServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        for versions in self.kernels.values():
+            for version in versions:
+                version.started.set()
+                version.finished.wait(timeout=self.kernel_timeout)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
@@ -313,6 +356,232 @@ class KaggleServer:
             raise ApiError(404, f"Data file '{name}' not found")
         return "redirect", f"http://{host}/files/{self.competition}/{name}"
 
+    # ------------------------------------------------------------------ blobs and datasets
+    def _api_StartBlobUpload(self, body, host):
+        token = uuid.uuid4().hex
+        self.blobs[token] = {"name": body.get("name", ""), "type": body.get("type"), "path": None}
+        return 200, {"token": token, "createUrl": f"http://{host}/blob-upload/{token}"}
+
+    def _owned(self, owner: str) -> None:
+        if owner != self.username:
+            raise ApiError(403, f"Permission denied: {self.username} cannot write to {owner}'s datasets or kernels")
+
+    def _dataset_files(self, files: list, ref: str, number: int) -> Path:
+        """A dataset version as Kaggle mounts it: each file as uploaded, an archive unpacked into a folder
+        named after it (wheels.zip -> wheels/)."""
+        folder = self.workdir / "datasets" / ref.replace("/", "__") / f"v{number}"
+        folder.mkdir(parents=True)
+        for entry in files:
+            blob = self.blobs.get(entry.get("token", ""))
+            if blob is None or blob["path"] is None:
+                raise ApiError(400, f"file token {entry.get('token')!r} does not name a completed upload")
+            if blob["name"].endswith(".zip"):
+                with zipfile.ZipFile(blob["path"]) as archive:
+                    archive.extractall(folder / blob["name"][: -len(".zip")])
+            else:
+                shutil.copyfile(blob["path"], folder / blob["name"])
+        return folder
+
+    def _api_GetDatasetStatus(self, body, host):
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            raise ApiError(404, f"Dataset {ref} not found")
+        return 200, {"status": "READY"}
+
+    def _api_CreateDataset(self, body, host):
+        owner, slug = body.get("ownerSlug") or self.username, body.get("slug", "")
+        self._owned(owner)
+        ref = f"{owner}/{slug}"
+        if ref in self.datasets:
+            return 200, {"status": "error", "error": f"The requested slug \"{slug}\" is already in use"}
+        folder = self._dataset_files(body.get("files", []), ref, 1)
+        self.datasets[ref] = {"title": body.get("title"), "private": body.get("isPrivate", False),
+                              "license": body.get("licenseName"), "versions": [folder]}
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
+
+    def _api_CreateDatasetVersion(self, body, host):
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            raise ApiError(404, f"Dataset {ref} not found")
+        self._owned(body.get("ownerSlug"))
+        versions = self.datasets[ref]["versions"]
+        versions.append(self._dataset_files((body.get("body") or {}).get("files", []), ref, len(versions) + 1))
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
+
+    # ------------------------------------------------------------------ kernels
+    def _api_SaveKernel(self, body, host):
+        ref = body.get("slug") or ""
+        owner, _, slug = ref.partition("/")
+        self._owned(owner)
+        if body.get("language") != "python" or body.get("kernelType") not in ("script", "notebook"):
+            return 200, {"error": f"unsupported language/kernel type {body.get('language')}/{body.get('kernelType')}"}
+        invalid = {"invalidCompetitionSources": [c for c in body.get("competitionDataSources", [])
+                                                 if c != self.competition],
+                   "invalidDatasetSources": [d for d in body.get("datasetDataSources", []) if d not in self.datasets],
+                   "invalidKernelSources": list(body.get("kernelDataSources", [])),
+                   "invalidModelSources": list(body.get("modelDataSources", []))}
+        versions = self.kernels.setdefault(ref, [])
+        number = len(versions) + 1
+        answer = {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": number,
+                  "kernelId": 1 + list(self.kernels).index(ref), **{k: v for k, v in invalid.items() if v}}
+        version = KernelVersion(owner, slug, number, body, queued_reads=self.queued_reads)
+        versions.append(version)
+        if any(invalid.values()):  # Kaggle saves it but cannot run it as asked
+            version.status, version.failure_message = "ERROR", "invalid data sources"
+            version.started.set()
+            version.finished.set()
+            return 200, answer
+        threading.Thread(target=self._run_kernel, args=(version,), daemon=True).start()
+        if not version.queued_reads:
+            version.started.set()
+        return 200, answer
+
+    def _run_kernel(self, version: KernelVersion) -> None:
+        version.started.wait(timeout=5.0)   # queued until a status read or two have seen it so (or 5 s)
+        version.status = "RUNNING"
+        workdir = self.workdir / "kernels" / version.ref.replace("/", "__") / f"v{version.number}"
+        try:
+            if self.kernel_runner is None:
+                version.status, version.failure_message = "ERROR", "this local server runs no kernels " \
+                    "(start it with --sandbox-python, or pass kernel_runner)"
+                return
+            inputs = {self.competition: self._competition_folder()}
+            for ref in version.request.get("datasetDataSources", []):
+                inputs[ref.split("/", 1)[1]] = self.datasets[ref]["versions"][-1]
+            timeout = version.request.get("sessionTimeoutSeconds") or self.kernel_timeout
+            result, working = self.kernel_runner(source=version.request.get("text", ""),
+                                                 code_file=f"{version.slug}.py", inputs=inputs, workdir=workdir,
+                                                 timeout=float(timeout))
+            version.log, version.working = result.log, working
+            if result.exit_code == 0:
+                version.status = "COMPLETE"
+            else:
+                version.status, version.failure_message = "ERROR", result.failure_message
+        except Exception as error:  # noqa: BLE001 - the kernel fails as Kaggle would say, the server lives on
+            version.status, version.failure_message = "ERROR", f"the local server could not run it: {error!r}"
+        finally:
+            version.finished.set()
+
+    def _competition_folder(self) -> Path:
+        folder = self.workdir / "competition"
+        if not folder.is_dir():
+            if self.data_zip is None:
+                raise RuntimeError("no competition files (start the server with --data-zip)")
+            with zipfile.ZipFile(self.data_zip) as archive:
+                archive.extractall(self.workdir / ".competition")
+            (self.workdir / ".competition").rename(folder)
+        return folder
+
+    def _version(self, body) -> KernelVersion:
+        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+        versions = self.kernels.get(ref)
+        if not versions:
+            raise ApiError(404, f"Kernel {ref} not found")
+        label = str(body.get("versionLabel") or "").lstrip("v")
+        if not label:
+            return versions[-1]
+        if not label.isdigit() or not 1 <= int(label) <= len(versions):
+            raise ApiError(404, f"Kernel {ref} has no version {body.get('versionLabel')}")
+        return versions[int(label) - 1]
+
+    def _api_GetKernelSessionStatus(self, body, host):
+        version = self._version(body)
+        if version.status == "QUEUED" and not version.started.is_set():
+            if version.queued_reads > 0:
+                version.queued_reads -= 1
+            if version.queued_reads == 0:
+                version.started.set()
+            return 200, {"status": "QUEUED"}
+        answer = {"status": version.status}
+        if version.failure_message:
+            answer["failureMessage"] = version.failure_message
+        return 200, answer
+
+    def _api_ListKernelSessionOutput(self, body, host):
+        version = self._version(body)
+        files = []
+        if version.status == "COMPLETE" and version.working is not None:
+            files = sorted(p.relative_to(version.working).as_posix() for p in version.working.rglob("*") if p.is_file())
+        size = body.get("pageSize") or 20
+        start = int(body.get("pageToken") or 0)
+        base = f"http://{host}/kernel-output/{version.ref}/{version.number}/"
+        answer = {"files": [{"fileName": name, "url": base + quote(name)} for name in files[start:start + size]],
+                  "log": json.dumps(version.log)}
+        if start + size < len(files):
+            answer["nextPageToken"] = str(start + size)
+        return 200, answer
+
+    def _api_GetKernel(self, body, host):
+        versions = self.kernels.get(f"{body.get('userName')}/{body.get('kernelSlug')}")
+        if not versions:
+            raise ApiError(404, f"Kernel {body.get('userName')}/{body.get('kernelSlug')} not found")
+        last = versions[-1]
+        request = last.request
+        return 200, {"metadata": {"ref": last.ref, "slug": last.slug, "author": last.owner,
+                                  "title": request.get("newTitle") or last.slug, "language": request.get("language"),
+                                  "kernelType": request.get("kernelType"), "enableGpu": request.get("enableGpu"),
+                                  "enableInternet": request.get("enableInternet"),
+                                  "machineShape": request.get("machineShape"),
+                                  "datasetDataSources": request.get("datasetDataSources", []),
+                                  "competitionDataSources": request.get("competitionDataSources", []),
+                                  "currentVersionNumber": last.number},
+                     "blob": {"source": request.get("text"), "language": request.get("language"),
+                              "kernelType": request.get("kernelType"), "slug": last.slug}}
+
+    def _api_CreateCodeSubmission(self, body, host):
+        self._require_entered()
+        if self.used_today >= self.daily_limit:
+            raise ApiError(400, f"Submission not allowed:  Your team has used its daily Submission "
+                                f"allowance ({self.daily_limit}) today, please try again tomorrow UTC.")
+        label = body.get("kernelVersion")
+        version = self._version({"userName": body.get("kernelOwner"), "kernelSlug": body.get("kernelSlug"),
+                                 "versionLabel": str(label) if label else None})
+        if version.status != "COMPLETE" or version.working is None:
+            raise ApiError(400, f"kernel {version.ref} version {version.number} has not completed successfully")
+        name = body.get("fileName") or "submission.csv"
+        output = version.working / name
+        if not output.is_file():
+            raise ApiError(400, f"kernel {version.ref} version {version.number} has no output file {name}")
+        data = output.read_bytes()
+        status, public, private, error = score_csv(data, self.labels)
+        ref = next(self._refs)
+        self.submissions.append(Submission(
+            ref=ref, file_name=name, description=body.get("submissionDescription", ""), date=datetime.now(UTC),
+            size=len(data), status=status, public_score=public, private_score=private, error=error,
+            reads_until_scored=10**9 if self.never_score else self.pending_reads))
+        self.used_today += 1
+        return 200, {"message": f"Successfully submitted {version.ref} version {version.number}", "ref": ref}
+
+    def kernel_output(self, path: str) -> Path | None:
+        """The file behind a /kernel-output/OWNER/SLUG/N/PATH URL, or None."""
+        parts = unquote(path).split("/", 5)   # '', 'kernel-output', owner, slug, n, relpath
+        if len(parts) != 6 or not parts[4].isdigit():
+            return None
+        versions = self.kernels.get(f"{parts[2]}/{parts[3]}") or []
+        number = int(parts[4])
+        if not 1 <= number <= len(versions) or versions[number - 1].working is None:
+            return None
+        working = versions[number - 1].working.resolve()
+        target = (working / parts[5]).resolve()
+        return target if target.is_file() and working in target.parents else None
+
+    def receive_blob(self, token: str, stream, length: int | None, chunked: bool) -> int:
+        with self._lock:
+            self.calls.append("PUT")
+            for key in ("PUT", "*"):
+                if self._planned_errors.get(key):
+                    return self._planned_errors[key].pop(0)
+            blob = self.blobs.get(token)
+        if blob is None:
+            return 404
+        target = self.workdir / "blobs" / token
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            for chunk in stream:
+                out.write(chunk)
+        blob["path"] = target
+        return 200
+
     # ------------------------------------------------------------------ uploads and downloads
     def receive_upload(self, token: str, data: bytes) -> int:
         with self._lock:
@@ -389,8 +658,29 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, headers=[("Location", result[1])])
         self._json(*result)
 
+    def _body_chunks(self):
+        """The request body in pieces, for large uploads (chunked or with a Content-Length)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                chunk = self.rfile.read(size)
+                self.rfile.readline()
+                if size == 0:
+                    return
+                yield chunk
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
     def do_PUT(self):
         path = self._path()
+        if path.startswith("/blob-upload/"):
+            status = self.server.kaggle.receive_blob(path[len("/blob-upload/"):], self._body_chunks(), None, False)
+            return self._json(status, {})
         data = self._body()
         if not path.startswith("/upload/"):
             return self._send(404)
@@ -399,6 +689,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         kaggle: KaggleServer = self.server.kaggle
+        if self._path().startswith("/kernel-output/"):
+            return self._send_file(kaggle.kernel_output(self._path()))
         found = kaggle.open_download(self._path())
         if found is None:
             return self._send(404, b"not found", "text/plain")
@@ -418,6 +710,18 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client stopped reading: it only wanted the headers (an unchanged download)
         finally:
             stream.close()
+
+    def _send_file(self, path: Path | None):
+        if path is None:
+            return self._send(404, b"not found", "text/plain")
+        stat = path.stat()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(stat.st_size))
+        self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
+        self.end_headers()
+        with open(path, "rb") as source:
+            shutil.copyfileobj(source, self.wfile, 1 << 20)
 
     def log_message(self, format, *args):
         if getattr(self.server, "verbose", False):
@@ -493,11 +797,23 @@ def main(argv=None) -> int:
     parser.add_argument("--create-delay", type=float, default=0.0,
                         help="seconds CreateSubmission waits after making the submission, before it answers")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument("--sandbox-python", help="run pushed kernels with this Python in the sandbox of "
+                        "tests/kaggle_sandbox.py (the output of: python tests/kaggle_sandbox.py image-python DIR)")
+    parser.add_argument("--kernel-timeout", type=float, default=3600.0, help="seconds a kernel may run")
     args = parser.parse_args(argv)
+    runner = None
+    if args.sandbox_python:
+        from kaggle_sandbox import SandboxRunner, sandbox_unavailable
+
+        reason = sandbox_unavailable()
+        if reason:
+            raise SystemExit(f"kernels cannot run here: {reason}")
+        runner = SandboxRunner(Path(args.sandbox_python), timeout=args.kernel_timeout)
     server = KaggleServer(competition=args.competition, data_zip=args.data_zip, labels=args.labels,
                           username=args.username, key=args.key, daily_limit=args.daily_limit,
                           used_today=args.used_today, pending_reads=args.pending_reads,
-                          never_score=args.never_score, host=args.host, port=args.port)
+                          never_score=args.never_score, host=args.host, port=args.port, kernel_runner=runner,
+                          kernel_timeout=args.kernel_timeout)
     for spec in args.fail:
         method, _, status = spec.partition(":")
         status, _, times = status.partition("x")
@@ -513,6 +829,7 @@ def main(argv=None) -> int:
         pass
     finally:
         server._httpd.server_close()
+        shutil.rmtree(server.workdir, ignore_errors=True)
     return 0
 
 

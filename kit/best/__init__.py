@@ -41,6 +41,7 @@ from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.files import read_json
 from kit.folds import folds_for
 from kit.log import log
+from kit.notebook import publish_submission
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
 from kit.rundir import fold_done_file, load_run
@@ -229,6 +230,7 @@ def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overw
     blended = blend(runs, "auto" if len(runs) > 1 else "equal", sample_path=comp.sample_submission)
     log(table(blended))
     sidecar = write_submission(blended, out, overwrite=overwrite)
+    publish_submission(out, blended.sample_path)  # a Kaggle notebook: also /kaggle/working/submission.csv
     timeline.mark("blend and write the submission", blend_started)
     total = clock() - started
     log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}")

@@ -2,6 +2,7 @@
 
     ./run.sh submit submissions/blend.csv -m "blend v2"  # validate, upload, wait for the score, record
     ./run.sh submissions                                 # the ledger, pending submissions refreshed
+    ./run.sh submit --kernel OWNER/SLUG --version 3      # a code competition: a kernel version's output
 
 The official client does all the talking (see kit/kaggle/api.py for connecting, retries and what each
 HTTP error means); this module decides what to send and records what Kaggle confirmed in
@@ -67,8 +68,12 @@ class Connection:
 
 def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=None,
            ledger_path=None, dry_run: bool = False, wait: bool = True, force: bool = False, api=None,
-           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep) -> SubmitResult:
+           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep,
+           create=None) -> SubmitResult:
     """Validate `path`, refuse a duplicate, submit it, wait for the score and record it in the ledger.
+
+    `create(api, path, message, slug, retry=, sleep=) -> ref` makes the submission (default: upload the
+    file, create_submission; submit_kernel passes a code competition's).
 
     Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in none of
     those cases was anything submitted or recorded. A relative `path` is read from the project root.
@@ -104,7 +109,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
             return SubmitResult("dry-run", cv_score=cv_score)
         # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
         check_allowance(kaggle(), slug)
-        ref = upload(kaggle(), path, row, ledger_path, retry=retry, sleep=sleep)
+        ref = upload(kaggle(), path, row, ledger_path, retry=retry, sleep=sleep, create=create)
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
                         polling=polling, retry=retry, sleep=sleep)
@@ -126,12 +131,13 @@ def check_allowance(api, slug: str) -> None:
                           f"stopping before the upload. Try again after midnight UTC", kind="daily_limit")
 
 
-def upload(api, path: Path, row: dict, ledger_path: Path, *, retry: Retry, sleep) -> int:
-    """The intent row, the upload, then the confirmed submission's pending row and the intent resolved."""
+def upload(api, path: Path, row: dict, ledger_path: Path, *, retry: Retry, sleep, create=None) -> int:
+    """The intent row, the upload (`create`, default create_submission), then the confirmed submission's
+    pending row and the intent resolved."""
     intent = {**row, "time": now_utc(), "ref": new_intent_ref(), "status": "submitting"}
     append_row(ledger_path, intent)
     try:
-        ref = create_submission(api, path, row["message"], row["competition"], retry=retry, sleep=sleep)
+        ref = (create or create_submission)(api, path, row["message"], row["competition"], retry=retry, sleep=sleep)
     except KaggleFault as fault:   # create_submission looked for a lost answer first: nothing was made
         append_row(ledger_path, {**intent, "time": now_utc(), "status": "abandoned", "error": str(fault)})
         raise
@@ -280,6 +286,55 @@ def create_submission(api, path: Path, message: str, slug: str, *, retry: Retry,
     return call_with_retry("submitting", attempt, competition=slug, retry=retry, before_retry=made_anyway, sleep=sleep)
 
 
+def create_code_submission(api, path: Path, message: str, slug: str, *, kernel: str, version: int,
+                           file_name: str = "submission.csv", retry: Retry, sleep=time.sleep) -> int:
+    """A code competition's submission: Kaggle takes `file_name` from the kernel version's own output (`path`
+    is the local copy, validated and recorded). As with a file, a lost answer is looked for before a retry."""
+    before = {s.ref for s in _submissions(api, slug, retry)}
+
+    def attempt() -> int:
+        response = api.competition_submit_code(file_name, message, slug, kernel=kernel, kernel_version=version,
+                                               quiet=True)
+        if response.ref:
+            return int(response.ref)
+        found = made_anyway()
+        if found is not None:
+            return found
+        raise KaggleFault(f"Kaggle answered {response.message!r} without confirming a submission of {kernel} "
+                          f"version {version}; nothing was recorded", kind="refused")
+
+    def made_anyway() -> int | None:
+        try:
+            new = [s for s in _submissions(api, slug, Retry(attempts=1)) if s.ref not in before
+                   and (s.description or "") == message]
+        except KaggleFault:
+            return None
+        return max(s.ref for s in new) if new else None
+
+    return call_with_retry(f"submitting {kernel} version {version}", attempt, competition=slug, retry=retry,
+                           before_retry=made_anyway, sleep=sleep)
+
+
+def submit_kernel(kernel: str, version: int, message: str | None = None, competition: str | None = None, *,
+                  file_name: str = "submission.csv", root=None, api=None, retry: Retry = DEFAULT_RETRY,
+                  **options) -> SubmitResult:
+    """Submit a kernel version's output to a code competition: its `file_name` is downloaded (if it is not
+    here yet) and validated first; ledger, duplicate guard and score polling are submit()'s."""
+    from functools import partial
+
+    from kit.kaggle.kernels import kernel_output_file
+
+    if kernel.count("/") != 1:
+        raise SubmitError(f"--kernel {kernel}: a kernel is OWNER/SLUG")
+    path = kernel_output_file(kernel, version, file_name, root=root, api=api, retry=retry)
+    if message is None:
+        sidecar = _read_sidecar(path)
+        cv = sidecar.get("cv_score") if sidecar.get("sha256") == sha256_file(path) else None
+        message = f"{kernel} v{version}" + (f" (CV {float(cv):.4f})" if cv is not None else "")
+    create = partial(create_code_submission, kernel=kernel, version=version, file_name=file_name)
+    return submit(path, message, competition, root=root, api=api, retry=retry, create=create, **options)
+
+
 def _submissions(api, slug: str, retry: Retry) -> list:
     return call_with_retry("listing submissions", lambda: api.competition_submissions(slug) or [],
                            competition=slug, retry=retry)
@@ -305,7 +360,12 @@ def submission_limits(api, slug: str):
 def submit_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="facekit submit", description="Validate a submission file, submit it, "
                                      "wait for its public score and record it in submissions/ledger.csv.")
-    parser.add_argument("file", help="submissions/NAME.csv (its CV score is read from NAME.json)")
+    parser.add_argument("file", nargs="?", help="submissions/NAME.csv (its CV score is read from NAME.json)")
+    parser.add_argument("--kernel", metavar="OWNER/SLUG", help="a code competition: submit this kernel's output "
+                        "(`facekit kaggle run`) instead of a file")
+    parser.add_argument("--version", type=int, help="with --kernel: the kernel version whose output is submitted")
+    parser.add_argument("--file-name", default="submission.csv",
+                        help="with --kernel: the output file Kaggle scores (default: %(default)s)")
     parser.add_argument("-m", "--message", help="submission description (default: NAME and its CV score)")
     add_competition_argument(parser)
     parser.add_argument("--sample", help="sample_submission.csv to validate against (default: found or fetched)")
@@ -318,9 +378,16 @@ def submit_main(argv=None) -> int:
                         help="first wait between checks; later waits grow to 60s (default: %(default)ss)")
     args = parser.parse_args(argv)
     polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
+    if (args.file is None) == (args.kernel is None) or (args.kernel is None) != (args.version is None):
+        parser.error("give a FILE, or --kernel OWNER/SLUG with --version N")
     try:
-        result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
-                        wait=not args.no_wait, force=args.force, polling=polling)
+        if args.kernel:
+            result = submit_kernel(args.kernel, args.version, args.message, args.competition,
+                                   file_name=args.file_name, sample=args.sample, dry_run=args.dry_run,
+                                   wait=not args.no_wait, force=args.force, polling=polling)
+        else:
+            result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
+                            wait=not args.no_wait, force=args.force, polling=polling)
     except SubmissionError as error:
         raise SubmissionError(f"{error}\nnothing was uploaded") from None
     return 1 if result.status == "error" else 0
