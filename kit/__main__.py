@@ -17,8 +17,8 @@ COMMANDS = {
     "best": ("kit.best", "spend a time budget on the best submission (cv + ensemble)"),
     "bench": ("kit.bench", "training and inference images/s: kit vs compute ceiling vs PIL loader"),
     "download": ("kit.kaggle.download", "download the competition files through the Kaggle API"),
-    "submit": ("kit.kaggle.submit:submit_main", "validate, upload, wait for the public score, record in the ledger"),
-    "submissions": ("kit.kaggle.submit:submissions_main", "list the ledger and refresh pending submissions"),
+    "submit": ("kit.kaggle.cli:submit_main", "validate, upload, wait for the public score, record in the ledger"),
+    "submissions": ("kit.kaggle.cli:submissions_main", "list the ledger and refresh pending submissions"),
     "sample": ("kit.sample", "write the synthetic sample competition to a folder"),
     "kaggle": ("kit.kaggle.cli", "Kaggle's notebooks and GPUs: `kaggle bundle` the kit, `kaggle run -- COMMAND`"),
 }

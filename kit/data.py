@@ -26,8 +26,8 @@ from kit import notebook
 from kit.errors import DataError
 from kit.image_cache import cached_images
 from kit.log import log
+from kit.paths import DEFAULT_COMPETITION
 
-DEFAULT_COMPETITION = "sep-25-dl-gen-ai-nppe-1"
 MAX_AGE = 120
 MAX_LISTED = 20  # problems listed per kind; the rest are counted
 

@@ -10,32 +10,17 @@ notebook mode when /kaggle/input exists or $KAGGLE_KERNEL_RUN_TYPE is set (Kaggl
   - `best` and `ensemble` also leave the submission at /kaggle/working/submission.csv;
   - every command starts with one line saying where the data and the outputs are.
 
-$FACEKIT_KAGGLE_ROOT replaces /kaggle (tests point it at a temporary folder). Nothing here imports
-more than the standard library: kit/paths.py and the command line use it before anything heavy.
+$FACEKIT_KAGGLE_ROOT replaces /kaggle (tests point it at a temporary folder). Where the mode is told
+(in_notebook, the /kaggle folders) is kit/paths.py's: the project root depends on it.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-KAGGLE_ROOT_ENV = "FACEKIT_KAGGLE_ROOT"
+from kit.paths import DEFAULT_COMPETITION, in_notebook, input_dir, project_root, working_dir
+
 SUBMISSION_NAME = "submission.csv"
-
-
-def kaggle_root() -> Path:
-    return Path(os.environ.get(KAGGLE_ROOT_ENV) or "/kaggle")
-
-
-def input_dir() -> Path:
-    return kaggle_root() / "input"
-
-
-def working_dir() -> Path:
-    return kaggle_root() / "working"
-
-
-def in_notebook() -> bool:
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or input_dir().is_dir()
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -94,21 +79,14 @@ def banner() -> str | None:
     if not in_notebook():
         return None
     from kit.errors import DataError
-    from kit.paths import project_root
 
-    slug = os.environ.get("KAGGLE_COMPETITION") or _default_slug()
+    slug = os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
     try:
         folder = find_competition_input(slug)
         data = f"data {folder} (read-only)" if folder else f"no competition under {input_dir()} (pass --data)"
     except DataError as error:
         data = f"data: {error}"
     return f"kaggle notebook: {data}; runs, folds, caches and submissions in {project_root()}"
-
-
-def _default_slug() -> str:
-    from kit.data import DEFAULT_COMPETITION
-
-    return DEFAULT_COMPETITION
 
 
 def publish_submission(csv_path, sample_path) -> Path | None:

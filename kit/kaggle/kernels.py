@@ -19,26 +19,19 @@
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KaggleFault, SubmitError
-from kit.files import read_json, sha256_file, write_json, write_text
-from kit.kaggle import bundle as bundles
-from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect, resolve_competition
-from kit.kaggle.ledger import now_utc
-from kit.kaggle.submit import Polling
-from kit.log import log, warn
-from kit.options import parse_duration
+from kit.files import write_json, write_text
+from kit.kaggle import datasets
+from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry
+from kit.kaggle.scores import Polling
+from kit.log import log
 from kit.paths import Project
 
 DEFAULT_KERNEL = "facekit-run"
@@ -139,7 +132,7 @@ def _kernel_call(what: str, call, subject: str, retry: Retry):
     except KaggleFault as fault:
         if fault.kind in ("forbidden", "not_found"):
             raise KaggleFault(f"{what}: Kaggle shows these credentials no {subject} (HTTP "
-                              f"{403 if fault.kind == 'forbidden' else 404}{bundles._said(fault)})",
+                              f"{403 if fault.kind == 'forbidden' else 404}{datasets.kaggle_said(fault)})",
                               kind=fault.kind) from fault
         raise
 
@@ -232,215 +225,6 @@ def failed(api, ref: str, version: int, response, retry: Retry = DEFAULT_RETRY) 
                        kind="kernel_error")
 
 
-# ----------------------------------------------------------------------------- the output
-def download_output(api, ref: str, version: int, *, root=None, retry: Retry = DEFAULT_RETRY,
-                    force: bool = False) -> Path:
-    """Download a COMPLETE version's output into runs/kaggle/<slug>/v<N>/ (runs at <model>/<name>/, the rest
-    under output/), made usable here: each run's data_dir points at this project's copy of the competition
-    where it has one, and folds files the project lacks are added to folds/."""
-    project = Project.at(root)
-    slug = ref.split("/", 1)[1]
-    dest = output_dir(slug, version, project.root)
-    if (dest / RECORD_NAME).is_file() and not force:
-        log(f"{dest}: downloaded before; nothing to do (--force downloads it again)")
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=dest.parent))
-    try:
-        raw = staging / "raw"
-
-        def fetch():
-            with contextlib.redirect_stdout(io.StringIO()):
-                return api.kernels_output(f"{ref}/{version}", str(raw), force=True, quiet=True)
-
-        files, _ = _kernel_call(f"downloading the output of {ref} version {version}", fetch,
-                                f"kernel {ref} version {version}", retry)
-        out = staging / "out"
-        out.mkdir()
-        log_file = raw / f"{slug}.log"
-        if log_file.is_file():
-            write_text(out / "kernel.log", log_text(log_file.read_text()))
-            log_file.unlink()
-        if (raw / "runs").is_dir():
-            for model in sorted((raw / "runs").iterdir()):
-                if model.is_dir() and model.name not in ("output", "kaggle"):
-                    shutil.move(str(model), str(out / model.name))
-            shutil.rmtree(raw / "runs")
-        if raw.is_dir() and any(raw.iterdir()):
-            shutil.move(str(raw), str(out / "output"))
-        runs = [p.parent for p in sorted(out.glob("*/*/config.json")) if p.parent.parent.name != "output"]
-        for run in runs:
-            _localise(run, project)
-        pushed = _read(kernels_home(project.root) / slug / f"v{version}.json")
-        write_json(out / RECORD_NAME, {"kernel": ref, "version": version, "downloaded": now_utc(),
-                                       "files": len(files), **pushed,
-                                       "runs": [str(r.relative_to(out)) for r in runs]})
-        if dest.exists():
-            os.replace(dest, staging / "previous")
-        os.replace(out, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _adopt_folds(dest / "output" / "folds", project)
-    _say_what_came(dest, project)
-    return dest
-
-
-def _read(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def _localise(run: Path, project: Project) -> None:
-    """Point a downloaded run's data_dir at this project's copy of its competition (data/<name>/), keeping
-    Kaggle's as kaggle_data_dir, so that ensemble and submit find sample_submission.csv here."""
-    from kit.data import find_competition_folder
-    from kit.errors import DataError
-
-    config = read_json(run / "config.json")
-    if Path(config.get("data_dir", "")).is_dir():
-        return
-    local = project.data / str(config.get("competition", ""))
-    try:
-        folder = find_competition_folder(local) if local.is_dir() else None
-    except DataError:
-        folder = None
-    if folder is not None:
-        config["kaggle_data_dir"] = config["data_dir"]
-        config["data_dir"] = str(folder.resolve())
-        write_json(run / "config.json", config)
-
-
-def _adopt_folds(folder: Path, project: Project) -> None:
-    """Folds files the kernel made that the project lacks join folds/; a different one is only reported."""
-    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        mine = project.folds / path.name
-        if not mine.exists():
-            project.folds.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, mine)
-            log(f"added {mine} (made by the kernel; local runs on it blend with the kernel's)")
-        elif sha256_file(mine) != sha256_file(path):
-            warn(f"warning: the kernel's {path.name} differs from {mine}: its runs cannot be blended with local runs "
-                 "on that file")
-
-
-def _say_what_came(dest: Path, project: Project) -> None:
-    try:
-        shown = dest.relative_to(project.runs)
-    except ValueError:
-        shown = dest
-    runs = [p.parent for p in sorted(dest.glob("*/*/config.json")) if p.parent.parent.name != "output"]
-    log(f"downloaded into {dest}: {len(runs)} run(s)")
-    for run in runs:
-        metrics = _read(run / "metrics.json").get("overall", {})
-        score = f"  out-of-fold score {metrics['score']:.4f}" if "score" in metrics else "  (incomplete)"
-        log(f"  {shown}/{run.parent.name}/{run.name}{score}")
-    if (dest / "output" / "submission.csv").is_file():
-        log(f"  {dest / 'output' / 'submission.csv'} (what a code competition would read)")
-    if runs:
-        log(f"next: facekit ensemble {shown}/{runs[0].parent.name}/{runs[0].name} MODEL/NAME   # with a local run")
-
-
-def kernel_output_file(ref: str, version: int, file_name: str = "submission.csv", *, root=None, api=None,
-                       retry: Retry = DEFAULT_RETRY) -> Path:
-    """A file of a COMPLETE version's output (runs/kaggle/<slug>/v<N>/output/<file_name>), downloaded if
-    it is not here yet."""
-    slug = ref.split("/", 1)[1]
-    path = output_dir(slug, version, root) / "output" / file_name
-    if path.is_file():
-        return path
-    api = api or connect()
-    response = kernel_status(api, ref, version, retry)
-    if response.status.name != "COMPLETE":
-        if response.status.name in TERMINAL:
-            raise failed(api, ref, version, response, retry)
-        raise SubmitError(f"{ref} version {version} is {response.status.name.lower()}, not complete: its output "
-                          f"cannot be submitted yet (`facekit kaggle output {ref} --version {version}` waits for it)")
-    download_output(api, ref, version, root=root, retry=retry, force=True)
-    if not path.is_file():
-        raise SubmitError(f"{ref} version {version} wrote no {file_name} (its output is in {path.parent.parent})")
-    return path
-
-
-# ----------------------------------------------------------------------------- run
-@dataclass
-class KaggleRun:
-    ref: str
-    version: int | None          # None on a dry run
-    folder: Path                 # the kernel folder pushed
-    output: Path | None          # runs/kaggle/<slug>/v<N>/, once downloaded
-
-
-def run_on_kaggle(commands: list[list[str]], *, kernel: str | None = None, competition: str | None = None,
-                  gpu: str = "t4x2", internet: bool = False, keep_checkpoints: bool = False,
-                  session_timeout: float | None = None, wait: bool = True, dry_run: bool = False, root=None,
-                  api=None, retry: Retry = DEFAULT_RETRY, polling: Polling = KERNEL_POLLING, sleep=time.sleep,
-                  clock=time.monotonic) -> KaggleRun:
-    """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
-    its output. Everything that can refuse (commands, folds, bundle) refuses before anything is sent."""
-    project = Project.at(root)
-    accelerator(gpu)
-    slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL
-    check_kernel_slug(slug)
-    competition = resolve_competition(competition)
-    manifest = bundles.read_bundle(project.root)
-    differences = bundles.folds_differences(project, manifest["folds"])
-    if differences:
-        raise SubmitError("the project's folds differ from the bundle's, so runs made on Kaggle would not blend "
-                          "with the local ones:\n  - " + "\n  - ".join(differences)
-                          + "\nrun `facekit kaggle bundle` to ship the current folds; nothing was pushed")
-    record = bundles.uploaded(project.root).get(manifest["dataset"], {})
-    if record.get("content_sha256") != manifest["content_sha256"] and not dry_run:
-        raise SubmitError(f"the bundle in {bundles.bundle_folder(project.root)} (content "
-                          f"{manifest['content_sha256'][:12]}) is not the one uploaded to {manifest['dataset']}; run "
-                          "`facekit kaggle bundle` first; nothing was pushed")
-    if not any(name.startswith(f"{competition}-") for name in manifest["folds"]):
-        log(f"note: the bundle ships no folds file named for '{competition}'; the kernel reuses a shipped one of "
-            "the same training ids, else makes its own (and the download adds it to folds/)")
-    owner = kernel.split("/")[0] if kernel and "/" in kernel else None
-    if owner is None:
-        if dry_run:
-            owner = os.environ.get("KAGGLE_USERNAME") or "USERNAME"
-        else:
-            api = api or connect()
-            owner = api.config_values.get("username")
-    ref = f"{owner}/{slug}"
-    folder = kernels_home(project.root) / slug
-    metadata = kernel_metadata(ref=ref, competition=competition, bundle=manifest["dataset"], gpu=gpu,
-                               internet=internet)
-    write_kernel_folder(folder, metadata, kernel_source(bundle=manifest, commands=commands,
-                                                        keep_checkpoints=keep_checkpoints))
-    shown = "; ".join("facekit " + " ".join(c) for c in commands)
-    if dry_run:
-        log(f"dry run: wrote {folder} ({metadata['code_file']}, kernel-metadata.json) to run `{shown}` on "
-            f"{gpu}; nothing pushed")
-        return KaggleRun(ref, None, folder, None)
-    api = api or connect()
-    if gpu == "p100":
-        log("note: the client calls the P100 retired; Kaggle runs such a session on its default GPU (a T4)")
-    version, url = push_kernel(api, folder, ref=ref, session_timeout=session_timeout)
-    write_json(folder / f"v{version}.json", {"kernel": ref, "version": version, "pushed": now_utc(),
-                                              "commands": commands, "gpu": gpu, "competition": competition,
-                                              "bundle": manifest["dataset"],
-                                              "bundle_content_sha256": manifest["content_sha256"]})
-    log(f"pushed {ref} version {version} ({url}): `{shown}` on {gpu}")
-    if not wait:
-        log(f"not waiting; `facekit kaggle output {ref} --version {version}` waits for it and downloads its output")
-        return KaggleRun(ref, version, folder, None)
-    return KaggleRun(ref, version, folder, finish(api, ref, version, root=project.root, retry=retry,
-                                                  polling=polling, sleep=sleep, clock=clock))
-
-
-def finish(api, ref: str, version: int, *, root=None, retry: Retry = DEFAULT_RETRY, polling: Polling = KERNEL_POLLING,
-           sleep=time.sleep, clock=time.monotonic, force: bool = False) -> Path:
-    """Wait for a pushed version; download its output when COMPLETE, else raise Kaggle's failure."""
-    response = wait_for_kernel(api, ref, version, polling=polling, retry=retry, sleep=sleep, clock=clock)
-    if response.status.name != "COMPLETE":
-        raise failed(api, ref, version, response, retry)
-    return download_output(api, ref, version, root=root, retry=retry, force=force)
-
-
 def latest_version(api, ref: str, retry: Retry = DEFAULT_RETRY) -> int:
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
@@ -456,62 +240,3 @@ def latest_version(api, ref: str, retry: Retry = DEFAULT_RETRY) -> int:
     if not version:
         raise KaggleFault(f"Kaggle names no version of {ref}", kind="not_found")
     return int(version)
-
-
-# ----------------------------------------------------------------------------- command line
-def add_polling_arguments(parser) -> None:
-    parser.add_argument("--poll-interval", type=parse_duration, default=KERNEL_POLLING.interval,
-                        help="first wait between status checks; later ones grow to 10 times it, at most 5 min "
-                        "(default: %(default)ss)")
-    parser.add_argument("--poll-timeout", type=parse_duration, default=KERNEL_POLLING.timeout,
-                        help="how long to wait for the kernel, e.g. 9h (default: %(default)ss)")
-
-
-def polling_from(args) -> Polling:
-    longest = max(args.poll_interval, min(KERNEL_POLLING.max_interval, 10 * args.poll_interval))
-    return Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
-                   timeout=args.poll_timeout)
-
-
-def run_main(argv=None) -> int:
-    argv = list(argv or [])
-    options, words = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="facekit kaggle run", usage="facekit kaggle run [options] -- COMMAND "
-                                     "[ARGS ...] [-- COMMAND [ARGS ...] ...]", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", help=f"[OWNER/]SLUG of the kernel (default: <username>/{DEFAULT_KERNEL}); each "
-                        "push is a new version")
-    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
-    parser.add_argument("--gpu", default="t4x2", help=f"{', '.join(GPUS)}, or a Kaggle machine shape such as NvidiaL4 "
-                        "(default: %(default)s)")
-    parser.add_argument("--internet", action="store_true", help="let the kernel reach the internet (default: off)")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the *.pt checkpoints in the output")
-    parser.add_argument("--session-timeout", type=parse_duration, help="Kaggle's limit on the run, e.g. 9h")
-    parser.add_argument("--no-wait", action="store_true", help="push and return; `facekit kaggle output` fetches it")
-    parser.add_argument("--dry-run", action="store_true", help="write the kernel folder; push nothing")
-    add_polling_arguments(parser)
-    args = parser.parse_args(options)
-    if not words:
-        parser.error("no command: put it after --, e.g. facekit kaggle run -- best --time-limit 8h")
-    run_on_kaggle(split_commands(words), kernel=args.kernel, competition=args.competition, gpu=args.gpu,
-                  internet=args.internet, keep_checkpoints=args.keep_checkpoints,
-                  session_timeout=args.session_timeout, wait=not args.no_wait, dry_run=args.dry_run,
-                  polling=polling_from(args))
-    return 0
-
-
-def output_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facekit kaggle output", description="Wait for a pushed kernel version "
-                                     "and download its output into runs/kaggle/<slug>/v<N>/.")
-    parser.add_argument("kernel", help="OWNER/SLUG")
-    parser.add_argument("--version", type=int, help="the version (default: the kernel's latest)")
-    parser.add_argument("--force", action="store_true", help="download again even if it is here")
-    add_polling_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.kernel.count("/") != 1:
-        raise SubmitError(f"{args.kernel}: a kernel is OWNER/SLUG")
-    api = connect()
-    version = args.version or latest_version(api, args.kernel)
-    finish(api, args.kernel, version, polling=polling_from(args), force=args.force)
-    return 0

@@ -16,16 +16,15 @@ submissions before anything new is uploaded.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
+from kit.errors import KaggleFault, LedgerError, SubmitError
 from kit.files import exclusive_lock, sha256_file
-from kit.kaggle.api import DEFAULT_RETRY, Retry, add_competition_argument, call_with_retry, connect, resolve_competition
+from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect, resolve_competition
 from kit.kaggle.download import find_sample
 from kit.kaggle.ledger import (
     append_row,
@@ -38,7 +37,6 @@ from kit.kaggle.ledger import (
 )
 from kit.kaggle.scores import DEFAULT_POLLING, Polling, score_line, status_of, wait_for_score
 from kit.log import log
-from kit.options import parse_duration
 from kit.paths import Project
 
 CLOCK_SKEW = timedelta(minutes=5)         # between this machine's clock and Kaggle's, when matching an intent
@@ -286,55 +284,6 @@ def create_submission(api, path: Path, message: str, slug: str, *, retry: Retry,
     return call_with_retry("submitting", attempt, competition=slug, retry=retry, before_retry=made_anyway, sleep=sleep)
 
 
-def create_code_submission(api, path: Path, message: str, slug: str, *, kernel: str, version: int,
-                           file_name: str = "submission.csv", retry: Retry, sleep=time.sleep) -> int:
-    """A code competition's submission: Kaggle takes `file_name` from the kernel version's own output (`path`
-    is the local copy, validated and recorded). As with a file, a lost answer is looked for before a retry."""
-    before = {s.ref for s in _submissions(api, slug, retry)}
-
-    def attempt() -> int:
-        response = api.competition_submit_code(file_name, message, slug, kernel=kernel, kernel_version=version,
-                                               quiet=True)
-        if response.ref:
-            return int(response.ref)
-        found = made_anyway()
-        if found is not None:
-            return found
-        raise KaggleFault(f"Kaggle answered {response.message!r} without confirming a submission of {kernel} "
-                          f"version {version}; nothing was recorded", kind="refused")
-
-    def made_anyway() -> int | None:
-        try:
-            new = [s for s in _submissions(api, slug, Retry(attempts=1)) if s.ref not in before
-                   and (s.description or "") == message]
-        except KaggleFault:
-            return None
-        return max(s.ref for s in new) if new else None
-
-    return call_with_retry(f"submitting {kernel} version {version}", attempt, competition=slug, retry=retry,
-                           before_retry=made_anyway, sleep=sleep)
-
-
-def submit_kernel(kernel: str, version: int, message: str | None = None, competition: str | None = None, *,
-                  file_name: str = "submission.csv", root=None, api=None, retry: Retry = DEFAULT_RETRY,
-                  **options) -> SubmitResult:
-    """Submit a kernel version's output to a code competition: its `file_name` is downloaded (if it is not
-    here yet) and validated first; ledger, duplicate guard and score polling are submit()'s."""
-    from functools import partial
-
-    from kit.kaggle.kernels import kernel_output_file
-
-    if kernel.count("/") != 1:
-        raise SubmitError(f"--kernel {kernel}: a kernel is OWNER/SLUG")
-    path = kernel_output_file(kernel, version, file_name, root=root, api=api, retry=retry)
-    if message is None:
-        sidecar = _read_sidecar(path)
-        cv = sidecar.get("cv_score") if sidecar.get("sha256") == sha256_file(path) else None
-        message = f"{kernel} v{version}" + (f" (CV {float(cv):.4f})" if cv is not None else "")
-    create = partial(create_code_submission, kernel=kernel, version=version, file_name=file_name)
-    return submit(path, message, competition, root=root, api=api, retry=retry, create=create, **options)
-
-
 def _submissions(api, slug: str, retry: Retry) -> list:
     return call_with_retry("listing submissions", lambda: api.competition_submissions(slug) or [],
                            competition=slug, retry=retry)
@@ -353,53 +302,3 @@ def submission_limits(api, slug: str):
         if fault.kind in ("auth", "forbidden", "not_found", "rate_limited"):
             raise
         return None
-
-
-
-# ----------------------------------------------------------------------------- command line
-def submit_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facekit submit", description="Validate a submission file, submit it, "
-                                     "wait for its public score and record it in submissions/ledger.csv.")
-    parser.add_argument("file", nargs="?", help="submissions/NAME.csv (its CV score is read from NAME.json)")
-    parser.add_argument("--kernel", metavar="OWNER/SLUG", help="a code competition: submit this kernel's output "
-                        "(`facekit kaggle run`) instead of a file")
-    parser.add_argument("--version", type=int, help="with --kernel: the kernel version whose output is submitted")
-    parser.add_argument("--file-name", default="submission.csv",
-                        help="with --kernel: the output file Kaggle scores (default: %(default)s)")
-    parser.add_argument("-m", "--message", help="submission description (default: NAME and its CV score)")
-    add_competition_argument(parser)
-    parser.add_argument("--sample", help="sample_submission.csv to validate against (default: found or fetched)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and check the ledger; upload nothing")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for the score")
-    parser.add_argument("--force", action="store_true", help="submit even if the ledger has this file already")
-    parser.add_argument("--poll-timeout", type=parse_duration, default=DEFAULT_POLLING.timeout,
-                        help="how long to wait for the score, e.g. 90s, 30m (default: %(default)ss)")
-    parser.add_argument("--poll-interval", type=parse_duration, default=DEFAULT_POLLING.interval,
-                        help="first wait between checks; later waits grow to 60s (default: %(default)ss)")
-    args = parser.parse_args(argv)
-    polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
-    if (args.file is None) == (args.kernel is None) or (args.kernel is None) != (args.version is None):
-        parser.error("give a FILE, or --kernel OWNER/SLUG with --version N")
-    try:
-        if args.kernel:
-            result = submit_kernel(args.kernel, args.version, args.message, args.competition,
-                                   file_name=args.file_name, sample=args.sample, dry_run=args.dry_run,
-                                   wait=not args.no_wait, force=args.force, polling=polling)
-        else:
-            result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
-                            wait=not args.no_wait, force=args.force, polling=polling)
-    except SubmissionError as error:
-        raise SubmissionError(f"{error}\nnothing was uploaded") from None
-    return 1 if result.status == "error" else 0
-
-
-def submissions_main(argv=None) -> int:
-    from kit.kaggle.scores import list_submissions
-
-    parser = argparse.ArgumentParser(prog="facekit submissions", description="List submissions/ledger.csv, "
-                                     "asking Kaggle for the scores of pending submissions.")
-    parser.add_argument("--competition", help="only this competition's submissions")
-    parser.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about pending submissions")
-    args = parser.parse_args(argv)
-    list_submissions(args.competition, refresh=not args.no_refresh)
-    return 0
