@@ -247,6 +247,7 @@ def range_problem(name: str, value) -> str | None:
 def check_config(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the option and the bad value, before any work starts."""
     from kit.models import MODELS
+    from kit.models.registry import MIN_SIZE
 
     def bad(name, why):
         raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
@@ -265,6 +266,8 @@ def check_config(cfg: TrainConfig) -> None:
         bad("devices", "name each device: cpu, cuda or cuda:N")
     if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
+    if cfg.size < MIN_SIZE[cfg.model]:
+        bad("size", f"{cfg.model} needs inputs of at least {MIN_SIZE[cfg.model]} px")
     epochs = cfg.epochs if cfg.epochs is not None else EPOCHS
     if cfg.unfreeze_epoch is not None and cfg.unfreeze_epoch > epochs:
         bad("unfreeze_epoch", f"must be between 0 and --epochs ({epochs})")

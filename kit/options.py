@@ -16,7 +16,8 @@ from pathlib import Path
 from kit.config import FIELDS, TrainConfig, check_types, flag, value_type
 from kit.errors import ConfigError
 
-MODEL_HELP = "registered model: scratch, resnet18 or dlib_age (default: resnet18)"
+MODEL_HELP = ("registered model: scratch, resnet18, dlib_age, dlib_face or dlib_face_emb (docs/usage.md, "
+              "\"Models\"; default: resnet18)")
 
 
 def parse_duration(text: str) -> float:

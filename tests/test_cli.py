@@ -75,3 +75,12 @@ def test_an_unparsable_value_is_argparse_s_usage_error(capsys):
     with pytest.raises(SystemExit) as done:
         main(["cv", "scratch", "--epochs", "many"])
     assert done.value.code == 2 and "--epochs: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_the_model_option_names_every_registered_model(capsys):
+    from kit.models import MODELS
+
+    with pytest.raises(SystemExit):
+        main(["cv", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in MODELS)

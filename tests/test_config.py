@@ -34,8 +34,8 @@ def test_the_sample_demo_trains_fewer_epochs_unless_told():
 
 
 def test_metadata_derives_the_field_lists():
-    assert set(RESULT_FIELDS) == set(FIELDS) - {"name", "data", "only_folds", "device", "compile", "num_threads",
-                                                 "time_limit", "overwrite"}
+    assert set(RESULT_FIELDS) == set(FIELDS) - {"name", "data", "only_folds", "device", "devices", "compile",
+                                                 "num_threads", "time_limit", "overwrite"}
     assert {"lr_backbone", "unfreeze_epoch", "augment", "tta", "size"} <= set(TUNABLE_FIELDS)
     assert not {"epochs", "folds", "model", "seed", "precision"} & set(TUNABLE_FIELDS)
     assert {"lr_backbone", "size", "seed", "augment"} <= set(MEMBER_FIELDS)

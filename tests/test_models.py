@@ -3,16 +3,26 @@ import torch
 
 from kit.errors import WeightsError
 from kit.models import MODELS, create_model
+from kit.models.registry import MIN_SIZE
 from kit.models.weights import imagenet_weights_file
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("size", [32, 64])
-def test_every_model_gives_two_heads_at_any_size(name, size):
+@pytest.mark.parametrize("above_the_smallest", [0, 32])
+def test_every_model_gives_two_heads_from_its_smallest_size_up(name, above_the_smallest):
+    size = max(MIN_SIZE[name], 32) + above_the_smallest
     model = create_model(name, pretrained=False).eval()
     with torch.no_grad():
         logits, age = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 2) and age.shape == (2,)
+
+
+def test_a_size_below_a_model_s_smallest_is_refused_before_any_work():
+    from kit.config import TrainConfig, check_config
+    from kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--size 64: dlib_face needs inputs of at least 104 px"):
+        check_config(TrainConfig(model="dlib_face", size=64))
 
 
 def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import sha256_file, write_json
+from kit.files import exclusive_lock, sha256_file, write_json
 from kit.kaggle.api import (
     DEFAULT_RETRY,
     Retry,
@@ -153,15 +153,25 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Ret
     if local:
         return local[0]
     cache = root / ".cache" / "kaggle" / slug
-    cached = sorted(cache.rglob("sample_submission.csv"))
-    if cached:
-        return cached[0]
-    log(f"no sample_submission.csv for '{slug}' here (run facekit download); fetching it from Kaggle")
-    api = kaggle()
-    name = call_with_retry("finding sample_submission.csv", lambda: _find_data_file(api, slug, "sample_submission.csv"),
-                           competition=slug, retry=retry)
-    call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
-        slug, name, path=str(cache), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
+    # One process fetches at a time (two submits at once would unzip over each other), into a folder of
+    # its own that is renamed into place whole.
+    with exclusive_lock(cache.parent / f".{slug}.fetch.lock"):
+        cached = sorted(cache.rglob("sample_submission.csv"))
+        if cached:
+            return cached[0]
+        log(f"no sample_submission.csv for '{slug}' here (run facekit download); fetching it from Kaggle")
+        api = kaggle()
+        name = call_with_retry("finding sample_submission.csv",
+                               lambda: _find_data_file(api, slug, "sample_submission.csv"),
+                               competition=slug, retry=retry)
+        staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=cache.parent))
+        try:
+            call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
+                slug, name, path=str(staging), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(staging, cache)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return cache / name
 
 

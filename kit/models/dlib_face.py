@@ -301,7 +301,11 @@ def _build(features: str, pretrained: bool, weights: str | None, age_outputs: in
     return model
 
 
-@register_model
+# Four stride-2 convolutions without padding after a stride-2 stem and pool: below 104 px the last has no map.
+FACE_MIN_SIZE = 104
+
+
+@register_model(min_size=FACE_MIN_SIZE)
 def dlib_face(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
               stem: str = "standard") -> FaceModel:
     """dlib's face-recognition ResNet-29 (trained on ~3M faces), its 256 pooled features into the kit's
@@ -309,7 +313,7 @@ def dlib_face(*, pretrained: bool = True, weights: str | None = None, age_output
     return _build("pooled", pretrained, weights, age_outputs, stem)
 
 
-@register_model
+@register_model(min_size=FACE_MIN_SIZE)
 def dlib_face_emb(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
                   stem: str = "standard") -> FaceModel:
     """As dlib_face, with the heads on dlib's 128-d face descriptor (the fc_no_bias projection)."""

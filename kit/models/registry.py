@@ -14,11 +14,17 @@ from torch import nn
 from kit.errors import ConfigError
 
 MODELS: dict[str, Callable[..., FaceModel]] = {}
+MIN_SIZE: dict[str, int] = {}     # the smallest input a model's downsampling leaves a feature map for
 
 
-def register_model(fn):
-    MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn=None, *, min_size: int = 16):
+    """`@register_model`, or `@register_model(min_size=104)` for a network that needs larger inputs."""
+    def register(fn):
+        MODELS[fn.__name__] = fn
+        MIN_SIZE[fn.__name__] = min_size
+        return fn
+
+    return register(fn) if fn is not None else register
 
 
 class FaceModel(nn.Module):
