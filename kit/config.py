@@ -102,6 +102,9 @@ class TrainConfig:
     augment: str = option("light", "training augmentation", choices=("none", "flip", "light", "strong"),
                           tunable=True)
     tta: bool = option(False, "average each prediction with that of the horizontally flipped image", tunable=True)
+    frozen_trunk: int = option(0, "freeze the stem and first N residual blocks of a dlib network; with flip-only "
+                               "augmentation their outputs are computed once and cached, and training runs the rest",
+                               low=0)
     pseudo_labels: list[str] | None = option(None, "first-round runs (MODEL/NAME or paths, same folds) whose fold-k "
                                              "test predictions label the test images fold k also learns from",
                                              cli="names", shown_default="none")
@@ -247,7 +250,7 @@ def range_problem(name: str, value) -> str | None:
 def check_config(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the option and the bad value, before any work starts."""
     from kit.models import MODELS
-    from kit.models.registry import MIN_SIZE
+    from kit.models.registry import MIN_SIZE, TRUNK_BLOCKS
 
     def bad(name, why):
         raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
@@ -266,6 +269,11 @@ def check_config(cfg: TrainConfig) -> None:
         bad("devices", "name each device: cpu, cuda or cuda:N")
     if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
+    if cfg.frozen_trunk > TRUNK_BLOCKS[cfg.model]:
+        bad("frozen_trunk", f"{cfg.model} has {TRUNK_BLOCKS[cfg.model]} blocks to freeze"
+            + ("" if TRUNK_BLOCKS[cfg.model] else " (only the dlib networks can be split)"))
+    if cfg.frozen_trunk and cfg.pretrained is False and cfg.weights is None:
+        bad("frozen_trunk", "a frozen trunk of random weights learns nothing; it needs pretrained weights")
     if cfg.size < MIN_SIZE[cfg.model]:
         bad("size", f"{cfg.model} needs inputs of at least {MIN_SIZE[cfg.model]} px")
     epochs = cfg.epochs if cfg.epochs is not None else EPOCHS

@@ -22,6 +22,7 @@ from kit.config import TrainConfig
 from kit.device import flush_denormals_to_zero, pick_device, set_threads
 from kit.predict import ImageSource, inference_batch_size, predict
 from kit.trainer import Trainer
+from kit.trunk import TrunkFeatures, cacheable, compute, predict_from_trunk
 
 
 class KitSteps:
@@ -42,6 +43,16 @@ class KitSteps:
         self.batch_size = min(cfg.batch_size, len(rows))
         self.infer_batch = min(inference_batch_size(cfg.batch_size), len(rows))
         self.rng, self.generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        self.features, self.trunk_images_per_s = None, None
+        if cacheable(cfg):   # a cached frozen trunk: time building its features, then the steps on them
+            self.rows = rows[:min(len(rows), 2 * self.infer_batch)]
+            started = time.perf_counter()
+            views = compute(self.trainer.model, images[self.rows], cfg.frozen_trunk, device=self.device,
+                            amp_dtype=self.trainer.amp_dtype, channels_last=cfg.channels_last,
+                            batch_size=self.infer_batch)
+            self.trunk_images_per_s = len(self.rows) / (time.perf_counter() - started)
+            self.features = TrunkFeatures(views, views, self.device)
+            self.trainer.from_trunk = cfg.frozen_trunk
         self.trainer.model.train()
         self.trainer.set_phase(cfg.unfreeze_epoch or 0, 1.0)   # the unfrozen phase: most of the epochs
 
@@ -51,15 +62,24 @@ class KitSteps:
 
     def train_step(self) -> None:
         picked = self.rng.integers(0, len(self.rows), self.batch_size)
-        x = prepare(self.source.batch(self.rows[picked]), strength=self.cfg.augment, generator=self.generator,
-                    channels_last=self.cfg.channels_last)
+        if self.features is not None:
+            flipped = torch.rand(len(picked), generator=self.generator) < 0.5 if self.cfg.augment == "flip" else None
+            x = self.features.batch(picked, flipped)
+        else:
+            x = prepare(self.source.batch(self.rows[picked]), strength=self.cfg.augment, generator=self.generator,
+                        channels_last=self.cfg.channels_last)
         self.trainer.step(x, self.gender[picked].to(self.device), self.ages[picked].to(self.device))
 
     def infer_step(self) -> None:
         start = int(self.rng.integers(0, max(1, len(self.rows) - self.infer_batch + 1)))
-        predict(self.trainer.model, self.source, self.rows[start:start + self.infer_batch], tta=False,
-                amp_dtype=self.trainer.amp_dtype, age_target=self.trainer.age_target,
-                channels_last=self.cfg.channels_last, batch_size=self.infer_batch)
+        options = dict(tta=False, amp_dtype=self.trainer.amp_dtype, age_target=self.trainer.age_target,
+                       batch_size=self.infer_batch)
+        if self.features is not None:
+            predict_from_trunk(self.trainer.model, self.features, "train", np.arange(start, start + self.infer_batch),
+                               blocks=self.cfg.frozen_trunk, **options)
+        else:
+            predict(self.trainer.model, self.source, self.rows[start:start + self.infer_batch],
+                    channels_last=self.cfg.channels_last, **options)
         self.trainer.model.train()
 
     def timed(self, step, images_per_call: int, *, steps: int, warmup: int) -> float:
@@ -74,5 +94,9 @@ class KitSteps:
         return steps * images_per_call / (time.perf_counter() - started)
 
     def measure(self, *, steps: int, warmup: int) -> dict:
-        return {"train": self.timed(self.train_step, self.batch_size, steps=steps, warmup=warmup),
-                "infer": self.timed(self.infer_step, self.infer_batch, steps=steps, warmup=warmup)}
+        """{"train", "infer": images/s, and with a cached trunk "trunk": images/s of computing its features}."""
+        figures = {"train": self.timed(self.train_step, self.batch_size, steps=steps, warmup=warmup),
+                   "infer": self.timed(self.infer_step, self.infer_batch, steps=steps, warmup=warmup)}
+        if self.trunk_images_per_s is not None:
+            figures["trunk"] = self.trunk_images_per_s
+        return figures

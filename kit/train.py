@@ -31,6 +31,7 @@ from kit.log import log
 from kit.metric import Scores, score_probabilities
 from kit.predict import ImageSource, MixedSource, inference_batch_size, predict
 from kit.trainer import Trainer, epoch_seed, lr_factor
+from kit.trunk import TrunkFeatures, cacheable, predict_from_trunk, trunk_features
 
 
 @dataclass
@@ -55,6 +56,47 @@ class FoldResult:
     test: pd.DataFrame           # id, gender_prob, age_pred
     history: list[dict]
     cut_at_epoch: int | None = None   # set when a time limit stopped training early
+
+
+class ImageInputs:
+    """What a fold's model is fed: the images, through the kit's data path (cache -> device -> augmentation)."""
+
+    def __init__(self, data: FoldData, device: torch.device, channels_last: bool):
+        self.train = ImageSource(data.train_images, device, channels_last)
+        self.test = ImageSource(data.test_images, device, channels_last)
+        self.mixed = MixedSource(self.train, self.test)   # training rows from len(train) on: pseudo-labelled tests
+        self.channels_last = channels_last
+
+    def training(self, rows: np.ndarray, strength: str, generator: torch.Generator) -> torch.Tensor:
+        return prepare(self.mixed.batch(rows), strength=strength, generator=generator, channels_last=self.channels_last)
+
+    def predict(self, model, split: str, rows: np.ndarray, **options):
+        return predict(model, self.train if split == "train" else self.test, rows, **options)
+
+
+class TrunkInputs:
+    """What a fold's model is fed with a cached frozen trunk (kit/trunk.py): the trunk's features."""
+
+    def __init__(self, features: TrunkFeatures, blocks: int):
+        self.features, self.blocks = features, blocks
+
+    def training(self, rows: np.ndarray, strength: str, generator: torch.Generator) -> torch.Tensor:
+        # The same draw as kit.augment's flips: each image mirrored with probability one half.
+        flipped = torch.rand(len(rows), generator=generator) < 0.5 if strength == "flip" else None
+        return self.features.batch(rows, flipped)
+
+    def predict(self, model, split: str, rows: np.ndarray, *, channels_last: bool, **options):
+        return predict_from_trunk(model, self.features, split, rows, blocks=self.blocks, **options)
+
+
+def fold_inputs(trainer: Trainer, data: FoldData):
+    cfg = trainer.cfg
+    if not cacheable(cfg):
+        return ImageInputs(data, trainer.device, cfg.channels_last)
+    features = trunk_features(trainer.model, cfg, data.train_images, data.test_images, device=trainer.device,
+                              amp_dtype=trainer.amp_dtype)
+    trainer.from_trunk = cfg.frozen_trunk
+    return TrunkInputs(features, cfg.frozen_trunk)
 
 
 @dataclass
@@ -100,7 +142,7 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     flush_denormals_to_zero(device)
     age_target = AgeTarget.for_training(cfg.age_target, cfg.age_loss, data.train["age"])
     trainer = Trainer(cfg, device, age_target, init_seed=epoch_seed(cfg.seed, fold, -1))
-    train_source = ImageSource(data.train_images, device, cfg.channels_last)
+    inputs = fold_inputs(trainer, data)
     progress = resume(trainer, fold, fold_dir, device)
 
     cut_at = None
@@ -110,39 +152,37 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
             log(f"fold {fold}: time limit: stopping before epoch {epoch} (best epoch {progress.best_epoch} kept)")
             break
         started = clock()
-        loss, frozen, images_per_s = train_epoch(trainer, data, train_source, fold=fold, epoch=epoch, clock=clock)
-        scores = score_and_checkpoint(trainer, data, train_source, progress, fold_dir, epoch=epoch,
+        loss, frozen, images_per_s = train_epoch(trainer, data, inputs, fold=fold, epoch=epoch, clock=clock)
+        scores = score_and_checkpoint(trainer, data, inputs, progress, fold_dir, epoch=epoch,
                                       record={"fold": fold, "epoch": epoch, "train_loss": loss, "frozen": frozen,
                                               "train_images_per_s": images_per_s},
                                       started=started, clock=clock)
         if on_epoch is not None:
             on_epoch(fold, epoch, scores)
-    return final_predictions(trainer, data, train_source, fold=fold, fold_dir=fold_dir,
-                             progress=progress, cut_at=cut_at)
+    return final_predictions(trainer, data, inputs, fold=fold, fold_dir=fold_dir, progress=progress, cut_at=cut_at)
 
 
-def training_rows(data: FoldData, source: ImageSource):
-    """(rows, gender targets, ages, row weights or None, the source the rows index): the training rows,
-    and with pseudo-labels the test images after them, with soft gender targets and their weight."""
+def training_rows(data: FoldData):
+    """(rows, gender targets, ages, row weights or None): the training rows, and with pseudo-labels the test
+    images after them (rows from len(train_images) on), with soft gender targets and their weight."""
     train_rows = data.train["cache_index"].to_numpy()
     if data.pseudo is None:
         return (train_rows, torch.tensor(data.train["gender"].to_numpy(), dtype=torch.long),
-                torch.tensor(data.train["age"].to_numpy(), dtype=torch.float32), None, source)
-    test_source = ImageSource(data.test_images, source.device, source.channels_last)
+                torch.tensor(data.train["age"].to_numpy(), dtype=torch.float32), None)
     rows = np.concatenate([train_rows, len(data.train_images) + data.pseudo["cache_index"].to_numpy()])
     pseudo = data.pseudo
     gender = np.concatenate([data.train["gender"].to_numpy(np.float32), pseudo["gender_prob"].to_numpy(np.float32)])
     ages = np.concatenate([data.train["age"].to_numpy(np.float32), pseudo["age"].to_numpy(np.float32)])
     weights = np.concatenate([np.ones(len(train_rows), np.float32),
                               np.full(len(pseudo), data.pseudo_weight, np.float32)])
-    return rows, torch.tensor(gender), torch.tensor(ages), torch.tensor(weights), MixedSource(source, test_source)
+    return rows, torch.tensor(gender), torch.tensor(ages), torch.tensor(weights)
 
 
-def train_epoch(trainer: Trainer, data: FoldData, source: ImageSource, *, fold: int, epoch: int,
+def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: int,
                 clock: Callable[[], float]) -> tuple[float, bool, float]:
     """One pass over the training rows: (mean loss, whether the backbone was frozen, images per second)."""
     cfg, device = trainer.cfg, trainer.device
-    train_rows, gender, ages, weights, source = training_rows(data, source)
+    train_rows, gender, ages, weights = training_rows(data)
     batch_size = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -161,8 +201,7 @@ def train_epoch(trainer: Trainer, data: FoldData, source: ImageSource, *, fold: 
         factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, total_steps, warmup_steps)
         frozen = trainer.set_phase(epoch, factor)
         picked = order[step * batch_size:(step + 1) * batch_size]
-        x = prepare(source.batch(train_rows[picked]), strength=cfg.augment, generator=generator,
-                    channels_last=cfg.channels_last)
+        x = inputs.training(train_rows[picked], cfg.augment, generator)
         loss_sum += trainer.step(x, gender[picked].to(device), ages[picked].to(device),
                                  None if weights is None else weights[picked].to(device))
         if step % 50 == 0:
@@ -177,14 +216,14 @@ def prediction_options(trainer: Trainer, *, tta: bool) -> dict:
                 batch_size=inference_batch_size(cfg.batch_size))
 
 
-def score_and_checkpoint(trainer: Trainer, data: FoldData, source: ImageSource, progress: Progress, fold_dir: Path,
+def score_and_checkpoint(trainer: Trainer, data: FoldData, inputs, progress: Progress, fold_dir: Path,
                          *, epoch: int, record: dict, started: float, clock: Callable[[], float]) -> Scores:
     """Score the epoch on one view of the held-out rows, keep best.pt if it improved, write last.pt and
     history.csv. All epochs are scored alike on one view: the flips would double that cost every epoch
     (on a CPU at 5 folds, 15% of an epoch). The kept model's final predictions use them."""
     cfg = trainer.cfg
-    gender_prob, age_pred = predict(trainer.scored_model, source, data.valid["cache_index"].to_numpy(),
-                                    **prediction_options(trainer, tta=False))
+    gender_prob, age_pred = inputs.predict(trainer.scored_model, "train", data.valid["cache_index"].to_numpy(),
+                                           **prediction_options(trainer, tta=False))
     scores = score_probabilities(data.valid["gender"], gender_prob, data.valid["age"], age_pred)
     improved = scores.score > progress.best_score
     if improved:
@@ -203,15 +242,14 @@ def score_and_checkpoint(trainer: Trainer, data: FoldData, source: ImageSource, 
     return scores
 
 
-def final_predictions(trainer: Trainer, data: FoldData, source: ImageSource, *, fold: int, fold_dir: Path,
+def final_predictions(trainer: Trainer, data: FoldData, inputs, *, fold: int, fold_dir: Path,
                       progress: Progress, cut_at: int | None) -> FoldResult:
     """The kept model: the best epoch's weights predict the held-out rows and the test set."""
     best = load_checkpoint(fold_dir / "best.pt", trainer.device)
     trainer.model.load_state_dict(best["model"])
     options = prediction_options(trainer, tta=trainer.cfg.tta)
-    oof_prob, oof_age = predict(trainer.model, source, data.valid["cache_index"].to_numpy(), **options)
-    test_source = ImageSource(data.test_images, trainer.device, trainer.cfg.channels_last)
-    test_prob, test_age = predict(trainer.model, test_source, data.test["cache_index"].to_numpy(), **options)
+    oof_prob, oof_age = inputs.predict(trainer.model, "train", data.valid["cache_index"].to_numpy(), **options)
+    test_prob, test_age = inputs.predict(trainer.model, "test", data.test["cache_index"].to_numpy(), **options)
     oof = pd.DataFrame({"id": data.valid["id"].to_numpy(), "fold": fold, "gender": data.valid["gender"].to_numpy(),
                         "age": data.valid["age"].to_numpy(), "gender_prob": oof_prob, "age_pred": oof_age})
     test = pd.DataFrame({"id": data.test["id"].to_numpy(), "gender_prob": test_prob, "age_pred": test_age})

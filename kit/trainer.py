@@ -80,6 +80,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        # --frozen-trunk: those weights never train; with their outputs cached (kit/trunk.py, which sets
+        # from_trunk) the batches are the trunk's features and only the rest of the network runs.
+        self.frozen = set(map(id, self.model.trunk_parameters(cfg.frozen_trunk))) if cfg.frozen_trunk else set()
+        self.from_trunk = 0
 
     @property
     def kept_model(self) -> torch.nn.Module:
@@ -97,6 +101,9 @@ class Trainer:
         model.backbone.requires_grad_(not frozen)
         if frozen:
             model.backbone.eval()   # keep BatchNorm statistics too while the backbone is frozen
+        for parameter in model.parameters():
+            if id(parameter) in self.frozen:
+                parameter.requires_grad_(False)
         for group in self.optimizer.param_groups:
             base = cfg.lr_head if frozen else cfg.lr_backbone
             group["lr"] = base * factor
@@ -109,7 +116,7 @@ class Trainer:
         `gender` holds class indices; with `weights` (a batch with pseudo-labelled rows) it holds the
         probability of male instead, a soft target, and every row's loss counts by its weight."""
         with autocast(self.device, self.amp_dtype):
-            logits, age_output = self.forward(x)
+            logits, age_output = self.model.from_trunk(x, self.from_trunk) if self.from_trunk else self.forward(x)
         if weights is None:
             gender_loss = F.cross_entropy(logits.float(), gender, label_smoothing=self.cfg.label_smoothing)
         else:

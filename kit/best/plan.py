@@ -35,6 +35,7 @@ class ModelPlan:
     folds_done: int = 0            # folds finished in this command or before it
     speed: float = 1.0             # seconds seen / seconds estimated, over the folds trained so far
     margin: float = SAFETY         # smaller once real folds have been timed
+    setup_s: float = 0.0           # once, before the first fold: a frozen trunk's features (kit/trunk.py)
 
     def fold_s(self) -> float:
         """The estimate of one fold, without the margin."""
@@ -42,7 +43,8 @@ class ModelPlan:
 
     def estimate_s(self) -> float:
         """What the folds still to train will take, with the margin."""
-        return (self.cfg.folds - self.folds_done) * self.fold_s() * self.margin
+        setup = self.setup_s * self.speed * self.margin if self.folds_done == 0 else 0.0
+        return (self.cfg.folds - self.folds_done) * self.fold_s() * self.margin + setup
 
 
 def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float,
@@ -97,8 +99,9 @@ def share_out(plans: list[ModelPlan], available_s: float, folds: int) -> None:
             plan = plans[i]
             plan.share_s = left * plan.share / total_share
             if not plan.resumed:
-                plan.epochs = plan_epochs(plan.share_s, folds, plan.epoch_s, plan.fixed_s, plan.max_epochs,
-                                          margin=plan.margin, speed=plan.speed)
+                plan.epochs = plan_epochs(plan.share_s - plan.setup_s * plan.speed * plan.margin, folds,
+                                          plan.epoch_s, plan.fixed_s, plan.max_epochs, margin=plan.margin,
+                                          speed=plan.speed)
             if (plan.resumed or plan.epochs == plan.max_epochs) and plan.estimate_s() < plan.share_s:
                 fixed[i] = plan.share_s = plan.estimate_s()
                 newly_fixed = True

@@ -99,9 +99,19 @@ class DlibResNet10(nn.Module):
                                     Residual(c2, c3, True), Residual(c3, c3, False))
 
     def forward(self, x):
+        return self.rest(self.trunk(x, len(self.blocks)), len(self.blocks))
+
+    def trunk(self, x, blocks: int):
+        """The stem and the first `blocks` residual blocks (what --frozen-trunk freezes, and caches)."""
         x = F.relu(self.stem_affine(self.stem(self.adapter(x))))
-        x = self.blocks(F.max_pool2d(x, 3, stride=2))
-        return x.mean(dim=(2, 3))
+        return self.blocks[:blocks](F.max_pool2d(x, 3, stride=2))
+
+    def rest(self, x, blocks: int):
+        """The remaining blocks and the pooling, from the trunk's output."""
+        return self.blocks[blocks:](x).mean(dim=(2, 3))
+
+    def trunk_modules(self, blocks: int) -> list[nn.Module]:
+        return [self.adapter, self.stem, self.stem_affine, *self.blocks[:blocks]]
 
 
 def age_graph_path() -> Path:
@@ -164,7 +174,7 @@ def load_age_graph(backbone: DlibResNet10, path: Path) -> None:
             affine.offset.copy_(tensors[a.input[1]].reshape(affine.offset.shape))
 
 
-@register_model
+@register_model(trunk_blocks=5)
 def dlib_age(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
              stem: str = "standard") -> FaceModel:
     """dlib's pretrained age network (a ResNet-10 trained on ~110k faces) with the kit's gender and age

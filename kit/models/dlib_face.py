@@ -211,9 +211,20 @@ class DlibFaceResNet(nn.Module):
         self.embedding = nn.Linear(256, 128, bias=False) if features == "embedding" else None
 
     def forward(self, x):
+        return self.rest(self.trunk(x, len(self.blocks)), len(self.blocks))
+
+    def trunk(self, x, blocks: int):
+        """The stem and the first `blocks` residual blocks (what --frozen-trunk freezes, and caches)."""
         x = F.relu(self.stem_affine(self.stem(self.adapter(x))))
-        x = self.blocks(F.max_pool2d(x, 3, stride=2)).mean(dim=(2, 3))
+        return self.blocks[:blocks](F.max_pool2d(x, 3, stride=2))
+
+    def rest(self, x, blocks: int):
+        """The remaining blocks, the pooling and the embedding, from the trunk's output."""
+        x = self.blocks[blocks:](x).mean(dim=(2, 3))
         return x if self.embedding is None else self.embedding(x)
+
+    def trunk_modules(self, blocks: int) -> list[nn.Module]:
+        return [self.adapter, self.stem, self.stem_affine, *self.blocks[:blocks]]
 
     def dlib_layers(self) -> list[tuple[str, object]]:
         """(kind, module or settings) in dlib's forward order, as the file must list them."""
@@ -305,7 +316,7 @@ def _build(features: str, pretrained: bool, weights: str | None, age_outputs: in
 FACE_MIN_SIZE = 104
 
 
-@register_model(min_size=FACE_MIN_SIZE)
+@register_model(min_size=FACE_MIN_SIZE, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS))
 def dlib_face(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
               stem: str = "standard") -> FaceModel:
     """dlib's face-recognition ResNet-29 (trained on ~3M faces), its 256 pooled features into the kit's
@@ -313,7 +324,7 @@ def dlib_face(*, pretrained: bool = True, weights: str | None = None, age_output
     return _build("pooled", pretrained, weights, age_outputs, stem)
 
 
-@register_model(min_size=FACE_MIN_SIZE)
+@register_model(min_size=FACE_MIN_SIZE, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS))
 def dlib_face_emb(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
                   stem: str = "standard") -> FaceModel:
     """As dlib_face, with the heads on dlib's 128-d face descriptor (the fc_no_bias projection)."""

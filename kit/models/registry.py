@@ -15,13 +15,16 @@ from kit.errors import ConfigError
 
 MODELS: dict[str, Callable[..., FaceModel]] = {}
 MIN_SIZE: dict[str, int] = {}     # the smallest input a model's downsampling leaves a feature map for
+TRUNK_BLOCKS: dict[str, int] = {}  # blocks a model's trunk can be frozen up to (--frozen-trunk); 0: none
 
 
-def register_model(fn=None, *, min_size: int = 16):
-    """`@register_model`, or `@register_model(min_size=104)` for a network that needs larger inputs."""
+def register_model(fn=None, *, min_size: int = 16, trunk_blocks: int = 0):
+    """`@register_model`, or `@register_model(min_size=104, trunk_blocks=14)` for a network that needs larger
+    inputs, or whose backbone can be split after its first blocks (FaceModel.trunk / from_trunk)."""
     def register(fn):
         MODELS[fn.__name__] = fn
         MIN_SIZE[fn.__name__] = min_size
+        TRUNK_BLOCKS[fn.__name__] = trunk_blocks
         return fn
 
     return register(fn) if fn is not None else register
@@ -43,6 +46,24 @@ class FaceModel(nn.Module):
 
     def head_parameters(self):
         return [*self.gender_head.parameters(), *self.age_head.parameters()]
+
+    # A frozen trunk (--frozen-trunk N): the stem and first N blocks of a backbone that can be split there
+    # (the dlib networks: trunk(x, N), rest(features, N), trunk_modules(N)). Its output can be computed once
+    # per image and cached, and training runs the rest of the network only.
+    def can_split(self) -> bool:
+        return all(hasattr(self.backbone, name) for name in ("trunk", "rest", "trunk_modules"))
+
+    def trunk(self, x, blocks: int):
+        return self.backbone.trunk(x, blocks)
+
+    def from_trunk(self, features, blocks: int):
+        """The heads' outputs from the trunk's output: forward(x) == from_trunk(trunk(x, n), n)."""
+        features = self.backbone.rest(features, blocks)
+        age = self.age_head(features)
+        return self.gender_head(features), age.squeeze(1) if age.shape[1] == 1 else age
+
+    def trunk_parameters(self, blocks: int):
+        return [p for module in self.backbone.trunk_modules(blocks) for p in module.parameters()]
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
