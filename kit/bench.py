@@ -24,12 +24,13 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
 from kit.config import TrainConfig, check_config
 from kit.data import load_competition, locate
-from kit.device import check_device, describe_cpu, set_threads
+from kit.device import autocast, check_device, describe_cpu, set_threads
 from kit.errors import ConfigError
 from kit.log import log
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
@@ -152,16 +153,27 @@ def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_w
     kit = KitSteps(cfg, train_images, rows, train["age"].to_numpy(), train["gender"].to_numpy())
     trainer = kit.trainer
 
-    fixed = prepare(kit.source.batch(rows[:kit.batch_size]), strength=cfg.augment, generator=kit.generator,
-                    channels_last=cfg.channels_last)
     fixed_gender, fixed_ages = kit.gender[:kit.batch_size].to(kit.device), kit.ages[:kit.batch_size].to(kit.device)
-    fixed_infer = prepare(kit.source.batch(rows[:kit.infer_batch]), channels_last=cfg.channels_last)
+    if kit.features is not None:   # a cached frozen trunk: the steps start from its features
+        fixed = kit.features.batch(np.arange(kit.batch_size), None)
+        fixed_infer = kit.features.batch(np.arange(kit.infer_batch), None)
+    else:
+        fixed = prepare(kit.source.batch(rows[:kit.batch_size]), strength=cfg.augment, generator=kit.generator,
+                        channels_last=cfg.channels_last)
+        fixed_infer = prepare(kit.source.batch(rows[:kit.infer_batch]), channels_last=cfg.channels_last)
 
     def ceiling_train():
         trainer.step(fixed, fixed_gender, fixed_ages)
 
+    @torch.inference_mode()
     def ceiling_infer():
-        predict_batch(trainer.model, fixed_infer, tta=False, amp_dtype=trainer.amp_dtype, age_target=trainer.age_target)
+        trainer.model.eval()
+        with autocast(kit.device, trainer.amp_dtype):
+            if kit.features is not None:
+                logits, age_output = trainer.model.from_trunk(fixed_infer, cfg.frozen_trunk)
+            else:
+                logits, age_output = trainer.model(fixed_infer)
+        logits.float().softmax(1).cpu(), trainer.age_target.years(age_output).cpu()
         trainer.model.train()
 
     results = {"kit": {}, "ceiling": {}}
@@ -182,6 +194,7 @@ def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_w
     cache_ratio = (mapped + unexplained_growth) / train_images.nbytes
 
     workers = reference_workers if reference_workers is not None else (os.cpu_count() or 1)
+    trainer.from_trunk = 0   # the notebook's loader feeds images: the whole network runs on them
     results["reference"] = time_reference(kit, comp, workers=workers, steps=max(1, steps // 3), warmup=warmup)
     device = kit.device
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

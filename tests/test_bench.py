@@ -25,6 +25,15 @@ def test_benchmark_measures_all_three_paths(tiny_competition, project):
     assert summary["cache_resident_over_array"] > 0 and summary["peak_rss_mib"] > 0
 
 
+def test_a_cached_trunk_is_benchmarked_from_its_features(tiny_competition, project):
+    # the ceiling must run what the kit runs: the unfrozen rest of the network on cached features
+    cfg = TrainConfig(model="dlib_age", data=str(tiny_competition), size=64, batch_size=8, num_threads=1,
+                      frozen_trunk=2)
+    summary = benchmark(cfg, steps=2, warmup=1, reference_workers=0, root=project)
+    for path in ("kit", "ceiling", "reference"):
+        assert summary["images_per_s"][path]["train"] > 0 and summary["images_per_s"][path]["infer"] > 0
+
+
 def test_kit_and_ceiling_alternate_and_each_is_timed_alone():
     calls = []
 
