@@ -34,7 +34,7 @@ def twin_competition(tmp_path_factory):
     return folder
 
 
-MEMORISE = dict(model="scratch", folds=3, epochs=30, size=16, batch_size=8, num_threads=1, augment="none",
+MEMORISE = dict(model="scratch", folds=3, epochs=20, size=16, batch_size=8, num_threads=1, augment="none",
                 schedule="onecycle", lr_backbone=3e-3, optimizer="adamw")
 
 
