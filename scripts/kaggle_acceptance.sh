@@ -24,6 +24,13 @@ MODE=real
 [ "${1:-}" = "--synthetic" ] && MODE=synthetic
 
 step() { echo; echo "+ $*"; "$@"; }
+fails() {   # a step that must fail: its exit status is shown, and success stops the script
+    echo; echo "+ $*   # must fail"
+    local rc=0
+    "$@" || rc=$?
+    [ "$rc" -ne 0 ] || { echo "it did not fail"; exit 1; }
+    echo "(exit $rc)"
+}
 facekit() { "$PY" -m kit "$@"; }
 export PYTHONPATH=$REPO TQDM_DISABLE=1
 
@@ -98,5 +105,10 @@ step facekit submit "$FACEKIT_ROOT/submissions/kernel+local.csv" -m "kernel runs
 step facekit submit --kernel tester/facekit-run --version 1 --poll-interval 1s
 step facekit submissions
 step cat "$FACEKIT_ROOT/submissions/ledger.csv"
+# A kernel that fails (a bad option inside it): Kaggle's failure message and the log's tail, nothing submitted.
+cp "$FACEKIT_ROOT/submissions/ledger.csv" "$WORK/ledger-before.csv"
+fails facekit kaggle run --kernel facekit-broken "${POLL[@]}" -- cv scratch --no-such-option
+step cmp "$WORK/ledger-before.csv" "$FACEKIT_ROOT/submissions/ledger.csv"
+step facekit submissions
 echo
 echo "kaggle acceptance ($MODE): done; everything is in $WORK"
