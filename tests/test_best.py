@@ -227,6 +227,26 @@ def test_time_a_capped_member_leaves_goes_to_more_epochs_and_a_slow_machine_to_f
     assert sum(p.estimate_s() for p in schedule.plans) <= 3600 - capped.fold_s()
 
 
+def test_capped_members_train_first_so_the_one_that_can_use_more_time_is_planned_last():
+    flexible, capped, second = plan_of("flexible", 60), plan_of("capped", 60, max_epochs=3), plan_of("second", 60)
+    second.second_round = True
+    schedule = Schedule(*allot([flexible, capped, second], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5,
+                        max_epochs=40, min_epochs=2)
+    assert schedule.next_plan() is capped                 # it cannot grow: its time is known
+    schedule.start(capped)
+    for _ in range(5):
+        assert schedule.next_plan() is capped             # a started member finishes first
+        schedule.observe(capped, capped.fold_s() * 0.5)   # the machine is twice as fast as measured
+    planned = flexible.epochs
+    schedule.replan(3600 - 2.5 * capped.fold_s())
+    assert flexible.epochs > planned                      # so the flexible member gets the time
+    assert schedule.next_plan() is flexible               # and the second round waits for the first
+    schedule.start(flexible)
+    for _ in range(5):
+        schedule.observe(flexible, 1.0)
+    assert schedule.next_plan() is second
+
+
 def test_best_with_pseudo_labels_trains_a_second_round_on_the_first_round_s_folds(tiny_competition, project, caplog):
     result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=120,
                   models=["scratch"], pseudo_label=True, root=project, measure_steps=2, max_epochs=2, min_epochs=1)

@@ -15,7 +15,8 @@
    than --min-epochs, the last one is left out and its time goes to the rest;
 5. cross-validate fold by fold (kit.cv.run_cv), and after every fold re-plan from the speed the machine
    really shows: the members not started yet get more or fewer epochs, a left-out member or a spare
-   joins when its time is there, and what changed is said;
+   joins when its time is there, and what changed is said. Members at their epoch cap train first: the
+   ones that can use more time are planned last, from the most folds timed;
 6. blend the runs (kit.ensemble) into a validated submissions/<name>.csv and say where the time went.
 
 Rerunning the same command resumes: finished folds are kept and an existing run keeps the epochs and
@@ -176,7 +177,7 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
 def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list[str] | None = None,
          shares: list[float] | None = None, pseudo_label: bool = False, given: set[str] | None = None,
          name: str | None = None, max_epochs: int = 40, min_epochs: int = 4, root: Path | None = None,
-         overwrite: bool = False, measure_steps: int = 12, clock: Callable[[], float] = time.monotonic) -> dict:
+         overwrite: bool = False, measure_steps: int = 18, clock: Callable[[], float] = time.monotonic) -> dict:
     """Cross-validate `models` (and `spares` where time allows) and blend them into a submission, all within
     `time_limit` seconds.
 

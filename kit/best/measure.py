@@ -81,7 +81,8 @@ def measure_members(members: list, shares: list[float], *, cfg: TrainConfig, com
                                        extra_train=extra)
         plan = ModelPlan(member_cfg, 0.0, figures["train"], figures["infer"], epoch_s, fixed_s, 0, share=share,
                          max_epochs=caps.get(member_cfg.model, max_epochs), label=member.label,
-                         setup_s=(len(comp.train) + len(comp.test)) / figures["trunk"] if "trunk" in figures else 0.0)
+                         setup_s=(len(comp.train) + len(comp.test)) / figures["trunk"] if "trunk" in figures else 0.0,
+                         second_round=member.pseudo)
         if started_with:
             plan.epochs, plan.resumed = int(started_with["epochs"]), True
             run_dir = project.run_dir(member_cfg.model, member_cfg.name)

@@ -36,6 +36,7 @@ class ModelPlan:
     speed: float = 1.0             # seconds seen / seconds estimated, over the folds trained so far
     margin: float = SAFETY         # smaller once real folds have been timed
     setup_s: float = 0.0           # once, before the first fold: a frozen trunk's features (kit/trunk.py)
+    second_round: bool = False     # learns from the first round's pseudo-labels: trains after it
 
     def fold_s(self) -> float:
         """The estimate of one fold, without the margin."""
@@ -130,7 +131,12 @@ class Schedule:
         return [p for p in self.plans if p.resumed]
 
     def next_plan(self) -> ModelPlan | None:
-        return next((p for p in self.plans if p.folds_done < p.cfg.folds), None)
+        """The member to train next: a started one finishes first; then first-round members at their epoch
+        cap, which cannot use more time than they have, so that the members which can are planned last,
+        from the most folds timed (one bad measurement cannot leave the end of the hour idle); second-round
+        members once the first round is done."""
+        todo = [p for p in self.plans if p.folds_done < p.cfg.folds]
+        return min(todo, key=lambda p: (not p.resumed, p.second_round, p.epochs < p.max_epochs), default=None)
 
     def start(self, plan: ModelPlan) -> None:
         plan.resumed = True   # from now on its epochs are fixed, as a resumed run's are
