@@ -227,6 +227,17 @@ def test_time_a_capped_member_leaves_goes_to_more_epochs_and_a_slow_machine_to_f
     assert sum(p.estimate_s() for p in schedule.plans) <= 3600 - capped.fold_s()
 
 
+def test_a_first_fold_that_computes_a_frozen_trunk_is_not_taken_for_a_slow_machine():
+    a, b = plan_of("a", 60), plan_of("b", 60)
+    a.setup_s = 120.0
+    schedule = Schedule(*allot([a, b], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5, max_epochs=40,
+                        min_epochs=2)
+    schedule.start(a)
+    schedule.observe(a, a.fold_s() + a.setup_s)         # exactly as estimated, the trunk's features included
+    schedule.replan(3600 - a.fold_s() - a.setup_s)
+    assert a.speed == pytest.approx(1.0)
+
+
 def test_capped_members_train_first_so_the_one_that_can_use_more_time_is_planned_last():
     flexible, capped, second = plan_of("flexible", 60), plan_of("capped", 60, max_epochs=3), plan_of("second", 60)
     second.second_round = True

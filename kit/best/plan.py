@@ -142,8 +142,8 @@ class Schedule:
         plan.resumed = True   # from now on its epochs are fixed, as a resumed run's are
 
     def observe(self, plan: ModelPlan, seconds: float) -> None:
-        """A fold of `plan` was trained in `seconds`."""
-        self.estimated_s += plan.fold_s() / plan.speed
+        """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features)."""
+        self.estimated_s += plan.fold_s() / plan.speed + (plan.setup_s if plan.folds_done == 0 else 0.0)
         self.seen_s += seconds
         plan.folds_done += 1
 
