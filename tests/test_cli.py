@@ -10,6 +10,9 @@ def test_the_command_list_names_every_command(capsys):
     listing = capsys.readouterr().out
     for name in COMMANDS:
         assert f"  {name} " in listing
+    assert main(["kaggle", "--help"]) == 0
+    shown = "".join(capsys.readouterr())
+    assert all(f"  {name} " in shown for name in ("bundle", "run", "output"))
     assert main(["frobnicate"]) == 2 and "error: unknown command 'frobnicate'" in capsys.readouterr().err
 
 
@@ -17,16 +20,19 @@ def test_the_command_list_names_every_command(capsys):
     ("cv", ["MODEL", "--model", "--epochs EPOCHS", "(default: 20; 4 on the synthetic sample)", "--devices"]),
     ("tune", ["--trials", "--time-limit", "--folds-per-trial", "default: 2)", "--storage"]),
     ("ensemble", ["RUN", "--weights", "(default: auto)", "--out"]),
-    ("best", ["--time-limit", "--models", "dlib_age,dlib_age:lr_backbone=1e-3", "--min-epochs"]),
+    ("best", ["--time-limit", "--models", "dlib_face,dlib_age", "--min-epochs"]),
     ("bench", ["--model", "--steps", "(default: 30)", "--reference-workers"]),
     ("download", ["--competition", "--dest", "--force"]),
     ("submit", ["--message", "--dry-run", "--poll-timeout", "(default: 1800.0s)"]),
     ("submissions", ["--competition", "--no-refresh"]),
     ("sample", ["folder", "--train", "(default: 400)"]),
+    ("kaggle bundle", ["--extras", "--find-links"]),
+    ("kaggle run", ["--kernel", "--gpu", "--poll-interval"]),
+    ("kaggle output", ["--version", "--poll-timeout"]),
 ])
 def test_every_command_has_help_with_its_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as done:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for expected in shown:
@@ -57,6 +63,8 @@ def isolated(tmp_path, monkeypatch):
     (["download"], "error: No usable Kaggle credentials"),
     (["submit", "submissions/none.csv"], "none.csv: no such file"),
     (["sample", "."], "exists; the sample is written only into a new folder"),
+    (["kaggle", "frobnicate"], "facekit kaggle has no subcommand 'frobnicate'"),
+    (["kaggle", "run", "--", "cv", "scratch"], "no bundle at"),
 ])
 def test_every_command_reports_a_mistake_as_one_error_line(argv, message, isolated, capsys):
     assert main(argv) == 2
