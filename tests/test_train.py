@@ -63,10 +63,13 @@ def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options, caplo
 
     with pytest.raises(KeyboardInterrupt):
         fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", on_epoch=crash_after_first_epoch)
+    (tmp_path / "resumed/history.csv").unlink()   # a kill between last.pt and history.csv: one epoch short
     resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed")
     assert "resuming after epoch 0" in caplog.text
     pd.testing.assert_frame_equal(whole.oof, resumed.oof)
     assert whole.scores == resumed.scores
+    history = pd.read_csv(tmp_path / "resumed/history.csv")   # rewritten from the checkpoint: every epoch
+    assert list(history["epoch"]) == list(range(cfg.epochs))
 
 
 def test_bins_learn_ages_within_the_bins_range(tmp_path):
