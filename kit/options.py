@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kit.config import FIELDS, TrainConfig, check_types, flag, value_type
 from kit.errors import ConfigError
+from kit.log import warn
 
 MODEL_HELP = ("registered model: scratch, resnet18, dlib_age, dlib_face or dlib_face_emb (docs/usage.md, "
               "\"Models\"; default: resnet18)")
@@ -97,15 +98,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip=()) -> None:
                        "config.json, or a plain object of fields")
 
 
+# Fields that say how one command ran (where, which folds, how long), not what it computes: a run's
+# config.json given as --params leaves them out.
+# (name, data, only_folds, devices, time_limit, overwrite: neither a result field nor a member's.)
+RUN_CONTROL = tuple(name for name, f in FIELDS.items() if not f.metadata["result"] and not f.metadata["member"])
+
+
 def params_from_file(path) -> dict:
     """The TrainConfig fields of a --params file, type-checked: best.json keeps them under "params", a
     run's config.json under "train"; anything else is read as a plain object of fields."""
     loaded = read_json_option("--params", path)
+    from_run = isinstance(loaded, dict) and "train" in loaded and "params" not in loaded
     if isinstance(loaded, dict):
         loaded = loaded.get("params", loaded.get("train", loaded))
     if not isinstance(loaded, dict):
         raise ConfigError(f"--params {path}: expected a JSON object of TrainConfig fields")
     check_types(loaded, source=f"--params {path}")
+    if from_run:
+        # A run's recipe, not how that command ran: best saves each fold's share of the hour as
+        # time_limit, which would cut the folds of a reproduction short.
+        dropped = {name: loaded.pop(name) for name in RUN_CONTROL if loaded.get(name) is not None}
+        if dropped:
+            warn(f"--params {path}: not taken from the run (set them as options if wanted): "
+                 + ", ".join(f"{name}={value}" for name, value in dropped.items()))
     return loaded
 
 

@@ -52,6 +52,21 @@ def test_a_runs_config_json_works_as_params(tmp_path):
     assert (cfg.epochs, cfg.augment) == (3, "flip")
 
 
+def test_a_runs_config_json_gives_its_recipe_not_how_that_command_ran(tmp_path, caplog):
+    # best saves each fold's share of the hour as time_limit: a reproduction must not be cut short by it
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": "scratch", "train": {
+        "epochs": 11, "size": 112, "time_limit": 498.8, "only_folds": [0], "name": "best-60m", "overwrite": False}}))
+    cfg = config_from_args(parse(["--params", str(config), "--name", "again"]))
+    assert (cfg.epochs, cfg.size, cfg.time_limit, cfg.only_folds, cfg.name) == (11, 112, None, None, "again")
+    assert "not taken from the run" in caplog.text and "time_limit=498.8" in caplog.text
+    explicit = config_from_args(parse(["--params", str(config), "--time-limit", "5m", "--only-folds", "1"]))
+    assert (explicit.time_limit, explicit.only_folds) == (300.0, [1])
+    plain = tmp_path / "plain.json"   # a plain object of fields is taken as the user wrote it
+    plain.write_text(json.dumps({"time_limit": 60.0}))
+    assert config_from_args(parse(["--params", str(plain)])).time_limit == 60.0
+
+
 @pytest.mark.parametrize("content, message", [
     ({"learning_rate": 0.1}, r"p.json: unknown field\(s\) \['learning_rate'\]"),
     ({"epochs": "7"}, "p.json: epochs: must be an integer, not str '7'"),

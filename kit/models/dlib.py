@@ -83,20 +83,9 @@ class Residual(nn.Module):
         return F.relu(pad_to(branch, *size) + pad_to(shortcut, *size))
 
 
-class DlibResNet10(nn.Module):
-    """The age network's feature extractor: a 7x7 stride-2 stem, a 3x3 max pool, then residual blocks of
-    64, 128 (down, same) and 256 (down, same) channels, global average pool -> 256 features."""
-
-    num_features = AGE_GRAPH_CHANNELS[-1]
-
-    def __init__(self):
-        super().__init__()
-        c1, c2, c3 = AGE_GRAPH_CHANNELS
-        self.adapter = InputAdapter()
-        self.stem = nn.Conv2d(3, c1, 7, stride=2)
-        self.stem_affine = Affine(c1)
-        self.blocks = nn.Sequential(Residual(c1, c1, False), Residual(c1, c2, True), Residual(c2, c2, False),
-                                    Residual(c2, c3, True), Residual(c3, c3, False))
+class DlibStemAndBlocks(nn.Module):
+    """What dlib's ResNets share: `adapter`, a 7x7 stride-2 `stem` with its `stem_affine`, a 3x3 max pool
+    and the residual `blocks`, split where --frozen-trunk cuts them. Subclasses build those four."""
 
     def forward(self, x):
         return self.rest(self.trunk(x, len(self.blocks)), len(self.blocks))
@@ -111,7 +100,24 @@ class DlibResNet10(nn.Module):
         return self.blocks[blocks:](x).mean(dim=(2, 3))
 
     def trunk_modules(self, blocks: int) -> list[nn.Module]:
+        """The modules trunk() runs: frozen together."""
         return [self.adapter, self.stem, self.stem_affine, *self.blocks[:blocks]]
+
+
+class DlibResNet10(DlibStemAndBlocks):
+    """The age network's feature extractor: a 7x7 stride-2 stem, a 3x3 max pool, then residual blocks of
+    64, 128 (down, same) and 256 (down, same) channels, global average pool -> 256 features."""
+
+    num_features = AGE_GRAPH_CHANNELS[-1]
+
+    def __init__(self):
+        super().__init__()
+        c1, c2, c3 = AGE_GRAPH_CHANNELS
+        self.adapter = InputAdapter()
+        self.stem = nn.Conv2d(3, c1, 7, stride=2)
+        self.stem_affine = Affine(c1)
+        self.blocks = nn.Sequential(Residual(c1, c1, False), Residual(c1, c2, True), Residual(c2, c2, False),
+                                    Residual(c2, c3, True), Residual(c3, c3, False))
 
 
 def age_graph_path() -> Path:

