@@ -62,17 +62,24 @@ class MixedSource:
 
 
 @torch.inference_mode()
-def predict_batch(model, x: torch.Tensor, *, tta: bool, amp_dtype,
+def predict_views(forward, views: list[torch.Tensor], *, amp_dtype,
                   age_target: AgeTarget) -> tuple[np.ndarray, np.ndarray]:
-    """(probability of male, age in years) for a prepared batch `x`, averaged over the flip if `tta`."""
-    views = [x, x.flip(3)] if tta else [x]
+    """(probability of male, age in years) of one batch, averaged over its `views` (the image and its
+    mirror for TTA); `forward` maps a view to (gender logits, age output): the model, or the rest of it
+    after a cached trunk (kit/trunk.py)."""
     probs, ages = 0, 0
     for view in views:
-        with autocast(x.device, amp_dtype):
-            logits, age_output = model(view)
+        with autocast(view.device, amp_dtype):
+            logits, age_output = forward(view)
         probs = probs + logits.float().softmax(1)[:, 1]
         ages = ages + age_target.years(age_output)
     return (probs / len(views)).cpu().numpy(), (ages / len(views)).cpu().numpy()
+
+
+def predict_batch(model, x: torch.Tensor, *, tta: bool, amp_dtype,
+                  age_target: AgeTarget) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of male, age in years) for a prepared batch `x`, averaged over the flip if `tta`."""
+    return predict_views(model, [x, x.flip(3)] if tta else [x], amp_dtype=amp_dtype, age_target=age_target)
 
 
 @torch.inference_mode()

@@ -4,9 +4,9 @@
     steps = KitSteps(cfg, train_images, rows, ages, gender)   # a Trainer as fit_fold builds it
     figures = steps.measure(steps=12, warmup=3)              # {"train": images/s, "infer": images/s}
 
-The training step is kit/trainer.py's Trainer.step on a batch taken from the memory-mapped cache through
-the kit's own data path (kit/predict.py's ImageSource, kit/augment.py's prepare), with the learning-rate
-phase set as fit_fold sets it; the inference step is kit/predict.py's predict on a batch of
+The training step is kit/trainer.py's Trainer.step on a batch from fit_fold's own inputs (kit/inputs.py:
+the memory-mapped cache through the kit's data path, or a cached frozen trunk's features), with the
+learning-rate phase set as fit_fold sets it; the inference step is those inputs' predict on a batch of
 inference_batch_size() rows.
 """
 from __future__ import annotations
@@ -17,19 +17,19 @@ import numpy as np
 import torch
 
 from kit.age import AgeTarget
-from kit.augment import prepare
 from kit.config import TrainConfig
 from kit.device import flush_denormals_to_zero, pick_device, set_threads
-from kit.predict import ImageSource, inference_batch_size, predict
+from kit.inputs import ImageInputs, TrunkInputs
+from kit.predict import inference_batch_size
 from kit.trainer import Trainer
-from kit.trunk import TrunkFeatures, cacheable, compute, predict_from_trunk
+from kit.trunk import TrunkFeatures, cacheable, compute
 
 
 class KitSteps:
     """One training and one inference step of `cfg` through the kit's data path, ready to be timed."""
 
     def __init__(self, cfg: TrainConfig, images: np.ndarray, rows: np.ndarray, ages: np.ndarray,
-                 gender: np.ndarray, *, source: ImageSource | None = None):
+                 gender: np.ndarray):
         set_threads(cfg.num_threads)
         self.cfg, self.rows = cfg, rows
         self.device = pick_device(cfg.device)
@@ -37,7 +37,9 @@ class KitSteps:
         flush_denormals_to_zero(self.device)
         self.trainer = Trainer(cfg, self.device, AgeTarget.for_training(cfg.age_target, cfg.age_loss, ages),
                                init_seed=0)
-        self.source = source or ImageSource(images, self.device, cfg.channels_last)
+        # fit_fold's inputs (kit/inputs.py): `rows` index the image cache, or with a cached trunk its features
+        self.inputs = ImageInputs(images, images, self.device, cfg.channels_last)
+        self.source = self.inputs.train
         self.gender = torch.tensor(np.asarray(gender), dtype=torch.long)
         self.ages = torch.tensor(np.asarray(ages), dtype=torch.float32)
         self.batch_size = min(cfg.batch_size, len(rows))
@@ -45,13 +47,14 @@ class KitSteps:
         self.rng, self.generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
         self.features, self.trunk_images_per_s = None, None
         if cacheable(cfg):   # a cached frozen trunk: time building its features, then the steps on them
-            self.rows = rows[:min(len(rows), 2 * self.infer_batch)]
+            subset = rows[:min(len(rows), 2 * self.infer_batch)]
             started = time.perf_counter()
-            views = compute(self.trainer.model, images[self.rows], cfg.frozen_trunk, device=self.device,
+            views = compute(self.trainer.model, images[subset], cfg.frozen_trunk, device=self.device,
                             amp_dtype=self.trainer.amp_dtype, channels_last=cfg.channels_last,
                             batch_size=self.infer_batch)
-            self.trunk_images_per_s = len(self.rows) / (time.perf_counter() - started)
+            self.trunk_images_per_s = len(subset) / (time.perf_counter() - started)
             self.features = TrunkFeatures(views, views, self.device)
+            self.inputs, self.rows = TrunkInputs(self.features, cfg.frozen_trunk), np.arange(len(subset))
             self.trainer.from_trunk = cfg.frozen_trunk
         self.trainer.model.train()
         self.trainer.set_phase(cfg.unfreeze_epoch or 0, 1.0)   # the unfrozen phase: most of the epochs
@@ -62,24 +65,14 @@ class KitSteps:
 
     def train_step(self) -> None:
         picked = self.rng.integers(0, len(self.rows), self.batch_size)
-        if self.features is not None:
-            flipped = torch.rand(len(picked), generator=self.generator) < 0.5 if self.cfg.augment == "flip" else None
-            x = self.features.batch(picked, flipped)
-        else:
-            x = prepare(self.source.batch(self.rows[picked]), strength=self.cfg.augment, generator=self.generator,
-                        channels_last=self.cfg.channels_last)
+        x = self.inputs.training(self.rows[picked], self.cfg.augment, self.generator)
         self.trainer.step(x, self.gender[picked].to(self.device), self.ages[picked].to(self.device))
 
     def infer_step(self) -> None:
         start = int(self.rng.integers(0, max(1, len(self.rows) - self.infer_batch + 1)))
-        options = dict(tta=False, amp_dtype=self.trainer.amp_dtype, age_target=self.trainer.age_target,
-                       batch_size=self.infer_batch)
-        if self.features is not None:
-            predict_from_trunk(self.trainer.model, self.features, "train", np.arange(start, start + self.infer_batch),
-                               blocks=self.cfg.frozen_trunk, **options)
-        else:
-            predict(self.trainer.model, self.source, self.rows[start:start + self.infer_batch],
-                    channels_last=self.cfg.channels_last, **options)
+        self.inputs.predict(self.trainer.model, "train", self.rows[start:start + self.infer_batch], tta=False,
+                            amp_dtype=self.trainer.amp_dtype, age_target=self.trainer.age_target,
+                            channels_last=self.cfg.channels_last, batch_size=self.infer_batch)
         self.trainer.model.train()
 
     def timed(self, step, images_per_call: int, *, steps: int, warmup: int) -> float:

@@ -22,16 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from kit.age import AgeTarget
-from kit.augment import prepare
 from kit.config import TrainConfig
 from kit.device import flush_denormals_to_zero, pick_device, set_threads
 from kit.errors import RunError
 from kit.files import save_torch, write_csv
+from kit.inputs import ImageInputs, TrunkInputs
 from kit.log import log
 from kit.metric import Scores, score_probabilities
-from kit.predict import ImageSource, MixedSource, inference_batch_size, predict
+from kit.predict import inference_batch_size
 from kit.trainer import Trainer, epoch_seed, lr_factor
-from kit.trunk import TrunkFeatures, cacheable, predict_from_trunk, trunk_features
+from kit.trunk import cacheable, trunk_features
 
 
 @dataclass
@@ -58,41 +58,10 @@ class FoldResult:
     cut_at_epoch: int | None = None   # set when a time limit stopped training early
 
 
-class ImageInputs:
-    """What a fold's model is fed: the images, through the kit's data path (cache -> device -> augmentation)."""
-
-    def __init__(self, data: FoldData, device: torch.device, channels_last: bool):
-        self.train = ImageSource(data.train_images, device, channels_last)
-        self.test = ImageSource(data.test_images, device, channels_last)
-        self.mixed = MixedSource(self.train, self.test)   # training rows from len(train) on: pseudo-labelled tests
-        self.channels_last = channels_last
-
-    def training(self, rows: np.ndarray, strength: str, generator: torch.Generator) -> torch.Tensor:
-        return prepare(self.mixed.batch(rows), strength=strength, generator=generator, channels_last=self.channels_last)
-
-    def predict(self, model, split: str, rows: np.ndarray, **options):
-        return predict(model, self.train if split == "train" else self.test, rows, **options)
-
-
-class TrunkInputs:
-    """What a fold's model is fed with a cached frozen trunk (kit/trunk.py): the trunk's features."""
-
-    def __init__(self, features: TrunkFeatures, blocks: int):
-        self.features, self.blocks = features, blocks
-
-    def training(self, rows: np.ndarray, strength: str, generator: torch.Generator) -> torch.Tensor:
-        # The same draw as kit.augment's flips: each image mirrored with probability one half.
-        flipped = torch.rand(len(rows), generator=generator) < 0.5 if strength == "flip" else None
-        return self.features.batch(rows, flipped)
-
-    def predict(self, model, split: str, rows: np.ndarray, *, channels_last: bool, **options):
-        return predict_from_trunk(model, self.features, split, rows, blocks=self.blocks, **options)
-
-
 def fold_inputs(trainer: Trainer, data: FoldData):
     cfg = trainer.cfg
     if not cacheable(cfg):
-        return ImageInputs(data, trainer.device, cfg.channels_last)
+        return ImageInputs(data.train_images, data.test_images, trainer.device, cfg.channels_last)
     features = trunk_features(trainer.model, cfg, data.train_images, data.test_images, device=trainer.device,
                               amp_dtype=trainer.amp_dtype)
     trainer.from_trunk = cfg.frozen_trunk

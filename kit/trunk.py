@@ -20,7 +20,7 @@ from kit.augment import prepare
 from kit.config import TrainConfig
 from kit.device import autocast
 from kit.log import log
-from kit.predict import ImageSource, inference_batch_size
+from kit.predict import ImageSource, inference_batch_size, predict_views
 
 CACHEABLE_AUGMENT = ("none", "flip")    # what a cached trunk can give: the image or its mirror, nothing else
 _MEMO: dict[tuple, TrunkFeatures] = {}
@@ -104,13 +104,9 @@ def predict_from_trunk(model, features: TrunkFeatures, split: str, rows: np.ndar
     gender_prob, age = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        probs, ages = 0, 0
-        views = (False, True) if tta else (False,)
-        for flipped in views:
-            with autocast(features.device, amp_dtype):
-                logits, age_output = model.from_trunk(features.rows(split, chunk, flipped), blocks)
-            probs = probs + logits.float().softmax(1)[:, 1]
-            ages = ages + age_target.years(age_output)
-        gender_prob.append((probs / len(views)).cpu().numpy())
-        age.append((ages / len(views)).cpu().numpy())
+        views = [features.rows(split, chunk, flipped) for flipped in ((False, True) if tta else (False,))]
+        batch_prob, batch_age = predict_views(lambda x: model.from_trunk(x, blocks), views, amp_dtype=amp_dtype,
+                                              age_target=age_target)
+        gender_prob.append(batch_prob)
+        age.append(batch_age)
     return np.concatenate(gender_prob), np.concatenate(age)
