@@ -30,12 +30,12 @@ import torch
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
 from kit.config import TrainConfig, check_config
 from kit.data import load_competition, locate
-from kit.device import autocast, check_device, describe_cpu, set_threads
+from kit.device import check_device, describe_cpu, set_threads
 from kit.errors import ConfigError
 from kit.log import log
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
-from kit.predict import predict_batch
+from kit.predict import predict_batch, predict_views
 from kit.throughput import KitSteps
 
 SOUND_RATIO = 1.05   # kit/ceiling above this: the measurement, not the kit, is at fault
@@ -165,15 +165,13 @@ def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_w
     def ceiling_train():
         trainer.step(fixed, fixed_gender, fixed_ages)
 
+    forward_infer = ((lambda x: trainer.model.from_trunk(x, cfg.frozen_trunk)) if kit.features is not None
+                     else trainer.model)
+
     @torch.inference_mode()
     def ceiling_infer():
         trainer.model.eval()
-        with autocast(kit.device, trainer.amp_dtype):
-            if kit.features is not None:
-                logits, age_output = trainer.model.from_trunk(fixed_infer, cfg.frozen_trunk)
-            else:
-                logits, age_output = trainer.model(fixed_infer)
-        logits.float().softmax(1).cpu(), trainer.age_target.years(age_output).cpu()
+        predict_views(forward_infer, [fixed_infer], amp_dtype=trainer.amp_dtype, age_target=trainer.age_target)
         trainer.model.train()
 
     results = {"kit": {}, "ceiling": {}}
