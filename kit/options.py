@@ -117,7 +117,8 @@ def params_from_file(path) -> dict:
     if from_run:
         # A run's recipe, not how that command ran: best saves each fold's share of the hour as
         # time_limit, which would cut the folds of a reproduction short.
-        dropped = {name: loaded.pop(name) for name in RUN_CONTROL if loaded.get(name) is not None}
+        dropped = {name: loaded.pop(name) for name in RUN_CONTROL if name in loaded}
+        dropped = {name: value for name, value in dropped.items() if value != FIELDS[name].default}
         if dropped:
             warn(f"--params {path}: not taken from the run (set them as options if wanted): "
                  + ", ".join(f"{name}={value}" for name, value in dropped.items()))
