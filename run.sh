@@ -16,7 +16,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     echo "run.sh: setting up $VENV from requirements.txt (first use; torch is large, this takes a few minutes)" >&2
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || { echo "run.sh: Python 3.11 or newer is needed (found $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2; exit 1; }
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    if [ ! -x "$VENV/bin/python" ]; then
+        # torch's x86_64 build from PyPI carries CUDA: the venv takes about 6.5 GB. Say so now rather than
+        # let pip stop minutes in with "No space left on device".
+        need_gb=${FACEKIT_VENV_GB:-$([ "$(uname -m)" = x86_64 ] && echo 7 || echo 2)}
+        free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+        if [ "$free_gb" -lt "$need_gb" ]; then
+            echo "run.sh: $VENV needs about $need_gb GB and only $free_gb GB are free on" \
+                 "$(df -P . | awk 'NR == 2 { print $6 }'); free some space (or set FACEKIT_VENV_GB=0 to try anyway)" >&2
+            exit 1
+        fi
+        "$PYTHON" -m venv "$VENV"
+    fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
     echo "$want" > "$STAMP"
 fi

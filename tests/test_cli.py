@@ -92,3 +92,20 @@ def test_the_model_option_names_every_registered_model(capsys):
         main(["cv", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in MODELS)
+
+
+def test_run_sh_refuses_to_set_up_a_venv_the_disk_cannot_hold(tmp_path):
+    """A fresh clone on a nearly full disk hears how much space .venv needs before pip starts."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("run.sh", "requirements.txt"):
+        shutil.copy2(repo / name, tmp_path / name)
+    done = subprocess.run(["bash", str(tmp_path / "run.sh"), "--help"], capture_output=True, text=True,
+                          env={**os.environ, "FACEKIT_VENV_GB": "1000000"}, timeout=60)
+    assert done.returncode == 1
+    assert "run.sh: .venv needs about 1000000 GB and only" in done.stderr and "FACEKIT_VENV_GB=0" in done.stderr
+    assert not (tmp_path / ".venv").exists()
