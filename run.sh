@@ -20,10 +20,10 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
         # torch's x86_64 build from PyPI carries CUDA: the venv takes about 6.5 GB. Say so now rather than
         # let pip stop minutes in with "No space left on device".
         need_gb=${FACEKIT_VENV_GB:-$([ "$(uname -m)" = x86_64 ] && echo 7 || echo 2)}
-        free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+        read -r free_gb mount_point < <(df -Pk . | awk 'NR == 2 { print int($4 / 1048576), $6 }')
         if [ "$free_gb" -lt "$need_gb" ]; then
-            echo "run.sh: $VENV needs about $need_gb GB and only $free_gb GB are free on" \
-                 "$(df -P . | awk 'NR == 2 { print $6 }'); free some space (or set FACEKIT_VENV_GB=0 to try anyway)" >&2
+            echo "run.sh: $VENV needs about $need_gb GB and only $free_gb GB are free on $mount_point;" \
+                 "free some space (or set FACEKIT_VENV_GB=0 to try anyway)" >&2
             exit 1
         fi
         "$PYTHON" -m venv "$VENV"

@@ -1,5 +1,10 @@
 """The command line's contract, for every command: --help shows the options with their real defaults, and a
 user's mistake is one `error: ...` line with exit code 2 (no traceback), before any work starts."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from kit.__main__ import COMMANDS, main
@@ -96,11 +101,6 @@ def test_the_model_option_names_every_registered_model(capsys):
 
 def test_run_sh_refuses_to_set_up_a_venv_the_disk_cannot_hold(tmp_path):
     """A fresh clone on a nearly full disk hears how much space .venv needs before pip starts."""
-    import os
-    import shutil
-    import subprocess
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     for name in ("run.sh", "requirements.txt"):
         shutil.copy2(repo / name, tmp_path / name)
