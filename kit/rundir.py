@@ -49,6 +49,12 @@ def write_fold(run_dir: Path, result) -> None:
                                                       "cut_at_epoch": result.cut_at_epoch})
 
 
+def cut_at_epoch(run_dir: Path, fold: int) -> int | None:
+    """The epoch before which a time limit stopped a finished fold (so the epochs it trained), or None."""
+    done = fold_done_file(run_dir, fold)
+    return read_json(done).get("cut_at_epoch") if done.is_file() else None
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
     """Create the run directory, or check that an existing one was made with this configuration."""
     config_path = run_dir / "config.json"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from kit.__main__ import main as facekit
-from kit.best import best
+from kit.best import best, fold_budget
 from kit.best.measure import measure_throughput
 from kit.best.members import member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
@@ -236,6 +236,32 @@ def test_a_first_fold_that_computes_a_frozen_trunk_is_not_taken_for_a_slow_machi
     schedule.observe(a, a.fold_s() + a.setup_s)         # exactly as estimated, the trunk's features included
     schedule.replan(3600 - a.fold_s() - a.setup_s)
     assert a.speed == pytest.approx(1.0)
+
+
+def test_a_fold_cut_by_the_time_limit_is_not_taken_for_a_fast_machine():
+    """Seen in a 60-minute run: dlib_age's fold 0 stopped one epoch early, the re-plan read its short time as
+    a machine 1.08x faster than measured, shrank the later folds' budgets, and every fold was cut."""
+    a, b = plan_of("a", 60), plan_of("b", 60)
+    schedule = Schedule(*allot([a, b], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5, max_epochs=40,
+                        min_epochs=2)
+    schedule.start(a)
+    trained = a.epochs - 1
+    schedule.observe(a, a.fold_s(trained), epochs=trained)   # as fast as estimated, one epoch short
+    schedule.replan(3600 - a.fold_s(trained))
+    assert a.speed == pytest.approx(1.0)
+
+
+def test_the_first_fold_s_budget_includes_the_setup_it_computes_for_every_fold():
+    a, b = plan_of("a", 60), plan_of("b", 60)
+    a.setup_s = 120.0
+    schedule = Schedule(*allot([a, b], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5, max_epochs=40,
+                        min_epochs=2)
+    total = sum(p.estimate_s() for p in schedule.plans)
+    first = fold_budget(schedule, a, total)                  # exactly the time the estimates need
+    assert first == pytest.approx((a.fold_s() + a.setup_s) * a.margin)
+    schedule.start(a)
+    schedule.observe(a, a.fold_s() + a.setup_s)
+    assert fold_budget(schedule, a, total - first) == pytest.approx(a.fold_s() * a.margin)
 
 
 def test_capped_members_train_first_so_the_one_that_can_use_more_time_is_planned_last():

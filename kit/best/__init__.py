@@ -39,13 +39,12 @@ from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
 from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
-from kit.files import read_json
 from kit.folds import folds_for
 from kit.log import log
 from kit.notebook import publish_submission
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
-from kit.rundir import fold_done_file, load_run
+from kit.rundir import cut_at_epoch, fold_done_file, load_run
 
 BLEND_RESERVE_S = 30   # blending and writing the submission
 
@@ -131,10 +130,11 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
 
 
 def fold_budget(schedule: Schedule, plan: ModelPlan, left_s: float) -> float:
-    """The seconds the next fold of `plan` may take: its part of what is left, by the estimates."""
+    """The seconds the next fold of `plan` may take: its part of what is left, by the estimates (the first
+    fold's includes the setup, a frozen trunk's features, which it computes for every fold)."""
     later = [p for p in schedule.plans if p.folds_done < p.cfg.folds]
     total = sum(p.estimate_s() for p in later) or 1.0
-    return max(1.0, left_s * plan.estimate_s() / total / (plan.cfg.folds - plan.folds_done))
+    return max(1.0, left_s * plan.next_fold_s() / total)
 
 
 def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: float, project: Project,
@@ -162,12 +162,11 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
                             root=project.root, clock=clock)
             if trained_before:
                 continue
-            schedule.observe(plan, clock() - fold_started)
+            schedule.observe(plan, clock() - fold_started, epochs=cut_at_epoch(result.run_dir, fold))
             for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
                 log(f"re-plan after {plan.label} fold {fold}: {change}")
         timeline.mark(f"cv {plan.label} ({plan.epochs} epochs x {plan.cfg.folds} folds)", run_started)
-        cut = [f for f in range(plan.cfg.folds) if fold_done_file(result.run_dir, f).is_file()
-               and read_json(fold_done_file(result.run_dir, f)).get("cut_at_epoch") is not None]
+        cut = [f for f in range(plan.cfg.folds) if cut_at_epoch(result.run_dir, f) is not None]
         if cut:
             log(f"{plan.label}: the time limit cut training short in fold(s) {cut} (best checkpoints kept)")
         results.append(result)

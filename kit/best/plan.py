@@ -38,14 +38,18 @@ class ModelPlan:
     setup_s: float = 0.0           # once, before the first fold: a frozen trunk's features (kit/trunk.py)
     second_round: bool = False     # learns from the first round's pseudo-labels: trains after it
 
-    def fold_s(self) -> float:
-        """The estimate of one fold, without the margin."""
-        return (self.epochs * self.epoch_s + self.fixed_s) * self.speed
+    def fold_s(self, epochs: int | None = None) -> float:
+        """The estimate of one fold of `epochs` (default: the planned ones), without the margin."""
+        return ((self.epochs if epochs is None else epochs) * self.epoch_s + self.fixed_s) * self.speed
+
+    def next_fold_s(self) -> float:
+        """The estimate of the next fold, with the margin: the first one also computes the setup."""
+        setup = self.setup_s * self.speed if self.folds_done == 0 else 0.0
+        return (self.fold_s() + setup) * self.margin
 
     def estimate_s(self) -> float:
         """What the folds still to train will take, with the margin."""
-        setup = self.setup_s * self.speed * self.margin if self.folds_done == 0 else 0.0
-        return (self.cfg.folds - self.folds_done) * self.fold_s() * self.margin + setup
+        return self.next_fold_s() + (self.cfg.folds - self.folds_done - 1) * self.fold_s() * self.margin
 
 
 def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float,
@@ -141,9 +145,11 @@ class Schedule:
     def start(self, plan: ModelPlan) -> None:
         plan.resumed = True   # from now on its epochs are fixed, as a resumed run's are
 
-    def observe(self, plan: ModelPlan, seconds: float) -> None:
-        """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features)."""
-        self.estimated_s += plan.fold_s() / plan.speed + (plan.setup_s if plan.folds_done == 0 else 0.0)
+    def observe(self, plan: ModelPlan, seconds: float, *, epochs: int | None = None) -> None:
+        """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features).
+        `epochs`: those it trained, when the time limit cut it short; a cut fold is as fast as the epochs it
+        ran, not a sign of a fast machine (which would then cut the next folds shorter still)."""
+        self.estimated_s += plan.fold_s(epochs) / plan.speed + (plan.setup_s if plan.folds_done == 0 else 0.0)
         self.seen_s += seconds
         plan.folds_done += 1
 
