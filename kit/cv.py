@@ -138,10 +138,20 @@ def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float |
     return result.scores
 
 
+def wait_for_fold(run_dir: Path, fold: int, *, deadline: float | None, clock, poll_s: float = 0.5) -> bool:
+    """Wait while another process holds the fold's lock: True once nobody does, False if the deadline came."""
+    while deadline is None or clock() < deadline:
+        with fold_lock(run_dir, fold) as free:
+            if free:
+                return True
+        time.sleep(poll_s)
+    return False
+
+
 def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None = None,
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
-           clock: Callable[[], float] = time.monotonic) -> RunResult:
+           clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
 
     The run lives in `run_dir` (default runs/<model>/<name>). `on_epoch(fold, epoch, scores)` and
@@ -157,6 +167,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
 
     wanted = cfg.only_folds if cfg.only_folds is not None else list(range(cfg.folds))
     fold_scores: dict[int, Scores] = {}
+    taken_elsewhere = []
     for fold in wanted:
         if fold_done_file(run.run_dir, fold).is_file():
             fold_scores[fold] = read_fold_scores(run.run_dir, fold)
@@ -166,10 +177,22 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
         if scores is None:
             if fold_done_file(run.run_dir, fold).is_file():
                 fold_scores[fold] = read_fold_scores(run.run_dir, fold)
+            else:
+                taken_elsewhere.append(fold)
             continue
         fold_scores[fold] = scores
         if on_fold is not None:
             on_fold(fold, scores)
+    # Identical commands started together share the folds; each then waits for the others' folds, so every
+    # one of them ends with the whole run (and trains a fold itself if its holder died). --devices workers
+    # do not wait: their parent does.
+    for fold in taken_elsewhere if wait_for_others else []:
+        log(f"fold {fold}: waiting for the process that trains it")
+        if not wait_for_fold(run.run_dir, fold, deadline=deadline, clock=clock):
+            break
+        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock)
+        if fold_done_file(run.run_dir, fold).is_file():
+            fold_scores[fold] = scores or read_fold_scores(run.run_dir, fold)
 
     complete = all(fold_done_file(run.run_dir, f).is_file() for f in range(cfg.folds))
     overall = finish_run(run.run_dir, cfg, run.comp) if complete else None
@@ -226,7 +249,7 @@ def worker_main() -> int:
     spec = json.loads(os.environ[WORKER_ENV])
     cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
     with tagged(f"worker {spec['index']} {cfg.device}"):
-        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]))
+        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False)
     return 0
 
 

@@ -56,7 +56,17 @@ def cut_at_epoch(run_dir: Path, fold: int) -> int | None:
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
-    """Create the run directory, or check that an existing one was made with this configuration."""
+    """Create the run directory, or check that an existing one was made with this configuration.
+
+    One process at a time: identical commands started together would otherwise see each other's half-made
+    directory (created, config.json not yet renamed into it) and take it for a foreign one. The lock lives
+    beside the directory, not in it, so that it never makes an empty directory look used."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir.parent / f".{run_dir.name}.lock"):
+        _prepare_run_dir(run_dir, cfg, record)
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
     config_path = run_dir / "config.json"
     if config_path.is_file():
         saved = read_json(config_path)

@@ -166,18 +166,52 @@ def test_a_run_on_changed_data_is_refused_not_reported_as_done(competition_copy,
     assert replaced.complete
 
 
-def test_two_identical_cv_at_once_never_train_the_same_fold(tiny_competition, project):
+@pytest.mark.parametrize("copies", [2, 4])
+def test_two_identical_cv_at_once_never_train_the_same_fold(tiny_competition, project, copies):
     args = ["--data", str(tiny_competition), "--folds", "3", "--epochs", "2", "--size", "32", "--batch-size", "16",
             "--num-threads", "1", "--name", "twice"]
     command, env = cli(project, *args)
-    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in both]
-    assert [p.returncode for p in both] == [0, 0], outputs
+    started = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(copies)]
+    outputs = [p.communicate(timeout=300) for p in started]
+    assert [p.returncode for p in started] == [0] * copies, outputs
     trained = [{int(line.split()[1]) for line in out.splitlines() if line.startswith("fold ") and " done: " in line}
                for out, _ in outputs]
-    assert not trained[0] & trained[1] and trained[0] | trained[1] == {0, 1, 2}
+    assert sum(len(folds) for folds in trained) == 3 and set().union(*trained) == {0, 1, 2}
     assert (project / "runs/scratch/twice/oof.csv").is_file()
+
+
+def test_a_run_directory_being_made_is_waited_for_not_taken_for_a_foreign_one(tiny_competition, project):
+    """The race behind a flaky CI, made certain: another process has created the run directory and is
+    writing its config.json (a temporary file inside it, the rename still to come)."""
+    import threading
+
+    from kit.files import exclusive_lock, write_json
+    from kit.rundir import prepare_run_dir
+
+    cfg = TrainConfig(data=str(tiny_competition), **FAST)
+    record = {"model": "scratch", "folds_sha256": "f" * 64, "data_fingerprint": "d" * 16}
+    run_dir = project / "runs" / "scratch" / "half-made"
+    outcome = []
+
+    def second_process():
+        try:
+            prepare_run_dir(run_dir, cfg, record)
+            outcome.append("joined")
+        except RunError as err:
+            outcome.append(str(err))
+
+    with exclusive_lock(run_dir.parent / ".half-made.lock"):    # the first process, mid-way
+        run_dir.mkdir(parents=True)
+        (run_dir / f".config.json.{os.getpid()}.abc.tmp").write_text("{")
+        second = threading.Thread(target=second_process)
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and not outcome                 # it waits instead of refusing
+        (run_dir / f".config.json.{os.getpid()}.abc.tmp").unlink()
+        write_json(run_dir / "config.json", {**record, "train": cfg.to_dict()})
+    second.join(timeout=10)
+    assert outcome == ["joined"]
 
 
 def test_devices_cpu_cpu_trains_each_fold_as_one_process_would(tiny_competition, project):
