@@ -112,7 +112,8 @@ def run_on_devices(run: Prepared, project: Project, deadline: float | None, cloc
                        "lines above); the folds they finished are kept: rerun the same command to resume")
 
 
-def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock):
+def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock,
+               fold_epochs: int | None = None, epoch_s: float | None = None):
     """Train one fold under its lock; None when another process holds it (or has just finished it)."""
     from kit.train import FoldData, fit_fold  # imports torch's training code: after the cheap checks
 
@@ -132,7 +133,7 @@ def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float |
             remaining = [f for f in wanted if f >= fold and not fold_done_file(run_dir, f).is_file()]
             fold_deadline = clock() + (deadline - clock()) / len(remaining)
         result = fit_fold(cfg, fold=fold, data=data, fold_dir=run_dir / f"fold{fold}", on_epoch=on_epoch,
-                          deadline=fold_deadline, clock=clock)
+                          deadline=fold_deadline, epochs=fold_epochs, epoch_s=epoch_s, clock=clock)
         write_fold(run_dir, result)
     log(f"fold {fold} done: best epoch {result.best_epoch}  {result.scores}")
     return result.scores
@@ -151,8 +152,13 @@ def wait_for_fold(run_dir: Path, fold: int, *, deadline: float | None, clock, po
 def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None = None,
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
-           clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True) -> RunResult:
+           clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True,
+           fold_epochs: int | None = None, epoch_s: float | None = None) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
+
+    `fold_epochs`: the epochs the folds trained now run (at most cfg.epochs; best decides them fold by fold).
+    With --time-limit, `epoch_s` (an estimate of one epoch) lets a fold that starts short of time run its
+    learning-rate schedule over the epochs that fit (kit/train.py fit_fold).
 
     The run lives in `run_dir` (default runs/<model>/<name>). `on_epoch(fold, epoch, scores)` and
     `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there).
@@ -173,7 +179,8 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
             fold_scores[fold] = read_fold_scores(run.run_dir, fold)
             log(f"fold {fold}: done earlier ({fold_scores[fold]})")
             continue
-        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock)
+        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock,
+                            fold_epochs=fold_epochs, epoch_s=epoch_s)
         if scores is None:
             if fold_done_file(run.run_dir, fold).is_file():
                 fold_scores[fold] = read_fold_scores(run.run_dir, fold)
@@ -190,7 +197,8 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
         log(f"fold {fold}: waiting for the process that trains it")
         if not wait_for_fold(run.run_dir, fold, deadline=deadline, clock=clock):
             break
-        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock)
+        scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock,
+                            fold_epochs=fold_epochs, epoch_s=epoch_s)
         if fold_done_file(run.run_dir, fold).is_file():
             fold_scores[fold] = scores or read_fold_scores(run.run_dir, fold)
 

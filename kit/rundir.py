@@ -46,13 +46,15 @@ def write_fold(run_dir: Path, result) -> None:
     write_csv(run_dir / f"test_fold{result.fold}.csv", result.test)
     write_json(fold_done_file(run_dir, result.fold), {"fold": result.fold, "best_epoch": result.best_epoch,
                                                       "scores": result.scores.as_dict(),
-                                                      "cut_at_epoch": result.cut_at_epoch})
+                                                      "cut_at_epoch": result.cut_at_epoch,
+                                                      "planned_epochs": result.planned_epochs})
 
 
-def cut_at_epoch(run_dir: Path, fold: int) -> int | None:
-    """The epoch before which a time limit stopped a finished fold (so the epochs it trained), or None."""
-    done = fold_done_file(run_dir, fold)
-    return read_json(done).get("cut_at_epoch") if done.is_file() else None
+def epochs_trained(run_dir: Path, fold: int, epochs: int) -> int:
+    """The epochs a finished fold trained: --epochs, unless a time limit planned fewer or cut it short."""
+    record = read_json(fold_done_file(run_dir, fold))
+    planned = record.get("planned_epochs") or epochs
+    return min(planned, record.get("cut_at_epoch") or planned)
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:

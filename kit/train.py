@@ -33,6 +33,8 @@ from kit.predict import inference_batch_size
 from kit.trainer import Trainer, epoch_seed, lr_factor
 from kit.trunk import cacheable, trunk_features
 
+WALL_CHECK_STEPS = 4   # how often (in batches) an epoch checks whether its rest still fits before the deadline
+
 
 @dataclass
 class FoldData:
@@ -56,6 +58,7 @@ class FoldResult:
     test: pd.DataFrame           # id, gender_prob, age_pred
     history: list[dict]
     cut_at_epoch: int | None = None   # set when a time limit stopped training early
+    planned_epochs: int | None = None  # the schedule's length, when a time limit made it shorter than --epochs
 
 
 def fold_inputs(trainer: Trainer, data: FoldData):
@@ -75,6 +78,39 @@ class Progress:
     best_score: float = -1.0
     best_epoch: int = -1
     next_epoch: int = 0
+    planned_epochs: int | None = None   # the learning-rate schedule's length, fixed when the fold starts
+
+
+# Inference runs several times faster than training per image (no backward pass, larger batches): 3x is the
+# low end of what bench shows, so a reserve made from it is on the safe side before anything was scored.
+INFERENCE_SPEEDUP = 3.0
+
+
+@dataclass
+class Wall:
+    """A fold's deadline, and what must still fit before it once training stops: scoring the epoch on the
+    held-out rows, and the final held-out and test predictions (with the flips when --tta)."""
+    deadline: float
+    n_train: int
+    n_valid: int
+    n_test: int
+    views: int
+
+    def reserve_s(self, history: list[dict], train_image_s: float) -> float:
+        """Seconds of inference still to come: timed on the last scored epoch, else guessed from training."""
+        scored = [h for h in history if h.get("score_seconds")]
+        per_image = (scored[-1]["score_seconds"] / self.n_valid if scored
+                     else train_image_s / INFERENCE_SPEEDUP)
+        return per_image * (self.n_valid + (self.n_valid + self.n_test) * self.views)
+
+    def planned_epochs(self, now: float, epochs: int, epoch_s: float | None) -> int:
+        """The epochs the fold's schedule runs over: all of them, or as many as an estimate of one epoch
+        (`epoch_s`, training and scoring) says fit before the deadline with the final predictions."""
+        if not epoch_s:
+            return epochs
+        final_s = epoch_s * (self.n_valid + self.n_test) * self.views / (self.n_train * INFERENCE_SPEEDUP)
+        fits = int((self.deadline - now - final_s) // epoch_s)
+        return max(1, min(epochs, fits))
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -96,15 +132,22 @@ def resume(trainer: Trainer, fold: int, fold_dir: Path, device: torch.device) ->
     # history.csv is written after last.pt: a kill between the two leaves it one epoch short.
     write_csv(fold_dir / "history.csv", pd.DataFrame(state["history"]))
     log(f"fold {fold}: resuming after epoch {state['epoch']} from {last}")
-    return Progress(state["history"], state["best_score"], state["best_epoch"], state["epoch"] + 1)
+    return Progress(state["history"], state["best_score"], state["best_epoch"], state["epoch"] + 1,
+                    state.get("planned_epochs"))
 
 
 def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
              on_epoch: Callable[[int, int, Scores], None] | None = None,
-             deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> FoldResult:
+             deadline: float | None = None, epochs: int | None = None, epoch_s: float | None = None,
+             clock: Callable[[], float] = time.monotonic) -> FoldResult:
     """Train fold `fold` (resuming from fold_dir/last.pt), then predict its held-out rows and the test set.
 
-    `deadline` is a `clock()` time: no epoch starts that the last one's duration says would end after it."""
+    `deadline` is a `clock()` time by which the fold ends, its final predictions included: training stops
+    between batches when the rest of the epoch would not fit. The fold's length is decided when it starts,
+    and kept in last.pt so that a resumed fold runs the same schedule: `epochs` (at most --epochs; best
+    passes what its plan gives this fold), shortened with `epoch_s` (an estimate of one epoch) to the
+    epochs that fit before the deadline, so that a slow machine ends the fold with the learning rate
+    annealed rather than cut while it is high."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.num_threads)
     device = pick_device(cfg.device)
@@ -113,22 +156,44 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     trainer = Trainer(cfg, device, age_target, init_seed=epoch_seed(cfg.seed, fold, -1))
     inputs = fold_inputs(trainer, data)
     progress = resume(trainer, fold, fold_dir, device)
+    wall = None if deadline is None else Wall(deadline, len(data.train), len(data.valid), len(data.test),
+                                              2 if cfg.tta else 1)
+    if progress.planned_epochs is None:
+        wanted = min(epochs or cfg.epochs, cfg.epochs)
+        progress.planned_epochs = wanted if wall is None else wall.planned_epochs(clock(), wanted, epoch_s)
+        if progress.planned_epochs < wanted:
+            log(f"fold {fold}: {progress.planned_epochs} of {wanted} epoch(s) fit before the time limit; the "
+                "learning-rate schedule runs over those")
 
     cut_at = None
-    for epoch in range(progress.next_epoch, cfg.epochs):
-        if deadline is not None and progress.history and clock() + progress.history[-1]["seconds"] > deadline:
+    for epoch in range(progress.next_epoch, progress.planned_epochs):
+        if wall is not None and progress.history and not fits_another_epoch(wall, progress.history, clock()):
             cut_at = epoch
             log(f"fold {fold}: time limit: stopping before epoch {epoch} (best epoch {progress.best_epoch} kept)")
             break
         started = clock()
-        loss, frozen, images_per_s = train_epoch(trainer, data, inputs, fold=fold, epoch=epoch, clock=clock)
-        scores = score_and_checkpoint(trainer, data, inputs, progress, fold_dir, epoch=epoch,
-                                      record={"fold": fold, "epoch": epoch, "train_loss": loss, "frozen": frozen,
-                                              "train_images_per_s": images_per_s},
+        loss, frozen, images_per_s, done = train_epoch(trainer, data, inputs, fold=fold, epoch=epoch, clock=clock,
+                                                       planned_epochs=progress.planned_epochs, wall=wall,
+                                                       history=progress.history)
+        record = {"fold": fold, "epoch": epoch, "train_loss": loss, "frozen": frozen,
+                  "train_images_per_s": images_per_s, "epoch_fraction": done}
+        scores = score_and_checkpoint(trainer, data, inputs, progress, fold_dir, epoch=epoch, record=record,
                                       started=started, clock=clock)
         if on_epoch is not None:
             on_epoch(fold, epoch, scores)
+        if done < 1.0:
+            cut_at = epoch + 1
+            log(f"fold {fold}: time limit: epoch {epoch} stopped after {done:.0%} of its batches (best epoch "
+                f"{progress.best_epoch} kept)")
+            break
     return final_predictions(trainer, data, inputs, fold=fold, fold_dir=fold_dir, progress=progress, cut_at=cut_at)
+
+
+def fits_another_epoch(wall: Wall, history: list[dict], now: float) -> bool:
+    """Whether one more epoch like the last one, and the final predictions, end before the deadline."""
+    last = history[-1]
+    return now + last["seconds"] / max(last.get("epoch_fraction", 1.0), 1e-6) + wall.reserve_s(history, 0.0) \
+        <= wall.deadline
 
 
 def training_rows(data: FoldData):
@@ -147,14 +212,17 @@ def training_rows(data: FoldData):
     return rows, torch.tensor(gender), torch.tensor(ages), torch.tensor(weights)
 
 
-def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: int,
-                clock: Callable[[], float]) -> tuple[float, bool, float]:
-    """One pass over the training rows: (mean loss, whether the backbone was frozen, images per second)."""
+def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: int, clock: Callable[[], float],
+                planned_epochs: int | None = None, wall: Wall | None = None,
+                history: list[dict] | None = None) -> tuple[float, bool, float, float]:
+    """One pass over the training rows: (mean loss, whether the backbone was frozen, images per second, the
+    fraction of the batches trained: below 1 when `wall` stopped it so that scoring and the final predictions
+    still fit)."""
     cfg, device = trainer.cfg, trainer.device
     train_rows, gender, ages, weights = training_rows(data)
     batch_size = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch_size
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = steps_per_epoch * (planned_epochs or cfg.epochs)
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
     started = clock()
@@ -166,7 +234,14 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     frozen = False
     bar = tqdm(range(steps_per_epoch), desc=f"fold {fold} epoch {epoch}", leave=False, disable=None)
+    steps_done = steps_per_epoch
     for step in bar:
+        if wall is not None and step and step % WALL_CHECK_STEPS == 0:
+            per_step = (clock() - started) / step
+            if clock() + per_step * (steps_per_epoch - step) + wall.reserve_s(history or [], per_step / batch_size) \
+                    > wall.deadline:
+                steps_done = step
+                break
         factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, total_steps, warmup_steps)
         frozen = trainer.set_phase(epoch, factor)
         picked = order[step * batch_size:(step + 1) * batch_size]
@@ -176,7 +251,8 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
     seconds = clock() - started
-    return loss_sum.item() / max(1, steps_per_epoch), frozen, steps_per_epoch * batch_size / max(seconds, 1e-9)
+    return (loss_sum.item() / max(1, steps_done), frozen, steps_done * batch_size / max(seconds, 1e-9),
+            steps_done / max(1, steps_per_epoch))
 
 
 def prediction_options(trainer: Trainer, *, tta: bool) -> dict:
@@ -191,8 +267,10 @@ def score_and_checkpoint(trainer: Trainer, data: FoldData, inputs, progress: Pro
     history.csv. All epochs are scored alike on one view: the flips would double that cost every epoch
     (on a CPU at 5 folds, 15% of an epoch). The kept model's final predictions use them."""
     cfg = trainer.cfg
+    scoring_started = clock()
     gender_prob, age_pred = inputs.predict(trainer.scored_model, "train", data.valid["cache_index"].to_numpy(),
                                            **prediction_options(trainer, tta=False))
+    record = {**record, "score_seconds": clock() - scoring_started}
     scores = score_probabilities(data.valid["gender"], gender_prob, data.valid["age"], age_pred)
     improved = scores.score > progress.best_score
     if improved:
@@ -203,7 +281,8 @@ def score_and_checkpoint(trainer: Trainer, data: FoldData, inputs, progress: Pro
     progress.history.append({**record, **scores.as_dict(), "lr": trainer.optimizer.param_groups[0]["lr"],
                              "seconds": clock() - started})
     save_torch(fold_dir / "last.pt", {**trainer.state(), "epoch": epoch, "history": progress.history,
-                                      "best_score": progress.best_score, "best_epoch": progress.best_epoch})
+                                      "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+                                      "planned_epochs": progress.planned_epochs})
     write_csv(fold_dir / "history.csv", pd.DataFrame(progress.history))
     last = progress.history[-1]
     log(f"fold {record['fold']} epoch {epoch:2d}  loss {last['train_loss']:.4f}  {scores}"
@@ -223,4 +302,5 @@ def final_predictions(trainer: Trainer, data: FoldData, inputs, *, fold: int, fo
                         "age": data.valid["age"].to_numpy(), "gender_prob": oof_prob, "age_pred": oof_age})
     test = pd.DataFrame({"id": data.test["id"].to_numpy(), "gender_prob": test_prob, "age_pred": test_age})
     scores = score_probabilities(oof["gender"], oof["gender_prob"], oof["age"], oof["age_pred"])
-    return FoldResult(fold, progress.best_epoch, scores, oof, test, progress.history, cut_at)
+    planned = progress.planned_epochs if progress.planned_epochs != trainer.cfg.epochs else None
+    return FoldResult(fold, progress.best_epoch, scores, oof, test, progress.history, cut_at, planned)

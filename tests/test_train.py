@@ -95,3 +95,55 @@ def test_denormals_flush_to_zero_on_the_cpu(switch):
         assert (tiny * 2).item() == 0.0 and (torch.tensor([1e-30]) * 2).item() == pytest.approx(2e-30)
     finally:
         torch.set_flush_denormal(False)
+
+
+class StepClock:
+    """A clock that moves one second per training step (Trainer.step patched to tick it), and not otherwise."""
+
+    def __init__(self, monkeypatch):
+        import kit.train
+
+        self.now = 0.0
+        step = kit.train.Trainer.step
+
+        def ticking_step(trainer, *args, **kwargs):
+            self.now += 1.0
+            return step(trainer, *args, **kwargs)
+
+        monkeypatch.setattr(kit.train.Trainer, "step", ticking_step)
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_deadline_inside_the_first_epoch_stops_it_between_batches_with_the_predictions_made(tmp_path,
+                                                                                               monkeypatch):
+    clock = StepClock(monkeypatch)
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "batch_size": 4}).resolved(sample=True)   # 16 steps an epoch
+    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path, deadline=10.0, clock=clock)
+    assert clock() <= 10.0                                    # the 16-step epoch would have ended at 16
+    assert result.cut_at_epoch == 1 and result.history[0]["epoch_fraction"] == pytest.approx(4 / 16)
+    assert len(result.oof) == 32 and np.isfinite(result.oof["age_pred"]).all() and len(result.test) == 16
+
+
+def test_the_epochs_that_fit_are_decided_at_the_fold_s_start_and_kept_when_it_resumes(tmp_path, monkeypatch,
+                                                                                        caplog):
+    clock = StepClock(monkeypatch)
+    cfg = TrainConfig(**{**FAST, "epochs": 3}).resolved(sample=True)
+    # 40 s an epoch, the final predictions about 10 s: 2 of the 3 epochs fit in 100 s, and the schedule
+    # (one-cycle) runs over those 2.
+    whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole", deadline=100.0, epoch_s=40.0,
+                     clock=clock)
+    assert whole.planned_epochs == 2 and len(whole.history) == 2 and whole.cut_at_epoch is None
+    assert "2 of 3 epoch(s) fit before the time limit" in caplog.text
+
+    def crash_after_first_epoch(fold, epoch, scores):
+        raise KeyboardInterrupt
+
+    clock.now = 0.0
+    with pytest.raises(KeyboardInterrupt):
+        fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", deadline=100.0, epoch_s=40.0,
+                 on_epoch=crash_after_first_epoch, clock=clock)
+    resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", clock=clock)  # no limit now
+    assert resumed.planned_epochs == 2 and len(resumed.history) == 2
+    pd.testing.assert_frame_equal(whole.oof, resumed.oof)

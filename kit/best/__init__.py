@@ -44,7 +44,7 @@ from kit.log import log
 from kit.notebook import publish_submission
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
-from kit.rundir import cut_at_epoch, fold_done_file, load_run
+from kit.rundir import epochs_trained, fold_done_file, load_run
 
 BLEND_RESERVE_S = 30   # blending and writing the submission
 
@@ -113,8 +113,17 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
                min_epochs: int, spent_s: float, time_limit: float) -> Schedule:
     measured = plans + spares
     kept, left_out = allot(plans + spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
-    if kept[0].epochs < 1:
-        need = min(folds * (p.epoch_s + p.fixed_s) * SAFETY for p in measured) + spent_s + BLEND_RESERVE_S
+    finished = [p for p in measured if p.folds_left <= 0]   # by an earlier command: a blend is there already
+    if kept[0].epochs < 1 and not finished:   # the first member does not fit: the first one that does, alone
+        for plan in measured:
+            alone, rest = allot([plan], available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+            if alone[0].epochs >= 1:
+                log(f"plan: only {plan.label} fits in --time-limit {time_limit / 60:.1f}m")
+                kept, left_out = alone, [p for p in measured if p is not plan]
+                break
+    if kept[0].epochs < 1 and not finished:
+        need = min((folds * (p.epoch_s + p.fixed_s) + p.setup_s) * SAFETY for p in measured) + spent_s \
+            + BLEND_RESERVE_S
         raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: one epoch on {folds} folds of the "
                           f"fastest model needs about {need / 60:.1f} min here. Give more time, fewer --folds or "
                           "a smaller --size.")
@@ -129,48 +138,68 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
     return Schedule(kept, left_out, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
 
 
-def fold_budget(schedule: Schedule, plan: ModelPlan, left_s: float) -> float:
-    """The seconds the next fold of `plan` may take: its part of what is left, by the estimates (the first
-    fold's includes the setup, a frozen trunk's features, which it computes for every fold)."""
-    later = [p for p in schedule.plans if p.folds_done < p.cfg.folds]
-    total = sum(p.estimate_s() for p in later) or 1.0
-    return max(1.0, left_s * plan.next_fold_s() / total)
-
-
 def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: float, project: Project,
                    timeline: Timeline, clock: Callable[[], float]) -> list:
     """Train the schedule's members fold by fold, re-planning after every fold; returns their results."""
-    results = [run_cv(dataclasses.replace(plan.cfg, epochs=plan.epochs), root=project.root, clock=clock)
-               for plan in schedule.plans if plan.folds_done == plan.cfg.folds]   # finished by an earlier command
+    results = []
+    for plan in schedule.plans:
+        if plan.folds_done == plan.cfg.folds:   # finished by an earlier command
+            plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.run_epochs)
+            results.append(run_cv(plan.cfg, root=project.root, clock=clock))
+            plan.trained = [epochs_trained(results[-1].run_dir, f, plan.cfg.epochs) for f in range(plan.cfg.folds)]
     while (plan := schedule.next_plan()) is not None:
         if deadline - clock() - BLEND_RESERVE_S <= 0:
             break
         schedule.start(plan)
-        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.epochs)
+        # The run's --epochs is the member's cap; each fold trains what the plan gives it when it starts.
+        plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.run_epochs or plan.max_epochs)
         if members[plan.label].pseudo:   # the first round is done by now: fold k learns from its fold-k models
             first_round = [f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in results if r.complete]
             plan.cfg = dataclasses.replace(plan.cfg, pseudo_labels=first_round)
         run_started = clock()
-        result = None
-        for fold in range(plan.cfg.folds):
-            run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
-            trained_before = fold_done_file(run_dir, fold).is_file()
-            left = deadline - clock() - BLEND_RESERVE_S
-            fold_started = clock()
-            result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold],
-                                                time_limit=fold_budget(schedule, plan, left)),
-                            root=project.root, clock=clock)
-            if trained_before:
-                continue
-            schedule.observe(plan, clock() - fold_started, epochs=cut_at_epoch(result.run_dir, fold))
-            for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
-                log(f"re-plan after {plan.label} fold {fold}: {change}")
-        timeline.mark(f"cv {plan.label} ({plan.epochs} epochs x {plan.cfg.folds} folds)", run_started)
-        cut = [f for f in range(plan.cfg.folds) if cut_at_epoch(result.run_dir, f) is not None]
-        if cut:
-            log(f"{plan.label}: the time limit cut training short in fold(s) {cut} (best checkpoints kept)")
+        result = train_member_folds(schedule, plan, deadline=deadline, project=project, clock=clock)
+        if result is None:
+            timeline.mark(f"cv {plan.label} (unfinished)", run_started)
+            break
+        plan.trained = [epochs_trained(result.run_dir, f, plan.cfg.epochs) for f in range(plan.cfg.folds)]
+        timeline.mark(f"cv {plan.label} ({'/'.join(map(str, plan.trained))} epochs in its folds)", run_started)
         results.append(result)
+    left_s = deadline - clock() - BLEND_RESERVE_S
+    if left_s > 60:
+        why = (f"{', '.join(p.label for p in schedule.waiting)} would not fit in it" if schedule.waiting else
+               "every member trained to its epoch cap (past it, it overfits: kit/best/members.py EPOCH_CAPS) "
+               "and no spare is waiting (--spares)")
+        log(f"{left_s / 60:.1f} min of the limit are given back: {why}")
     return results
+
+
+def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, project: Project,
+                       clock: Callable[[], float]):
+    """Train a started member's folds one by one, each with the time its budget gives it; re-plan after each.
+    None when the deadline leaves no room for the next fold (its last epoch and predictions included): the
+    member stays unfinished, to be resumed by rerunning the command, and the blend uses the others."""
+    result = None
+    for fold in range(plan.cfg.folds):
+        run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
+        trained_before = fold_done_file(run_dir, fold).is_file()
+        budget = schedule.fold_budget(plan, deadline - clock() - BLEND_RESERVE_S)
+        setup_s = plan.setup_s * plan.speed if plan.folds_done == 0 else 0.0
+        if not trained_before and budget < plan.fold_s(1) + setup_s:
+            log(f"{plan.label}: no time left for fold {fold} (it needs about {plan.fold_s(1) / 60:.1f} min for one "
+                f"epoch and its predictions, {max(budget, 0) / 60:.1f} min are left); stopping here")
+            return None
+        fold_started = clock()
+        if not trained_before:
+            log(f"{plan.label} fold {fold}: {max(1, plan.epochs)} epoch(s), at most {budget / 60:.1f} min")
+        result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold], time_limit=max(1.0, budget)),
+                        root=project.root, clock=clock, fold_epochs=max(1, plan.epochs),
+                        epoch_s=plan.epoch_s * plan.speed)
+        if trained_before:
+            continue
+        schedule.observe(plan, clock() - fold_started, epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs))
+        for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
+            log(f"re-plan after {plan.label} fold {fold}: {change}")
+    return result
 
 
 def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list[str] | None = None,
@@ -239,7 +268,7 @@ def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overw
         log(f"  {what:<44} {seconds / 60:6.1f} min")
     return {"submission": str(out), "cv": blended.cv.as_dict(), "seconds": total, "time_limit": time_limit,
             "members": {f"{r.run_dir.parent.name}/{r.run_dir.name}": r.scores.as_dict() for r in complete},
-            "epochs": {p.label: p.epochs for p in schedule.plans}, "timeline": timeline.phases,
+            "epochs": {p.label: p.trained for p in schedule.plans if p.trained}, "timeline": timeline.phases,
             "plans": [(p.label, p.estimate_s(), p.share_s) for p in schedule.plans]}
 
 

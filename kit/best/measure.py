@@ -83,8 +83,9 @@ def measure_members(members: list, shares: list[float], *, cfg: TrainConfig, com
                          max_epochs=caps.get(member_cfg.model, max_epochs), label=member.label,
                          setup_s=(len(comp.train) + len(comp.test)) / figures["trunk"] if "trunk" in figures else 0.0,
                          second_round=member.pseudo)
-        if started_with:
-            plan.epochs, plan.resumed = int(started_with["epochs"]), True
+        if started_with:   # its folds may train fewer epochs than its run's --epochs, never more
+            plan.run_epochs, plan.resumed = int(started_with["epochs"]), True
+            plan.max_epochs = min(plan.max_epochs, plan.run_epochs)
             run_dir = project.run_dir(member_cfg.model, member_cfg.name)
             plan.folds_done = sum(fold_done_file(run_dir, k).is_file() for k in range(member_cfg.folds))
         plans.append(plan)

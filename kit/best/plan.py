@@ -30,13 +30,17 @@ class ModelPlan:
     epochs: int
     share: float = 1.0             # relative share of the time (--shares)
     label: str = ""                # the --models entry (model name, and its overrides if any)
-    resumed: bool = False          # its run exists (an earlier command): its epochs are fixed
-    max_epochs: int = 40           # --max-epochs, or the model's EPOCH_CAPS entry if lower
+    resumed: bool = False          # started (in this command or an earlier one): never left out any more
+    max_epochs: int = 40           # --max-epochs, or the model's EPOCH_CAPS entry if lower: its run's --epochs
     folds_done: int = 0            # folds finished in this command or before it
     speed: float = 1.0             # seconds seen / seconds estimated, over the folds trained so far
     margin: float = SAFETY         # smaller once real folds have been timed
     setup_s: float = 0.0           # once, before the first fold: a frozen trunk's features (kit/trunk.py)
     second_round: bool = False     # learns from the first round's pseudo-labels: trains after it
+    run_epochs: int | None = None  # the --epochs of its run when an earlier command made it
+    trained: list[int] | None = None   # the epochs each of its folds trained, once all are done
+    seen_s: float = 0.0            # seconds its folds took in this command
+    timed_s: float = 0.0           # what the measurement estimated for those same folds
 
     def fold_s(self, epochs: int | None = None) -> float:
         """The estimate of one fold of `epochs` (default: the planned ones), without the margin."""
@@ -47,9 +51,15 @@ class ModelPlan:
         setup = self.setup_s * self.speed if self.folds_done == 0 else 0.0
         return (self.fold_s() + setup) * self.margin
 
+    @property
+    def folds_left(self) -> int:
+        return self.cfg.folds - self.folds_done
+
     def estimate_s(self) -> float:
         """What the folds still to train will take, with the margin."""
-        return self.next_fold_s() + (self.cfg.folds - self.folds_done - 1) * self.fold_s() * self.margin
+        if self.folds_left <= 0:
+            return 0.0
+        return self.next_fold_s() + (self.folds_left - 1) * self.fold_s() * self.margin
 
 
 def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float,
@@ -68,60 +78,70 @@ def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float
 def plan_epochs(share_s: float, folds: int, epoch_s: float, fixed_s: float, max_epochs: int, *,
                 margin: float = SAFETY, speed: float = 1.0) -> int:
     """The most epochs per fold (at most max_epochs) whose estimated cost, with the margin, fits share_s."""
-    per_fold = share_s / margin / speed / folds - fixed_s
+    per_fold = share_s / margin / speed / max(1, folds) - fixed_s
     return max(0, min(max_epochs, math.floor(per_fold / epoch_s)))
 
 
 def allot(plans: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
           min_epochs: int) -> tuple[list[ModelPlan], list[ModelPlan]]:
-    """Share `available_s` among the plans by their shares and plan each one's epochs.
+    """Share `available_s` among the plans by their shares and plan each one's epochs for its folds still to
+    train (`folds` is the folds of a member not started).
 
     A blend of models that each train too briefly loses to one model trained longer (measured here,
     resnet18 runs of 1, 3 and 4 epochs: 0.648, 0.779, 0.805; blending two models gained 0.011). So
-    while a model would get fewer than `min_epochs`, the last model in the list is left out and its
-    time goes to the others. Returns (kept plans, left-out plans)."""
+    while a member not started yet would get fewer than `min_epochs`, the last one of those is left out
+    and its time goes to the others. Returns (kept plans, left-out plans)."""
     for plan in plans:
         plan.max_epochs = min(plan.max_epochs, max_epochs)
     kept, left_out = list(plans), []
     while True:
-        share_out(kept, available_s, folds)
+        share_out(kept, available_s)
         short = [p for p in kept if not p.resumed and p.epochs < min(min_epochs, p.max_epochs)]
-        if not short or len(kept) == 1:
+        unstarted = [p for p in kept if not p.resumed]
+        if not short or not unstarted or len(kept) == 1:
             return kept, left_out
-        left_out.insert(0, kept.pop())
+        left = unstarted[-1]
+        kept.remove(left)
+        left_out.insert(0, left)
 
 
-def share_out(plans: list[ModelPlan], available_s: float, folds: int) -> None:
-    """Split `available_s` among `plans` by share and plan their epochs. A model capped below what its
-    share buys (or resumed with its epochs fixed) keeps only its estimate; the rest goes to the others."""
-    fixed: dict[int, float] = {}       # plan index -> seconds it keeps
-    while True:
+def share_out(plans: list[ModelPlan], available_s: float) -> None:
+    """Split `available_s` among `plans` by share and plan the epochs of their folds still to train. A model
+    capped below what its share buys keeps only its estimate; the rest goes to the others."""
+    fixed = {i: 0.0 for i, plan in enumerate(plans) if plan.folds_left <= 0}   # plan index -> seconds it keeps
+    for i in fixed:
+        plans[i].share_s = 0.0
+    while len(fixed) < len(plans):
         open_plans = [i for i in range(len(plans)) if i not in fixed]
         left = available_s - sum(fixed.values())
-        total_share = sum(plans[i].share for i in open_plans)
+        # Shares are per fold: a started member's last folds get what its first ones had, not half the time.
+        weight = {i: plans[i].share * plans[i].folds_left / plans[i].cfg.folds for i in open_plans}
+        total_share = sum(weight.values())
         newly_fixed = False
         for i in open_plans:
             plan = plans[i]
-            plan.share_s = left * plan.share / total_share
-            if not plan.resumed:
-                plan.epochs = plan_epochs(plan.share_s - plan.setup_s * plan.speed * plan.margin, folds,
-                                          plan.epoch_s, plan.fixed_s, plan.max_epochs, margin=plan.margin,
-                                          speed=plan.speed)
-            if (plan.resumed or plan.epochs == plan.max_epochs) and plan.estimate_s() < plan.share_s:
+            plan.share_s = left * weight[i] / total_share
+            setup = plan.setup_s * plan.speed * plan.margin if plan.folds_done == 0 else 0.0
+            plan.epochs = plan_epochs(plan.share_s - setup, plan.folds_left, plan.epoch_s, plan.fixed_s,
+                                      plan.max_epochs, margin=plan.margin, speed=plan.speed)
+            if plan.epochs == plan.max_epochs and plan.estimate_s() < plan.share_s:
                 fixed[i] = plan.share_s = plan.estimate_s()
                 newly_fixed = True
-        if not newly_fixed or len(fixed) == len(plans):
+        if not newly_fixed:
             return
 
 
 class Schedule:
-    """The plan, kept up to date as folds finish: the members training or trained (their epochs fixed),
-    the members still to start, and those waiting for time (left out, or spares).
+    """The plan, kept up to date as folds finish: the members started (never left out again: their runs
+    are to be finished), the members still to start, and those waiting for time (left out, or spares).
+    A member's epochs are per fold: each fold trains what the plan gives it when it starts.
 
     After every fold, `observe` compares the fold's seconds with their estimate; `replan` then spreads the
-    time left over the members not started yet, waiting ones included, with estimates scaled by what the
-    machine really does: a slow first measurement costs no member, and time a capped member does not need
-    goes to another member or more epochs."""
+    time left over the members not started yet, waiting ones included. Each member's speed is its own: its
+    estimates are scaled by what its own folds took, never by another member's (their timings err apart:
+    on a 2x faster Xeon one member was timed 13% high and the other 10% low, so a shared factor moved the
+    second one's plan the wrong way and left the end of the hour idle). Time a capped member does not need
+    goes to another member, never to epochs past a cap."""
 
     SEEN_MARGIN = 1.05   # once folds have been timed, the margin only covers one fold's noise
 
@@ -129,10 +149,6 @@ class Schedule:
                  min_epochs: int):
         self.plans, self.waiting = kept, waiting
         self.folds, self.max_epochs, self.min_epochs = folds, max_epochs, min_epochs
-        self.seen_s = self.estimated_s = 0.0
-
-    def started(self) -> list[ModelPlan]:
-        return [p for p in self.plans if p.resumed]
 
     def next_plan(self) -> ModelPlan | None:
         """The member to train next: a started one finishes first; then first-round members at their epoch
@@ -143,37 +159,49 @@ class Schedule:
         return min(todo, key=lambda p: (not p.resumed, p.second_round, p.epochs < p.max_epochs), default=None)
 
     def start(self, plan: ModelPlan) -> None:
-        plan.resumed = True   # from now on its epochs are fixed, as a resumed run's are
+        plan.resumed = True   # from now on it is finished, never left out
 
     def observe(self, plan: ModelPlan, seconds: float, *, epochs: int | None = None) -> None:
         """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features).
         `epochs`: those it trained, when the time limit cut it short; a cut fold is as fast as the epochs it
         ran, not a sign of a fast machine (which would then cut the next folds shorter still)."""
-        self.estimated_s += plan.fold_s(epochs) / plan.speed + (plan.setup_s if plan.folds_done == 0 else 0.0)
-        self.seen_s += seconds
+        plan.timed_s += plan.fold_s(epochs) / plan.speed + (plan.setup_s if plan.folds_done == 0 else 0.0)
+        plan.seen_s += seconds
         plan.folds_done += 1
+        plan.speed, plan.margin = plan.seen_s / plan.timed_s, self.SEEN_MARGIN
+
+    def fold_budget(self, plan: ModelPlan, left_s: float) -> float:
+        """The seconds the next fold of `plan` may take: what is left once the other folds still to train have
+        their estimates. A fold that meets a slow moment can use the slack instead of being cut; one that
+        would not fit even so plans fewer epochs at its start (kit/train.py), rather than being cut."""
+        others = sum(p.estimate_s() / p.margin for p in self.plans if p is not plan)
+        rest_of_plan = (plan.folds_left - 1) * plan.fold_s()
+        return left_s - others - rest_of_plan
 
     def replan(self, available_s: float) -> list[str]:
-        """Re-split `available_s` (from now to the deadline, less the reserve); returns what changed."""
-        speed = self.seen_s / self.estimated_s if self.estimated_s else 1.0
-        for plan in self.plans + self.waiting:
-            plan.speed, plan.margin = speed, self.SEEN_MARGIN
-        before = {p.label: p.epochs for p in self.plans}
-        committed = sum(p.estimate_s() for p in self.plans if p.resumed)
-        open_plans = [p for p in self.plans if not p.resumed] + self.waiting
-        kept, left_out = allot(open_plans, available_s - committed, folds=self.folds, max_epochs=self.max_epochs,
+        """Re-split `available_s` (from now to the deadline, less the reserve) over the folds still to train,
+        a started member's too (each fold's length is decided when it starts); returns what changed."""
+        before = {p.label: p.epochs for p in self.plans if p.folds_left > 0}
+        done = [p for p in self.plans if p.folds_left <= 0]
+        open_plans = [p for p in self.plans if p.folds_left > 0] + self.waiting
+        if len(open_plans) == 1 and open_plans[0].folds_left == 1 and open_plans[0].timed_s:
+            # The very last fold needs no margin: at its start it plans the epochs that fit before the
+            # deadline (kit/train.py), and a slow moment stops it between batches, never past the limit.
+            open_plans[0].margin = 1.0
+        kept, left_out = allot(open_plans, available_s, folds=self.folds, max_epochs=self.max_epochs,
                                min_epochs=self.min_epochs) if open_plans else ([], [])
-        if kept and not kept[0].resumed and kept[0].epochs < min(self.min_epochs, kept[0].max_epochs):
-            kept, left_out = [], kept + left_out   # not even one more member fits now
-        self.plans = [p for p in self.plans if p.resumed] + kept
+        short = [p for p in kept if not p.resumed and p.epochs < min(self.min_epochs, p.max_epochs)]
+        kept, left_out = [p for p in kept if p not in short], short + left_out   # not even one more fits now
+        self.plans = done + kept
         self.waiting = left_out
-        after = {p.label: p.epochs for p in self.plans}
+        after = {p.label: p.epochs for p in self.plans if p.folds_left > 0}
         changes = [f"{label}: {before[label]} -> {epochs} epoch(s)" for label, epochs in after.items()
                    if label in before and before[label] != epochs]
         changes += [f"{label}: joins with {epochs} epoch(s)" for label, epochs in after.items() if label not in before]
         changes += [f"{label}: left out (no time for it)" for label in before if label not in after]
         if changes:
-            changes.insert(0, f"the machine runs at {1 / speed:.2f}x the measured speed")
+            timed = [f"{p.label} {1 / p.speed:.2f}x" for p in self.plans if p.timed_s]
+            changes.insert(0, f"each member's speed against its own measurement: {', '.join(timed)}")
         return changes
 
 
