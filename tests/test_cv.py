@@ -166,6 +166,20 @@ def test_a_run_on_changed_data_is_refused_not_reported_as_done(competition_copy,
     assert replaced.complete
 
 
+def test_overwrite_never_deletes_through_a_linked_run_directory(tiny_competition, project, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (project / "runs" / "scratch").mkdir(parents=True)
+    (project / "runs" / "scratch" / "linked").symlink_to(elsewhere)
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1, "name": "linked"})
+    run_cv(cfg, root=project)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+    changed = TrainConfig(**{**cfg.to_dict(), "epochs": 2, "overwrite": True})
+    with pytest.raises(RunError, match=r"linked is a symbolic link \(to .*elsewhere\).*--overwrite does not delete"):
+        run_cv(changed, root=project)
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
+
+
 def test_two_identical_cv_at_once_never_train_the_same_fold(tiny_competition, project):
     args = ["--data", str(tiny_competition), "--folds", "3", "--epochs", "2", "--size", "32", "--batch-size", "16",
             "--num-threads", "1", "--name", "twice"]
