@@ -203,3 +203,81 @@ def test_a_disk_too_small_for_the_cache_is_refused_before_decoding(competition_c
     assert done.returncode == 2, done.stderr
     assert "the image cache of 80 images (" in done.stderr and "needs about 1 MiB, but the disk has only" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- zips that cannot be extracted
+def cv_on(data, project, monkeypatch, capsys) -> tuple[int, str]:
+    from kit.__main__ import main
+
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    code = main(["cv", "scratch", "--data", str(data), "--epochs", "1"])
+    return code, capsys.readouterr().err
+
+
+def test_a_zip_with_a_bad_crc_is_one_error_line(tmp_path, project, monkeypatch, capsys):
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("face_dataset/train.csv", "id,full_path,gender,age\n" * 20)
+    data = archive.read_bytes()
+    where = data.index(b"id,full_path") + 5
+    archive.write_bytes(data[:where] + b"X" + data[where + 1:])         # one byte changed: its CRC no longer fits
+    code, err = cv_on(archive, project, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --data {archive}: member face_dataset/train.csv cannot be extracted (BadZipFile")
+    assert [p.name for p in (project / ".cache" / "extracted").iterdir()] == []
+
+
+def test_a_zip_holding_a_link_and_a_file_under_it_is_one_error_line(tmp_path, project, monkeypatch, capsys):
+    import stat
+
+    archive = tmp_path / "linked.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        link = zipfile.ZipInfo("face_dataset/train")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(link, "/etc")
+        z.writestr("face_dataset/train/00000.jpg", "not an image")
+    code, err = cv_on(archive, project, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "member face_dataset/train/00000.jpg cannot be extracted" in err
+    assert "the zip holds face_dataset/train as a symbolic link, not a folder" in err
+
+
+EXTRACT_SLOWLY = """
+import sys, time, zipfile
+from pathlib import Path
+from kit.data import extract_zip
+extract = zipfile.ZipFile._extract_member   # what extract and extractall both call
+def slow(self, member, path, pwd):
+    done = extract(self, member, path, pwd)
+    print("extracted one", flush=True)
+    time.sleep(60)
+    return done
+zipfile.ZipFile._extract_member = slow
+extract_zip(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_zip_half_extracted_by_a_killed_process_is_cleaned(tiny_competition, project, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kit.data import extract_zip
+
+    archive = tmp_path / "comp.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in sorted(tiny_competition.rglob("*")):
+            z.write(file, "face_dataset/" + str(file.relative_to(tiny_competition)))
+    cache = project / ".cache" / "extracted"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    killed = subprocess.Popen([sys.executable, "-c", EXTRACT_SLOWLY, str(archive), str(cache)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert "extracted one\n" in iter(killed.stdout.readline, "")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    [left] = cache.iterdir()
+    assert str(killed.pid) in left.name                       # the killed process left its half extraction
+    folder = extract_zip(archive, cache)
+    assert list(cache.iterdir()) == [folder] and (folder / "face_dataset" / "train.csv").is_file()
