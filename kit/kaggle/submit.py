@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kit.errors import KaggleFault, LedgerError, SubmitError
+from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import exclusive_lock, sha256_file
 from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect, resolve_competition
 from kit.kaggle.download import find_sample
@@ -85,14 +85,12 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
     cv_score = _cv_score(sidecar, sha256, path)
-    if sidecar.get("competition") not in (None, slug):
-        log(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
-            f"submitting to '{slug}'")
     kaggle = Connection(api)
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
-    # 1. an invalid file is never uploaded
+    # 1. an invalid file, or one made for another competition, is never uploaded
     sample_path = find_sample(slug, sample, sidecar, project.root, kaggle, retry)
+    check_competition(path, sidecar, slug, sample_path, force)
     validate_submission_file(path, sample_path)
     message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
     row = {"file": str(path), "sha256": sha256, "message": message, "competition": slug,
@@ -111,6 +109,38 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
                         polling=polling, retry=retry, sleep=sleep)
+
+
+def check_competition(path: Path, sidecar: dict, slug: str, sample_path: Path, force: bool) -> None:
+    """Refuse a file whose sidecar names another competition, unless --force.
+
+    Local data is named after its folder or zip (`--data utkface-age-gender.zip` makes 'utkface-age-gender'),
+    not after the Kaggle slug, so a sidecar whose sample submission lists exactly the ids of the target's
+    own is taken as made for it; the synthetic sample's, or another competition's, is not."""
+    made_for = sidecar.get("competition")
+    if made_for in (None, slug):
+        return
+    recorded = sidecar.get("sample_submission")
+    if recorded and Path(recorded).is_file() and _same_ids(Path(recorded), sample_path):
+        log(f"note: {path.with_suffix('.json').name} names the data '{made_for}', whose sample submission lists "
+            f"the ids of '{slug}''s ({sample_path}): submitting to '{slug}'")
+        return
+    if not force:
+        raise SubmitError(f"{path} was made for '{made_for}' (its {path.with_suffix('.json').name} says so, and its "
+                          f"sample submission is not '{slug}''s {sample_path}); nothing was uploaded. Make the "
+                          f"file from '{slug}''s data, pass --competition {made_for} if that is where it goes, or "
+                          "--force to submit it anyway")
+    log(f"--force: {path} was made for '{made_for}'; submitting to '{slug}', checked against {sample_path}")
+
+
+def _same_ids(one: Path, other: Path) -> bool:
+    from kit.submission import read_sample
+
+    try:
+        ids = [read_sample(p).get("id") for p in (one, other)]
+    except (OSError, SubmissionError):   # unreadable: not shown to be the same
+        return False
+    return all(i is not None for i in ids) and set(ids[0].str.strip()) == set(ids[1].str.strip())
 
 
 def refuse_duplicate(ledger_path: Path, path: Path, sha256: str, slug: str, force: bool) -> None:
