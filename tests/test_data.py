@@ -1,6 +1,11 @@
 """Every bad input is reported with its file and row, all at once, before any training."""
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +14,9 @@ import pytest
 from kit.data import load_competition
 from kit.errors import DataError, DiskFullError
 from kit.image_cache import decode_image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from process_tree import kill_all, wait_for_children, wait_gone  # noqa: E402
 
 
 def load(path, project, **kwargs):
@@ -258,12 +266,6 @@ extract_zip(Path(sys.argv[1]), Path(sys.argv[2]))
 
 
 def test_a_zip_half_extracted_by_a_killed_process_is_cleaned(tiny_competition, project, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from kit.data import extract_zip
 
     archive = tmp_path / "comp.zip"
@@ -281,3 +283,36 @@ def test_a_zip_half_extracted_by_a_killed_process_is_cleaned(tiny_competition, p
     assert str(killed.pid) in left.name                       # the killed process left its half extraction
     folder = extract_zip(archive, cache)
     assert list(cache.iterdir()) == [folder] and (folder / "face_dataset" / "train.csv").is_file()
+
+
+DECODE_SLOWLY = """
+import sys, time
+from pathlib import Path
+import kit.image_cache as image_cache
+decode = image_cache.decode_image
+def slow(path, size):
+    time.sleep(0.05)
+    return decode(path, size)
+image_cache.decode_image = slow    # the pool's processes are forked: they decode slowly too
+root = Path(sys.argv[1])
+paths = sorted(str(p.relative_to(root)) for p in root.glob("train/*.jpg")) * 5
+image_cache.cached_images(root, paths, 32, Path(sys.argv[2]), "slow", workers=2)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_the_decoding_pool_dies_with_its_parent(tiny_competition, tmp_path, signum):
+    """kill -9 (the pool cannot be told) or SIGTERM (`timeout`, `kill`) while images are decoded."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", DECODE_SLOWLY, str(tiny_competition), str(tmp_path / "cache")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pool = wait_for_children(parent.pid, 2, 60)
+    try:
+        assert len(pool) == 2, "the pool never started"
+        os.kill(parent.pid, signum)
+        parent.wait(timeout=30)
+        assert wait_gone(pool, 5) == []
+        if signum == signal.SIGTERM:        # stopped cleanly: no half-written cache either
+            assert not list((tmp_path / "cache").glob(".*.tmp"))
+    finally:
+        kill_all([parent.pid, *pool])
