@@ -348,6 +348,14 @@ def test_a_file_made_for_another_competition_is_refused_before_any_upload(server
     assert not (root / "submissions" / "ledger.csv").exists()
 
 
+def test_a_file_made_from_synthetic_data_is_refused_without_asking_kaggle(server, root, tmp_path):
+    path = other_competition(tmp_path, root)
+    (tmp_path / "data" / "sample" / ".synthetic").write_text("made by kit.sample\n")
+    with pytest.raises(SubmitError, match="made for 'sample' \\(synthetic sample data"):
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert server.calls == []       # not even the target's sample submission was needed
+
+
 def test_forced_it_is_checked_against_the_target_s_own_sample_fetched_from_kaggle(server, root, tmp_path):
     path = other_competition(tmp_path, root)
     with pytest.raises(SubmissionError, match="missing|unexpected|ids"):

@@ -89,8 +89,11 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
     # 1. an invalid file, or one made for another competition, is never uploaded
-    sample_path = find_sample(slug, sample, sidecar, project.root, kaggle, retry)
-    check_competition(path, sidecar, slug, sample_path, force)
+    def target_sample() -> Path:
+        return find_sample(slug, sample, sidecar, project.root, kaggle, retry)
+
+    check_competition(path, sidecar, slug, force, target_sample)
+    sample_path = target_sample()
     validate_submission_file(path, sample_path)
     message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
     row = {"file": str(path), "sha256": sha256, "message": message, "competition": slug,
@@ -111,26 +114,28 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
                         polling=polling, retry=retry, sleep=sleep)
 
 
-def check_competition(path: Path, sidecar: dict, slug: str, sample_path: Path, force: bool) -> None:
+def check_competition(path: Path, sidecar: dict, slug: str, force: bool, target_sample) -> None:
     """Refuse a file whose sidecar names another competition, unless --force.
 
     Local data is named after its folder or zip (`--data utkface-age-gender.zip` makes 'utkface-age-gender'),
     not after the Kaggle slug, so a sidecar whose sample submission lists exactly the ids of the target's
-    own is taken as made for it; the synthetic sample's, or another competition's, is not."""
+    own (`target_sample()`, found or fetched) is taken as made for it. Synthetic sample data is never
+    any competition's: that is known without asking Kaggle."""
     made_for = sidecar.get("competition")
     if made_for in (None, slug):
         return
-    recorded = sidecar.get("sample_submission")
-    if recorded and Path(recorded).is_file() and _same_ids(Path(recorded), sample_path):
+    recorded = Path(sidecar.get("sample_submission") or "")
+    synthetic = (recorded.parent / ".synthetic").is_file()
+    if not synthetic and recorded.is_file() and _same_ids(recorded, target := target_sample()):
         log(f"note: {path.with_suffix('.json').name} names the data '{made_for}', whose sample submission lists "
-            f"the ids of '{slug}''s ({sample_path}): submitting to '{slug}'")
+            f"the ids of '{slug}''s ({target}): submitting to '{slug}'")
         return
     if not force:
-        raise SubmitError(f"{path} was made for '{made_for}' (its {path.with_suffix('.json').name} says so, and its "
-                          f"sample submission is not '{slug}''s {sample_path}); nothing was uploaded. Make the "
-                          f"file from '{slug}''s data, pass --competition {made_for} if that is where it goes, or "
-                          "--force to submit it anyway")
-    log(f"--force: {path} was made for '{made_for}'; submitting to '{slug}', checked against {sample_path}")
+        why = "synthetic sample data" if synthetic else f"data whose sample submission is not '{slug}''s"
+        raise SubmitError(f"{path} was made for '{made_for}' ({why}, says {path.with_suffix('.json').name}); "
+                          f"nothing was uploaded. Make the file from '{slug}''s data, pass --competition "
+                          f"{made_for} if that is where it goes, or --force to submit it anyway")
+    log(f"--force: {path} was made for '{made_for}'; submitting to '{slug}', checked against its own sample")
 
 
 def _same_ids(one: Path, other: Path) -> bool:
