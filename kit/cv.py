@@ -20,7 +20,6 @@ from kit.age import head_outputs
 from kit.config import TrainConfig, check_config
 from kit.data import load_competition, locate
 from kit.device import check_device
-from kit.errors import RunError
 from kit.files import sha256_file
 from kit.folds import folds_for
 from kit.log import log, tagged
@@ -106,10 +105,17 @@ def run_on_devices(run: Prepared, project: Project, deadline: float | None, cloc
     cfg = run.cfg
     codes = train_in_workers(cfg, root=project.root, run_dir=run.run_dir,
                              time_limit=None if deadline is None else max(1.0, deadline - clock()))
-    if any(codes):
-        raise RunError(f"{run.run_dir}: worker(s) {[i for i, c in enumerate(codes) if c]} of --devices "
-                       f"{','.join(cfg.devices)} stopped with exit code(s) {[c for c in codes if c]} (see their "
-                       "lines above); the folds they finished are kept: rerun the same command to resume")
+    failed = [i for i, code in enumerate(codes) if code]
+    if not failed:
+        return
+    stopped = (f"worker(s) {failed} of --devices {','.join(cfg.devices)} stopped with exit code(s) "
+               f"{[codes[i] for i in failed]} (see their lines above)")
+    wanted = cfg.only_folds if cfg.only_folds is not None else range(cfg.folds)
+    left = [fold for fold in wanted if not fold_done_file(run.run_dir, fold).is_file()]
+    if left:   # run_cv's loop trains them here, each resuming from its last epoch
+        log(f"{stopped}; this process trains the fold(s) they left: {left}")
+    else:
+        log(f"{stopped}, but the other workers finished every fold")
 
 
 def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock,
@@ -253,8 +259,10 @@ def worker_main() -> int:
     import os
 
     from kit.parallel import WORKER_ENV
+    from kit.processes import die_with_parent
 
     spec = json.loads(os.environ[WORKER_ENV])
+    die_with_parent(spec["parent"])   # a parent killed with -9 takes its workers along
     cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
     with tagged(f"worker {spec['index']} {cfg.device}"):
         run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat as stat_module
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pandas as pd
 
 from kit import notebook
 from kit.errors import DataError
+from kit.files import disk_full, is_disk_full, remove_stale_temporaries
 from kit.image_cache import cached_images
 from kit.log import log
 from kit.paths import DEFAULT_COMPETITION
@@ -89,25 +92,59 @@ def find_competition_folder(path: Path) -> Path:
 
 
 def extract_zip(zip_path: Path, cache_root: Path) -> Path:
-    """Extract once; the folder is keyed by the zip's name, size and mtime, and appears atomically."""
+    """Extract once; the folder is keyed by the zip's name, size and mtime, and appears atomically.
+
+    It is extracted into `.<name>.<pid>.<random>.tmp` beside it, the name of kit/files.py's temporaries,
+    so one left by a killed process is removed by the next one that looks (remove_stale_temporaries)."""
     stat = zip_path.stat()
     key = hashlib.sha1(f"{zip_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_root / f"{zip_path.stem}-{key}"
+    for stale in remove_stale_temporaries(cache_root):
+        log(f"removed {stale}, left by an extraction that was stopped")
     if target.is_dir():
         return target
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=cache_root))
     try:
         log(f"extracting {zip_path} into {target} (once)")
-        with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():  # another process won the race otherwise
-            raise
+        extract_members(zip_path, tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # another process won the race otherwise
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+ZIP_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
+
+def extract_members(zip_path: Path, folder: Path) -> None:
+    """Extract every member (zipfile drops absolute and '..' parts); a damaged, encrypted or
+    unextractable member is a DataError naming it (a full disk a DiskFullError)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            for info in members:
+                try:
+                    archive.extract(info, folder)
+                except ZIP_ERRORS as err:
+                    if is_disk_full(err):
+                        raise disk_full(folder.parent, f"the extraction of {zip_path.name}", err) from None
+                    raise DataError(f"--data {zip_path}: member {info.filename} cannot be extracted "
+                                    f"({type(err).__name__}: {err}){_under_a_link(info, members)}; repair or "
+                                    "re-create the zip, or pass the extracted folder") from None
+    except zipfile.BadZipFile as err:
+        raise DataError(f"--data {zip_path}: not a readable zip archive ({err})") from None
+
+
+def _under_a_link(info: zipfile.ZipInfo, members: list[zipfile.ZipInfo]) -> str:
+    """Why a member may not fit: the zip also holds a symbolic link where its folder should be."""
+    links = [m.filename.rstrip("/") for m in members
+             if stat_module.S_ISLNK(m.external_attr >> 16) and info.filename.startswith(m.filename.rstrip("/") + "/")]
+    return f"; the zip holds {links[0]} as a symbolic link, not a folder" if links else ""
 
 
 # ----------------------------------------------------------------------------- validation

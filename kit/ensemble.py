@@ -123,6 +123,8 @@ def check_output(out: Path, *, overwrite: bool) -> None:
     if out.name == "ledger.csv":
         raise SubmissionError(f"--out {out}: ledger.csv is the submission ledger's name; choose another")
     for path in (out, sidecar_path(out)):
+        if path.is_dir():   # --overwrite replaces a file, never a folder (nor would the rename manage)
+            raise SubmissionError(f"--out {out}: {path} is a folder; name a file, e.g. {out.parent / 'blend.csv'}")
         if path.exists() and not overwrite:
             raise SubmissionError(f"{path} exists; pass --overwrite to replace it")
 

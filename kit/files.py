@@ -95,14 +95,18 @@ def process_is_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """Remove the temporary files of atomic writes whose process is gone (killed mid-write)."""
+    """Remove the temporary files (and folders, such as a zip half extracted) of writers whose process
+    is gone (killed mid-write)."""
     if not folder.is_dir():
         return []
     removed = []
-    for candidate in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+    for candidate in list(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
         match = TEMPORARY.match(candidate.name)
         if match and int(match.group(1)) != os.getpid() and not process_is_alive(int(match.group(1))):
-            candidate.unlink(missing_ok=True)
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
 

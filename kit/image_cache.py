@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ from kit.files import (
     write_json,
 )
 from kit.log import log
+from kit.processes import die_with_parent, sigterm_raises_terminated
 
 CACHE_VERSION = 1
 
@@ -147,14 +149,31 @@ def reserve(tmp: str, shape: tuple[int, ...]) -> None:
 def decode_into(tmp: str, root: Path, paths: list[str], size: int, workers: int) -> list[tuple[int, str]]:
     chunk = max(1, -(-len(paths) // (workers * 8)))
     jobs = [(tmp, str(root), paths[s:s + chunk], s, size) for s in range(0, len(paths), chunk)]
-    failures: list[tuple[int, str]] = []
     if workers > 1 and len(paths) > 256:
-        with ProcessPoolExecutor(workers) as pool:
+        return decode_in_pool(jobs, workers)
+    failures: list[tuple[int, str]] = []
+    for job in jobs:
+        failures += _decode_chunk(job)
+    return failures
+
+
+def decode_in_pool(jobs: list[tuple], workers: int) -> list[tuple[int, str]]:
+    """Decode the chunks in a process pool whose processes die with this one (kill -9 included) and are
+    killed, not waited for, when decoding is interrupted (Ctrl-C, SIGTERM): a pool process left behind
+    holds hundreds of MB and blocks forever on its queue."""
+    failures: list[tuple[int, str]] = []
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        with sigterm_raises_terminated():
             for result in pool.map(_decode_chunk, jobs):
                 failures += result
-    else:
-        for job in jobs:
-            failures += _decode_chunk(job)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in set(multiprocessing.active_children()) - before:   # the pool's: their chunks are void
+            process.kill()
+        raise
+    pool.shutdown()
     return failures
 
 

@@ -5,7 +5,8 @@ workers share the cores: 2 workers on 16 cores get 8 threads each). Which worker
 decided by the folds' locks (kit/rundir.py fold_lock): a worker takes the next fold nobody holds, so
 two processes never train the same fold, and a fold computes exactly what it would in one process
 with the same seed and threads. The parent decodes the data and prepares the run directory first,
-waits for its workers, then finishes the run (and trains any fold a failed worker left).
+waits for its workers, then finishes the run (and trains any fold a failed worker left). A worker dies
+with its parent, kill -9 included (kit/processes.py), so a rerun never races a worker left behind.
 
 Workers run `python -m kit.cv` with their spec in FACEKIT_CV_WORKER (kit/cv.py's worker_main).
 """
@@ -45,7 +46,7 @@ def train_in_workers(cfg: TrainConfig, *, root: Path, run_dir: Path, time_limit:
     processes = []
     for index, worker_cfg in enumerate(worker_configs(cfg, cfg.devices)):
         spec = {"cfg": dataclasses.replace(worker_cfg, time_limit=time_limit).to_dict(), "root": str(root),
-                "run_dir": str(run_dir), "index": index}
+                "run_dir": str(run_dir), "index": index, "parent": os.getpid()}   # it dies with this process
         env = {**os.environ, WORKER_ENV: json.dumps(spec), "TQDM_DISABLE": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [kit_parent, os.environ.get("PYTHONPATH")]))}
         log(f"worker {index}: {worker_cfg.device}" + (f", {worker_cfg.num_threads} thread(s)"

@@ -10,6 +10,7 @@ A directory made with another configuration, or on other data or folds, is never
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
         if not differences:
             remove_stale_temporaries(run_dir, recursive=True)   # left by a process killed mid-write
             return
+        if run_dir.is_symlink():   # rmtree refuses links; deleting what it points to is not asked for
+            raise RunError(f"{run_dir} is a symbolic link (to {os.readlink(run_dir)}) holding a run with another "
+                           "configuration or other data; --overwrite does not delete through a link: remove the "
+                           "link (or the run it points to) yourself, or choose another --name")
         log(f"--overwrite: removing {run_dir} (made with another configuration or other data)")
         shutil.rmtree(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):

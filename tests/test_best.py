@@ -197,8 +197,11 @@ def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
     assert "--epochs is planned" in capsys.readouterr().err
     assert facekit(["best", "--time-limit", "5m", "--shares", "1,x", "--data", str(tiny_competition)]) == 2
     assert "--shares '1,x'" in capsys.readouterr().err
-    assert facekit(["best", "--time-limit", "nan", "--data", str(tiny_competition)]) == 2
-    assert "--time-limit nan: must be a positive duration" in capsys.readouterr().err
+    for limit in ("inf", "nan", "0"):   # inf once planned endless epochs (a ValueError traceback)
+        assert facekit(["best", "--time-limit", limit, "--data", str(tiny_competition)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --time-limit ") and "must be a finite positive duration" in err
+        assert err.count("\n") == 1
 
 
 def plan_of(label, epoch_s, *, max_epochs=40, folds=5):

@@ -1,6 +1,7 @@
 """The cross-validation harness end to end on a tiny synthetic competition."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,9 @@ import pytest
 from kit.config import TrainConfig
 from kit.cv import run_cv
 from kit.errors import RunError, UserError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from process_tree import children_of, kill_all, wait_gone  # noqa: E402
 
 FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, folds=3)
 
@@ -166,6 +170,20 @@ def test_a_run_on_changed_data_is_refused_not_reported_as_done(competition_copy,
     assert replaced.complete
 
 
+def test_overwrite_never_deletes_through_a_linked_run_directory(tiny_competition, project, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (project / "runs" / "scratch").mkdir(parents=True)
+    (project / "runs" / "scratch" / "linked").symlink_to(elsewhere)
+    cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1, "name": "linked"})
+    run_cv(cfg, root=project)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+    changed = TrainConfig(**{**cfg.to_dict(), "epochs": 2, "overwrite": True})
+    with pytest.raises(RunError, match=r"linked is a symbolic link \(to .*elsewhere\).*--overwrite does not delete"):
+        run_cv(changed, root=project)
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
+
+
 @pytest.mark.parametrize("copies", [2, 4])
 def test_two_identical_cv_at_once_never_train_the_same_fold(tiny_competition, project, copies):
     args = ["--data", str(tiny_competition), "--folds", "3", "--epochs", "2", "--size", "32", "--batch-size", "16",
@@ -227,6 +245,85 @@ def test_devices_cpu_cpu_trains_each_fold_as_one_process_would(tiny_competition,
                      json.loads((project / f"runs/scratch/{name}/metrics.json").read_text())["folds"].items()}
               for name in ("parallel", "single")}
     assert scores["parallel"] == scores["single"]
+
+
+def devices_run(tiny_competition, project, name: str, epochs: int) -> subprocess.Popen:
+    command, env = cli(project, "--data", str(tiny_competition), "--folds", "3", "--epochs", str(epochs), "--size",
+                       "32", "--batch-size", "16", "--devices", "cpu,cpu", "--name", name)
+    return subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def read_until_both_trained_an_epoch(process: subprocess.Popen) -> str:
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if all(any(f"[worker {i} cpu] fold " in seen and " epoch " in seen for seen in lines) for i in (0, 1)):
+            break
+    return "".join(lines)
+
+
+def test_devices_workers_die_with_a_parent_killed_with_9(tiny_competition, project):
+    parent = devices_run(tiny_competition, project, "orphans", epochs=200)
+    workers = []
+    try:
+        out = read_until_both_trained_an_epoch(parent)
+        workers = children_of(parent.pid)
+        assert len(workers) == 2, out
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert wait_gone(workers, 5) == []
+    finally:
+        kill_all([parent.pid, *workers])
+
+
+def worker(parent: int, index: int, seconds: float = 120) -> int:
+    """The pid of --devices worker `index` (its spec is in its environment once it has started)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for pid in children_of(parent):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            spec = next((v for v in environ if v.startswith(b"FACEKIT_CV_WORKER=")), None)
+            if spec is not None and json.loads(spec.split(b"=", 1)[1])["index"] == index:
+                return pid
+        time.sleep(0.02)
+    raise AssertionError(f"no worker {index} of {parent} after {seconds}s")
+
+
+def test_a_devices_worker_killed_at_its_start_leaves_the_others_every_fold(tiny_competition, project):
+    parent = devices_run(tiny_competition, project, "one-left", epochs=2)
+    try:
+        os.kill(worker(parent.pid, 0), signal.SIGKILL)        # before it could take a fold
+        out, _ = parent.communicate(timeout=300)
+        assert parent.returncode == 0, out
+        assert "worker(s) [0] of --devices cpu,cpu stopped with exit code(s) [-9]" in out
+        assert "but the other workers finished every fold" in out and "rerun the same command" not in out
+        assert (project / "runs/scratch/one-left/metrics.json").is_file()
+    finally:
+        kill_all([parent.pid, *children_of(parent.pid)])
+
+
+def test_the_devices_parent_trains_the_folds_killed_workers_left(tiny_competition, project):
+    parent = devices_run(tiny_competition, project, "resumed", epochs=4)
+    workers = []
+    try:
+        read_until_both_trained_an_epoch(parent)
+        workers = children_of(parent.pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = parent.communicate(timeout=300)
+        assert parent.returncode == 0, out
+        assert "worker(s) [0, 1] of --devices cpu,cpu stopped with exit code(s) [-9, -9]" in out
+        left = re.search(r"this process trains the fold\(s\) they left: \[([\d, ]+)\]", out)
+        assert left, out
+        assert "resuming after epoch" in out        # a fold a worker had begun continues from its last epoch
+        metrics = json.loads((project / "runs/scratch/resumed/metrics.json").read_text())
+        assert set(metrics["folds"]) == {"0", "1", "2"}
+    finally:
+        kill_all([parent.pid, *workers])
 
 
 def test_a_damaged_checkpoint_or_fold_record_is_named(tiny_competition, project):

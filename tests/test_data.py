@@ -1,6 +1,11 @@
 """Every bad input is reported with its file and row, all at once, before any training."""
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +14,9 @@ import pytest
 from kit.data import load_competition
 from kit.errors import DataError, DiskFullError
 from kit.image_cache import decode_image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from process_tree import kill_all, wait_for_children, wait_gone  # noqa: E402
 
 
 def load(path, project, **kwargs):
@@ -203,3 +211,108 @@ def test_a_disk_too_small_for_the_cache_is_refused_before_decoding(competition_c
     assert done.returncode == 2, done.stderr
     assert "the image cache of 80 images (" in done.stderr and "needs about 1 MiB, but the disk has only" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- zips that cannot be extracted
+def cv_on(data, project, monkeypatch, capsys) -> tuple[int, str]:
+    from kit.__main__ import main
+
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    code = main(["cv", "scratch", "--data", str(data), "--epochs", "1"])
+    return code, capsys.readouterr().err
+
+
+def test_a_zip_with_a_bad_crc_is_one_error_line(tmp_path, project, monkeypatch, capsys):
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("face_dataset/train.csv", "id,full_path,gender,age\n" * 20)
+    data = archive.read_bytes()
+    where = data.index(b"id,full_path") + 5
+    archive.write_bytes(data[:where] + b"X" + data[where + 1:])         # one byte changed: its CRC no longer fits
+    code, err = cv_on(archive, project, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --data {archive}: member face_dataset/train.csv cannot be extracted (BadZipFile")
+    assert [p.name for p in (project / ".cache" / "extracted").iterdir()] == []
+
+
+def test_a_zip_holding_a_link_and_a_file_under_it_is_one_error_line(tmp_path, project, monkeypatch, capsys):
+    import stat
+
+    archive = tmp_path / "linked.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        link = zipfile.ZipInfo("face_dataset/train")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(link, "/etc")
+        z.writestr("face_dataset/train/00000.jpg", "not an image")
+    code, err = cv_on(archive, project, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "member face_dataset/train/00000.jpg cannot be extracted" in err
+    assert "the zip holds face_dataset/train as a symbolic link, not a folder" in err
+
+
+EXTRACT_SLOWLY = """
+import sys, time, zipfile
+from pathlib import Path
+from kit.data import extract_zip
+extract = zipfile.ZipFile._extract_member   # what extract and extractall both call
+def slow(self, member, path, pwd):
+    done = extract(self, member, path, pwd)
+    print("extracted one", flush=True)
+    time.sleep(60)
+    return done
+zipfile.ZipFile._extract_member = slow
+extract_zip(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_zip_half_extracted_by_a_killed_process_is_cleaned(tiny_competition, project, tmp_path):
+    from kit.data import extract_zip
+
+    archive = tmp_path / "comp.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in sorted(tiny_competition.rglob("*")):
+            z.write(file, "face_dataset/" + str(file.relative_to(tiny_competition)))
+    cache = project / ".cache" / "extracted"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    killed = subprocess.Popen([sys.executable, "-c", EXTRACT_SLOWLY, str(archive), str(cache)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert "extracted one\n" in iter(killed.stdout.readline, "")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    [left] = cache.iterdir()
+    assert str(killed.pid) in left.name                       # the killed process left its half extraction
+    folder = extract_zip(archive, cache)
+    assert list(cache.iterdir()) == [folder] and (folder / "face_dataset" / "train.csv").is_file()
+
+
+DECODE_SLOWLY = """
+import sys, time
+from pathlib import Path
+import kit.image_cache as image_cache
+decode = image_cache.decode_image
+def slow(path, size):
+    time.sleep(0.05)
+    return decode(path, size)
+image_cache.decode_image = slow    # the pool's processes are forked: they decode slowly too
+root = Path(sys.argv[1])
+paths = sorted(str(p.relative_to(root)) for p in root.glob("train/*.jpg")) * 5
+image_cache.cached_images(root, paths, 32, Path(sys.argv[2]), "slow", workers=2)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_the_decoding_pool_dies_with_its_parent(tiny_competition, tmp_path, signum):
+    """kill -9 (the pool cannot be told) or SIGTERM (`timeout`, `kill`) while images are decoded."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", DECODE_SLOWLY, str(tiny_competition), str(tmp_path / "cache")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pool = wait_for_children(parent.pid, 2, 60)
+    try:
+        assert len(pool) == 2, "the pool never started"
+        os.kill(parent.pid, signum)
+        parent.wait(timeout=30)
+        assert wait_gone(pool, 5) == []
+        if signum == signal.SIGTERM:        # stopped cleanly: no half-written cache either
+            assert not list((tmp_path / "cache").glob(".*.tmp"))
+    finally:
+        kill_all([parent.pid, *pool])

@@ -314,6 +314,19 @@ def test_out_must_be_a_csv_that_is_not_the_ledger(competition, two_runs, capsys)
         assert message in capsys.readouterr().err and not target.exists()
 
 
+def test_out_naming_a_folder_is_refused_and_nothing_is_written(competition, two_runs, capsys):
+    runs = [str(p) for p in two_runs]
+    for folder in ("dir.csv", "dir2.json"):
+        (competition["root"] / "submissions" / folder).mkdir(parents=True)
+    for out in ("dir.csv", "dir2.csv"):      # the CSV's name, or its sidecar's, taken by a folder
+        target = competition["root"] / "submissions" / out
+        assert main([*runs, "--out", str(target), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {target}: ") and "is a folder; name a file" in err
+    assert sorted(p.name for p in (competition["root"] / "submissions").iterdir()) == ["dir.csv", "dir2.json"]
+    assert not list((competition["root"] / "submissions" / "dir.csv").iterdir())
+
+
 def test_a_run_given_twice_is_refused(competition, two_runs, capsys):
     path = two_runs[0]
     spelled_twice = [str(path), str(path.parent / ".." / path.parent.name / path.name)]

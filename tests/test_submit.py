@@ -319,6 +319,60 @@ def test_malformed_file_is_stopped_before_upload(server, competition, root, monk
     assert server.calls == []  # not even a credentials check
 
 
+def made_for(root: Path, path: Path, competition_name: str, sample: Path) -> None:
+    """The sidecar `ensemble` writes: the competition (as the data was named) and its sample submission."""
+    sidecar = {"cv_score": 0.5, "sha256": sha256_file(path), "competition": competition_name,
+               "sample_submission": str(sample)}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+
+
+def other_competition(tmp_path: Path, root: Path) -> Path:
+    """A submission made on the synthetic sample (100 other ids), valid against that sample's own file."""
+    sample = tmp_path / "data" / "sample" / "sample_submission.csv"
+    sample.parent.mkdir(parents=True)
+    pd.DataFrame({"id": range(100), "gender": 1, "age": 30}).to_csv(sample, index=False)
+    path = write_submission(root, pd.DataFrame({"id": range(100), "gender": 0, "age": 41.5}), name="from_sample")
+    made_for(root, path, "sample", sample)
+    return path
+
+
+def test_a_file_made_for_another_competition_is_refused_before_any_upload(server, root, tmp_path, monkeypatch,
+                                                                          capsys):
+    path = other_competition(tmp_path, root)
+    with pytest.raises(SubmitError, match="made for 'sample' .*nothing was uploaded.*--competition sample.*--force"):
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))
+    assert main(["submit", "submissions/from_sample.csv", "--competition", DEFAULT_COMPETITION]) == 2
+    assert "was made for 'sample'" in capsys.readouterr().err
+    assert server.count("StartSubmissionUpload") == 0 and not server.submissions
+    assert not (root / "submissions" / "ledger.csv").exists()
+
+
+def test_a_file_made_from_synthetic_data_is_refused_without_asking_kaggle(server, root, tmp_path):
+    path = other_competition(tmp_path, root)
+    (tmp_path / "data" / "sample" / ".synthetic").write_text("made by kit.sample\n")
+    with pytest.raises(SubmitError, match="made for 'sample' \\(synthetic sample data"):
+        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert server.calls == []       # not even the target's sample submission was needed
+
+
+def test_forced_it_is_checked_against_the_target_s_own_sample_fetched_from_kaggle(server, root, tmp_path):
+    path = other_competition(tmp_path, root)
+    with pytest.raises(SubmissionError, match="missing|unexpected|ids"):
+        submit(path, "x", root=root, force=True, retry=FAST, polling=QUICK)
+    assert server.count("DownloadDataFile") == 1       # the target's sample_submission.csv, by the download path
+    assert server.count("StartSubmissionUpload") == 0 and not server.submissions
+
+
+def test_data_named_after_its_zip_is_taken_for_the_competition_whose_ids_it_lists(server, competition, root,
+                                                                                   capsys):
+    path = write_submission(root, prediction(competition["labels"]))
+    made_for(root, path, "utkface-age-gender", competition["sample"])    # --data utkface-age-gender.zip
+    result = submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    assert result.status == "complete" and len(server.submissions) == 1
+    assert "names the data 'utkface-age-gender', whose sample submission lists the ids" in capsys.readouterr().out
+
+
 def test_duplicate_is_refused_unless_forced(server, competition, root):
     path = write_submission(root, prediction(competition["labels"]))
     first = submit(path, "once", root=root, retry=FAST, polling=QUICK)

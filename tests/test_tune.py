@@ -28,7 +28,7 @@ from kit.tune import tune
 from kit.tune.objective import RunningScore
 from kit.tune.optuna_compat import SUPPORTED, check_supported, heartbeat_base, optuna_version, storage_of, trial_id
 from kit.tune.space import load_space
-from kit.tune.storage import journal_heartbeat_storage_class, open_storage
+from kit.tune.storage import journal_heartbeat_storage_class, mask_url, open_storage
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")]
@@ -171,6 +171,60 @@ def test_journal_heartbeat_fails_silent_trials_after_the_grace_period(tmp_path):
     storage.record_heartbeat(alive._trial_id)
     optuna.storages.fail_stale_trials(study)
     assert states(study) == ["FAIL", "RUNNING"]
+
+
+def journal_with_trials(folder: Path, n: int) -> Path:
+    storage = open_storage(None, folder, heartbeat_interval=30, grace_period=120)
+    study = optuna.create_study(storage=storage, study_name="jt")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=n)
+    return folder / "journal.log"
+
+
+def test_a_journal_cut_short_is_repaired_never_appended_onto(tmp_path, caplog):
+    journal = journal_with_trials(tmp_path, 2)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-25])                      # a crash mid-write, a full disk
+    storage = open_storage(None, tmp_path, heartbeat_interval=30, grace_period=120)
+    [aside] = tmp_path.glob("journal.log.damaged-*")
+    kept = journal.read_bytes()
+    assert kept + aside.read_bytes() == whole[:-25] and kept.endswith(b"\n")
+    assert f"set aside in {aside.name}" in caplog.text
+    study = optuna.load_study(study_name="jt", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert all(json.loads(line) for line in journal.read_bytes().splitlines())   # every record whole
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    reread = optuna.load_study(study_name="jt", storage=storage)
+    assert states(reread)[-1] == "COMPLETE"
+
+
+def test_a_journal_damaged_before_its_last_record_is_refused(tmp_path):
+    journal = journal_with_trials(tmp_path, 1)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*lines[:2], b'{"op_code": 4, "tri\n', *lines[2:]]))
+    before = journal.read_bytes()
+    with pytest.raises(UserError, match=r"journal.log: record 3 of \d+ is damaged.*new study"):
+        open_storage(None, tmp_path, heartbeat_interval=30, grace_period=120)
+    assert journal.read_bytes() == before and not list(tmp_path.glob("*.damaged-*"))
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://bob:p@ss@w0rd@127.0.0.1:1/x", "postgresql://bob:***@127.0.0.1:1/x"),
+    ("postgresql://bob:p:ss@db:5432/x", "postgresql://bob:***@db:5432/x"),
+    ("postgresql://bob:p/ss@db/x", "postgresql://***"),
+    ("postgresql://db/x?user=bob&password=s3cret", "postgresql://db/x?user=bob&password=***"),
+    ("postgresql://bob@db/x", "postgresql://bob@db/x"),
+])
+def test_storage_urls_are_masked_whole(url, shown):
+    assert mask_url(url) == shown
+
+
+def test_a_storage_error_never_prints_the_password(project, monkeypatch, capsys):
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    assert facekit(["tune", "--storage", "postgresql://bob:p@ss@w0rd@127.0.0.1:1/x", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ss@w0rd" not in err and "bob:***@127.0.0.1:1/x" in err and "as %40" in err
 
 
 def test_two_workers_on_postgres_add_up(tiny_competition, project):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -301,8 +302,8 @@ def main(argv=None) -> int:
     spares = [m.strip() for m in args.spares.split(",") if m.strip()]
     if args.epochs is not None:
         raise ConfigError("--epochs is planned from the time limit here; use --max-epochs to cap it")
-    if not args.time_limit > 0:
-        raise ConfigError(f"--time-limit {args.time_limit}: must be a positive duration, e.g. 60m")
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):   # inf would plan endless epochs
+        raise ConfigError(f"--time-limit {args.time_limit}: must be a finite positive duration, e.g. 60m")
     if args.max_epochs < 1 or args.min_epochs < 1:
         raise ConfigError("--max-epochs and --min-epochs must be at least 1")
     best(config_from_args(args), time_limit=args.time_limit, models=models, spares=spares,

@@ -141,13 +141,15 @@ def _read_json(path: Path) -> dict:
 
 
 def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry) -> Path:
-    """--sample, else the sidecar's, else data/<slug>/'s, else sample_submission.csv from Kaggle."""
+    """The target competition's own sample submission: --sample, else the sidecar's when the sidecar was
+    made for `slug`, else data/<slug>/'s, else sample_submission.csv from Kaggle. A sidecar made for
+    another competition is never the reference: a file would pass against its own competition's ids."""
     if sample is not None:
         if not Path(sample).is_file():
             raise SubmitError(f"--sample {sample}: no such file")
         return Path(sample)
     recorded = sidecar.get("sample_submission")
-    if recorded and Path(recorded).is_file():
+    if recorded and sidecar.get("competition") == slug and Path(recorded).is_file():
         return Path(recorded)
     local = sorted((root / "data" / slug).rglob("sample_submission.csv"), key=lambda p: (len(p.parts), str(p)))
     if local:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kit.errors import KaggleFault, LedgerError, SubmitError
+from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import exclusive_lock, sha256_file
 from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect, resolve_competition
 from kit.kaggle.download import find_sample
@@ -85,14 +85,15 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
     cv_score = _cv_score(sidecar, sha256, path)
-    if sidecar.get("competition") not in (None, slug):
-        log(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
-            f"submitting to '{slug}'")
     kaggle = Connection(api)
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
-    # 1. an invalid file is never uploaded
-    sample_path = find_sample(slug, sample, sidecar, project.root, kaggle, retry)
+    # 1. an invalid file, or one made for another competition, is never uploaded
+    def target_sample() -> Path:
+        return find_sample(slug, sample, sidecar, project.root, kaggle, retry)
+
+    check_competition(path, sidecar, slug, force, target_sample)
+    sample_path = target_sample()
     validate_submission_file(path, sample_path)
     message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
     row = {"file": str(path), "sha256": sha256, "message": message, "competition": slug,
@@ -111,6 +112,40 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
                         polling=polling, retry=retry, sleep=sleep)
+
+
+def check_competition(path: Path, sidecar: dict, slug: str, force: bool, target_sample) -> None:
+    """Refuse a file whose sidecar names another competition, unless --force.
+
+    Local data is named after its folder or zip (`--data utkface-age-gender.zip` makes 'utkface-age-gender'),
+    not after the Kaggle slug, so a sidecar whose sample submission lists exactly the ids of the target's
+    own (`target_sample()`, found or fetched) is taken as made for it. Synthetic sample data is never
+    any competition's: that is known without asking Kaggle."""
+    made_for = sidecar.get("competition")
+    if made_for in (None, slug):
+        return
+    recorded = Path(sidecar.get("sample_submission") or "")
+    synthetic = (recorded.parent / ".synthetic").is_file()
+    if not synthetic and recorded.is_file() and _same_ids(recorded, target := target_sample()):
+        log(f"note: {path.with_suffix('.json').name} names the data '{made_for}', whose sample submission lists "
+            f"the ids of '{slug}''s ({target}): submitting to '{slug}'")
+        return
+    if not force:
+        why = "synthetic sample data" if synthetic else f"data whose sample submission is not '{slug}''s"
+        raise SubmitError(f"{path} was made for '{made_for}' ({why}, says {path.with_suffix('.json').name}); "
+                          f"nothing was uploaded. Make the file from '{slug}''s data, pass --competition "
+                          f"{made_for} if that is where it goes, or --force to submit it anyway")
+    log(f"--force: {path} was made for '{made_for}'; submitting to '{slug}', checked against its own sample")
+
+
+def _same_ids(one: Path, other: Path) -> bool:
+    from kit.submission import read_sample
+
+    try:
+        ids = [read_sample(p).get("id") for p in (one, other)]
+    except (OSError, SubmissionError):   # unreadable: not shown to be the same
+        return False
+    return all(i is not None for i in ids) and set(ids[0].str.strip()) == set(ids[1].str.strip())
 
 
 def refuse_duplicate(ledger_path: Path, path: Path, sha256: str, slug: str, force: bool) -> None:
