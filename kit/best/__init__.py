@@ -48,6 +48,7 @@ from kit.paths import Project
 from kit.rundir import epochs_trained, fold_done_file, load_run
 
 BLEND_RESERVE_S = 30   # blending and writing the submission
+MEASURING_SHARE = 0.25  # past this share of the limit spent preparing and measuring, spares are not measured
 
 
 @dataclass
@@ -108,6 +109,16 @@ def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: se
             fallback = member_config(dataclasses.replace(cfg, pretrained=False), member.model, member.overrides,
                                      given=given, name=name, sample=sample)
             member.cfg = dataclasses.replace(fallback, name=member.cfg.name)
+
+
+def stop_if_spent(left_s: float, time_limit: float, timeline: Timeline) -> None:
+    """Stop at once when preparing (a cold cache's decoding) and measuring have left no time to train: the
+    limit is a wall, and what they did is kept for the next command (decoded images are cached)."""
+    if left_s - BLEND_RESERVE_S > 0:
+        return
+    spent = ", ".join(f"{what} {seconds / 60:.1f} min" for what, seconds in timeline.phases)
+    raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is spent before any training ({spent}); the decoded "
+                      "images are cached, so the same command starts faster next time; or give more time")
 
 
 def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
@@ -234,12 +245,19 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
                                              drop_bad_rows=cfg.drop_bad_rows, folds=cfg.folds)
     folds_for(comp.train, competition=comp.name, k=cfg.folds, seed=cfg.fold_seed, folds_dir=project.folds)
     now = timeline.mark("prepare data and folds", started)
+    stop_if_spent(deadline - now, time_limit, timeline)
 
     measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
                    max_epochs=max_epochs, measure_steps=measure_steps, caps=EPOCH_CAPS)
     plans = measure_members(members, shares, **measure)
+    stop_if_spent(deadline - clock(), time_limit, timeline)
+    if extra and clock() - started > MEASURING_SHARE * time_limit:
+        log(f"plan: no spares this time: preparing and measuring took {(clock() - started) / 60:.1f} of the "
+            f"{time_limit / 60:.1f} min")
+        extra = []
     spare_plans = measure_members(extra, [1.0] * len(extra), **measure)
     now = timeline.mark("measure throughput", now)
+    stop_if_spent(deadline - now, time_limit, timeline)
     schedule = first_plan(plans, spare_plans, deadline - now - BLEND_RESERVE_S, folds=cfg.folds,
                           max_epochs=max_epochs, min_epochs=min_epochs, spent_s=now - started, time_limit=time_limit)
     by_label = {m.label: m for m in members + extra}
