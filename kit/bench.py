@@ -249,3 +249,9 @@ def main(argv=None) -> int:
     print_table(summary)
     log(json.dumps(summary))
     return 1 if summary["measurement_faults"] else 0
+
+
+if __name__ == "__main__":
+    from kit.commands import run_module
+
+    raise SystemExit(run_module("bench", main))

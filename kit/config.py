@@ -8,10 +8,10 @@ overrides are all derived from it, so a new field is written once, here.
 
 `config.json` in a run directory is this dataclass written out; `--params FILE.json` overrides fields.
 Defaults follow the original report's recipe for pretrained resnet18 (10 frozen epochs with the heads
-at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init:
-measured here, resnet18 from random init at 1e-5 never moves its ages off 0 and scores 0.0, while
-1e-3 scores 0.70. So `resolved()` switches to from-scratch defaults (no frozen phase, lr 1e-3)
-when the weights are random, unless the user set the learning rates explicitly.
+at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init
+(docs/experiments.md, "The figures behind the code's defaults"), so `resolved()` switches to from-scratch
+defaults (no frozen phase, lr 1e-3) when the weights are random, unless the user set the learning rates
+explicitly.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from kit.errors import ConfigError
 # The models with pretrained weights, and (lr_head, lr_backbone, unfreeze_epoch) when they start from them.
 PRETRAINED_DEFAULTS = {
     "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
-    "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (docs/experiments.md, "dlib's age network"): no frozen phase
-    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age (docs/experiments.md, "dlib's face network")
+    "dlib_age": (2.5e-4, 2.5e-4, 0),   # no frozen phase (docs/experiments.md, "dlib's age network")
+    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age
     "dlib_face_emb": (2.5e-4, 2.5e-4, 0),
 }
 # Pretrained weights that come installed with a package: the default even on the sample data.

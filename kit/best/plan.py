@@ -131,9 +131,6 @@ class Schedule:
         self.folds, self.max_epochs, self.min_epochs = folds, max_epochs, min_epochs
         self.seen_s = self.estimated_s = 0.0
 
-    def started(self) -> list[ModelPlan]:
-        return [p for p in self.plans if p.resumed]
-
     def next_plan(self) -> ModelPlan | None:
         """The member to train next: a started one finishes first; then first-round members at their epoch
         cap, which cannot use more time than they have, so that the members which can are planned last,

@@ -75,8 +75,10 @@ def submissions_main(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- facekit kaggle ...
 def bundle_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facekit kaggle bundle", description=__doc__.split("\n\n")[0],
-                                     epilog="The folder is .cache/kaggle-bundle/facekit-bundle/ under the project.")
+    parser = argparse.ArgumentParser(
+        prog="facekit kaggle bundle", description="Build the kit's wheel, the wheels of what it needs that Kaggle's "
+        "image lacks, and the project's folds as a Kaggle dataset, and upload it as a new version when its content "
+        "changed (docs/kaggle.md, 1).", epilog="The folder is .cache/kaggle-bundle/facekit-bundle/ under the project.")
     parser.add_argument("--extras", default=",".join(DEFAULT_EXTRAS),
                         help="the kit's extras to install, comma-separated, or none (default: %(default)s, what "
                              "best's default members need)")
@@ -129,10 +131,12 @@ def polling_from(args) -> Polling:
 def run_main(argv=None) -> int:
     argv = list(argv or [])
     options, words = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="facekit kaggle run", usage="facekit kaggle run [options] -- COMMAND "
-                                     "[ARGS ...] [-- COMMAND [ARGS ...] ...]", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="facekit kaggle run",
+        usage="facekit kaggle run [options] -- COMMAND [ARGS ...] [-- COMMAND [ARGS ...] ...]",
+        description="Run facekit commands in a Kaggle script kernel with the bundle and the competition attached, "
+        "wait for it, and download its output into runs/kaggle/<slug>/v<N>/ (docs/kaggle.md, 3).",
+        epilog="example: facekit kaggle run -- best --time-limit 8h")
     parser.add_argument("--kernel", help=f"[OWNER/]SLUG of the kernel (default: <username>/{DEFAULT_KERNEL}); each "
                         "push is a new version")
     parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")

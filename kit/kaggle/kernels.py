@@ -26,6 +26,7 @@ import re
 import time
 from pathlib import Path
 
+from kit.commands import COMMANDS
 from kit.errors import KaggleFault, SubmitError
 from kit.files import write_json, write_text
 from kit.kaggle import datasets
@@ -71,8 +72,6 @@ def check_kernel_slug(slug: str) -> None:
 
 def split_commands(words: list[str]) -> list[list[str]]:
     """`cv scratch --epochs 1 -- ensemble scratch/x` -> [[cv, scratch, --epochs, 1], [ensemble, scratch/x]]."""
-    from kit.__main__ import COMMANDS
-
     commands, current = [], []
     for word in [*words, "--"]:
         if word == "--":

@@ -50,9 +50,6 @@ class FaceModel(nn.Module):
     # A frozen trunk (--frozen-trunk N): the stem and first N blocks of a backbone that can be split there
     # (the dlib networks: trunk(x, N), rest(features, N), trunk_modules(N)). Its output can be computed once
     # per image and cached, and training runs the rest of the network only.
-    def can_split(self) -> bool:
-        return all(hasattr(self.backbone, name) for name in ("trunk", "rest", "trunk_modules"))
-
     def trunk(self, x, blocks: int):
         return self.backbone.trunk(x, blocks)
 

@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--time-limit", type=parse_duration,
                         help="wall time, e.g. 40m: no trial starts after it, a running one stops at its next epoch")
-    parser.add_argument("--timeout", dest="time_limit", type=parse_duration, help=argparse.SUPPRESS)  # earlier name
     parser.add_argument("--space", help="JSON file overriding the search space (see the printed default)")
     parser.add_argument("--pruner", choices=("median", "none"), default="median", help="(default: %(default)s)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -89,7 +88,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from kit.__main__ import flush_denormals_before_threads, run
+    from kit.commands import run_module
 
-    flush_denormals_before_threads()
-    raise SystemExit(run(main))
+    raise SystemExit(run_module("tune", main))
