@@ -248,10 +248,9 @@ def range_problem(name: str, value) -> str | None:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Raise ConfigError naming the option and the bad value, before any work starts."""
-    from kit.models import MODELS
-    from kit.models.registry import MIN_SIZE, TRUNK_BLOCKS
-
+    """Raise ConfigError naming the option and the bad value, before any work starts. What a model allows
+    (its name, its smallest input, the blocks it can freeze) is the models' to check, a layer up:
+    kit.models.check_model_config runs this, then those."""
     def bad(name, why):
         raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
 
@@ -267,15 +266,8 @@ def check_config(cfg: TrainConfig) -> None:
             bad("devices" if device != cfg.device else "device", f"{device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.devices is not None and "auto" in cfg.devices:
         bad("devices", "name each device: cpu, cuda or cuda:N")
-    if cfg.model not in MODELS:
-        raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
-    if cfg.frozen_trunk > TRUNK_BLOCKS[cfg.model]:
-        bad("frozen_trunk", f"{cfg.model} has {TRUNK_BLOCKS[cfg.model]} blocks to freeze"
-            + ("" if TRUNK_BLOCKS[cfg.model] else " (only the dlib networks can be split)"))
     if cfg.frozen_trunk and cfg.pretrained is False and cfg.weights is None:
         bad("frozen_trunk", "a frozen trunk of random weights learns nothing; it needs pretrained weights")
-    if cfg.size < MIN_SIZE[cfg.model]:
-        bad("size", f"{cfg.model} needs inputs of at least {MIN_SIZE[cfg.model]} px")
     epochs = cfg.epochs if cfg.epochs is not None else EPOCHS
     if cfg.unfreeze_epoch is not None and cfg.unfreeze_epoch > epochs:
         bad("unfreeze_epoch", f"must be between 0 and --epochs ({epochs})")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.age import head_outputs
-from kit.config import TrainConfig, check_config
+from kit.config import TrainConfig
 from kit.data import load_competition, locate
 from kit.device import check_device
 from kit.errors import RunError
@@ -25,7 +25,7 @@ from kit.files import sha256_file
 from kit.folds import folds_for
 from kit.log import log, tagged
 from kit.metric import Scores
-from kit.models import create_model
+from kit.models import check_model_config, create_model
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
 from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
@@ -61,10 +61,10 @@ class Prepared:
 
 def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
     """The cheap checks, before anything is decoded: options, data location, weights, devices."""
-    check_config(cfg)
+    check_model_config(cfg)
     folder, competition_name, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
-    check_config(cfg)
+    check_model_config(cfg)
     if is_sample:
         log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
     check_weights(cfg)

@@ -41,10 +41,10 @@ from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.folds import folds_for
 from kit.log import log
-from kit.notebook import publish_submission
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
 from kit.rundir import cut_at_epoch, fold_done_file, load_run
+from kit.submission import publish_submission
 
 BLEND_RESERVE_S = 30   # blending and writing the submission
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from kit.config import MEMBER_FIELDS, TrainConfig, check_config, check_types, value_type
+from kit.config import MEMBER_FIELDS, TrainConfig, check_types, value_type
 from kit.errors import ConfigError
+from kit.models import check_model_config
 
 # Each recipe is the best one measured on the real data; the figures behind every choice are in
 # docs/experiments.md, "The figures behind the code's defaults".
@@ -101,5 +102,5 @@ def member_config(cfg: TrainConfig, model: str, overrides: dict, *, given: set[s
     """A member's whole configuration: the recipe, what the user gave, its own overrides; checked."""
     member = dataclasses.replace(recipe_config(cfg, model, given | set(overrides), sample=sample),
                                  name=member_name(name, overrides), **overrides)
-    check_config(member)
+    check_model_config(member)
     return member

@@ -21,9 +21,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from kit.config import NAME_PATTERN, TrainConfig, check_config
+from kit.config import NAME_PATTERN, TrainConfig
 from kit.errors import ConfigError
 from kit.log import log
+from kit.models import check_model_config
 from kit.paths import Project
 from kit.tune.space import check_space, default_space, describe_space, in_space
 from kit.tune.storage import describe_storage, open_storage
@@ -40,7 +41,7 @@ class TuneResult:
 
 def check_arguments(cfg: TrainConfig, *, trials: int, workers: int, folds_per_trial: int, heartbeat_interval: int,
                     grace_period: int, time_limit: float | None) -> None:
-    check_config(cfg)
+    check_model_config(cfg)
     if trials < 0 or workers < 1:
         raise ConfigError("--trials must be >= 0 and --workers >= 1")
     if not 1 <= folds_per_trial <= cfg.folds:

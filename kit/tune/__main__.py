@@ -55,8 +55,8 @@ def worker_main() -> int:
 
 
 def main(argv=None) -> int:
-    from kit.config import check_config
     from kit.data import locate
+    from kit.models import check_model_config
     from kit.paths import Project
     from kit.tune import tune
     from kit.tune.space import load_space
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         cfg = config_from_args(args, model=model_from_args(args))
         space = None
         if args.space:
-            check_config(cfg)
+            check_model_config(cfg)
             _, _, is_sample = locate(cfg.data, project_root=Project.at().root)
             space = load_space(args.space, cfg.resolved(sample=is_sample))
         try:
