@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kaggle_sandbox import repack_installed  # noqa: E402
 
-from kit.kaggle.scores import Polling  # noqa: E402
+from kit.kaggle.api import Polling  # noqa: E402
 from kit.kaggle.wheels import (  # noqa: E402
     KAGGLE_IMAGE_PACKAGES,
     Target,

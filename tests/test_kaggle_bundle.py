@@ -21,12 +21,15 @@ from kit.files import sha256_file
 from kit.kaggle import bundle as bundles
 from kit.kaggle import datasets
 from kit.kaggle import wheels as kaggle_wheels
+from kit.kaggle.api import Polling, Services
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kaggle_fixtures import REPO, closure_names, image_but, point_client_at, wheelhouse  # noqa: E402
 from kaggle_server import KaggleServer  # noqa: E402
 
-NO_WAIT = datasets.Waiting(interval=0.01, timeout=1)
+
+def no_wait() -> Services:
+    return Services(polling=Polling(interval=0.01, timeout=1))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,7 @@ def test_a_missing_wheel_is_downloaded_with_pip(project, wheels, image_but_six, 
 # ----------------------------------------------------------------------------- uploading
 def test_upload_creates_then_versions_and_skips_what_is_there(project, wheels, image_but_six, server, capsys):
     bundle = build(project, wheels, image_but_six)
-    assert datasets.upload_bundle(bundle, root=project, waiting=NO_WAIT)
+    assert datasets.upload_bundle(bundle, root=project, services=no_wait())
     assert server.count("CreateDataset") == 1 and server.count("StartBlobUpload") == 4   # 2 zips, 2 files
     dataset = server.datasets["tester/facekit-bundle"]
     mounted = dataset["versions"][0]
@@ -169,11 +172,11 @@ def test_upload_creates_then_versions_and_skips_what_is_there(project, wheels, i
     assert {p.name for p in (mounted / "wheels").iterdir()} == {p.name for p in (bundle.folder / "wheels").iterdir()}
 
     uploads = server.count("StartBlobUpload")
-    assert not datasets.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
+    assert not datasets.upload_bundle(build(project, wheels, image_but_six), root=project, services=no_wait())
     assert server.count("StartBlobUpload") == uploads and "nothing to upload" in capsys.readouterr().out
 
     (project / "folds" / "c-k3-seed42.csv").write_text("id,fold\n1,0\n2,1\n3,2\n")
-    assert datasets.upload_bundle(build(project, wheels, image_but_six), root=project, waiting=NO_WAIT)
+    assert datasets.upload_bundle(build(project, wheels, image_but_six), root=project, services=no_wait())
     assert server.count("CreateDatasetVersion") == 1 and len(dataset["versions"]) == 2
     assert (dataset["versions"][1] / "folds" / "c-k3-seed42.csv").is_file()
 
@@ -200,6 +203,6 @@ def test_upload_refusals_are_faults(project, wheels, image_but_six, server):
     bundle = bundles.build_bundle(dataset="someone-else/facekit-bundle", extras=[], root=project, find_links=[wheels],
                                   image=image_but_six)
     with pytest.raises(KaggleFault, match="someone-else/facekit-bundle") as caught:
-        datasets.upload_bundle(bundle, root=project, waiting=NO_WAIT)
+        datasets.upload_bundle(bundle, root=project, services=no_wait())
     assert caught.value.kind == "forbidden" and not server.datasets
     assert not (project / ".cache" / "kaggle-bundle" / "uploaded.json").exists()

@@ -178,15 +178,26 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class Planning:
+    """How best plans its members' epochs: between min_epochs and max_epochs per fold, from a throughput
+    measured over measure_steps steps, timed by `clock` (tests pass a short measurement or a fake clock)."""
+    max_epochs: int = 40
+    min_epochs: int = 4
+    measure_steps: int = 18
+    clock: Callable[[], float] = time.monotonic
+
+
 def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list[str] | None = None,
          shares: list[float] | None = None, pseudo_label: bool = False, given: set[str] | None = None,
-         name: str | None = None, max_epochs: int = 40, min_epochs: int = 4, root: Path | None = None,
-         overwrite: bool = False, measure_steps: int = 18, clock: Callable[[], float] = time.monotonic) -> dict:
+         name: str | None = None, root: Path | None = None, overwrite: bool = False,
+         planning: Planning = Planning()) -> dict:
     """Cross-validate `models` (and `spares` where time allows) and blend them into a submission, all within
     `time_limit` seconds.
 
     `given`: the fields the user chose, which the recipes leave alone (default: those that differ
     from TrainConfig's defaults)."""
+    clock, max_epochs, min_epochs = planning.clock, planning.max_epochs, planning.min_epochs
     started = clock()
     deadline = started + time_limit
     timeline = Timeline(clock)
@@ -211,7 +222,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
     now = timeline.mark("prepare data and folds", started)
 
     measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
-                   max_epochs=max_epochs, measure_steps=measure_steps, caps=EPOCH_CAPS)
+                   max_epochs=max_epochs, measure_steps=planning.measure_steps, caps=EPOCH_CAPS)
     plans = measure_members(members, shares, **measure)
     spare_plans = measure_members(extra, [1.0] * len(extra), **measure)
     now = timeline.mark("measure throughput", now)
@@ -283,5 +294,6 @@ def main(argv=None) -> int:
         raise ConfigError("--max-epochs and --min-epochs must be at least 1")
     best(config_from_args(args), time_limit=args.time_limit, models=models, spares=spares,
          shares=parse_shares(args.shares, models), pseudo_label=args.pseudo_label, given=set(given_fields(args)),
-         name=args.name, max_epochs=args.max_epochs, min_epochs=args.min_epochs, overwrite=args.overwrite)
+         name=args.name, overwrite=args.overwrite,
+         planning=Planning(max_epochs=args.max_epochs, min_epochs=args.min_epochs))
     return 0

@@ -12,14 +12,14 @@ import argparse
 from pathlib import Path
 
 from kit.errors import SubmissionError, SubmitError, UserError
-from kit.kaggle.api import add_competition_argument, connect
+from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument
 from kit.kaggle.bundle import DEFAULT_EXTRAS, DEFAULT_SLUG, build_bundle
 from kit.kaggle.code_submission import submit_kernel
 from kit.kaggle.datasets import check_slug, default_dataset, upload_bundle
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import DEFAULT_KERNEL, GPUS, KERNEL_POLLING, latest_version, split_commands
-from kit.kaggle.remote import run_on_kaggle
-from kit.kaggle.scores import DEFAULT_POLLING, Polling, list_submissions
+from kit.kaggle.remote import KernelSpec, run_on_kaggle
+from kit.kaggle.scores import list_submissions
 from kit.kaggle.submit import submit
 from kit.kaggle.wheels import KAGGLE_GLIBC, KAGGLE_PYTHON, Target, default_platforms, read_image_file
 from kit.log import log
@@ -47,17 +47,17 @@ def submit_main(argv=None) -> int:
     parser.add_argument("--poll-interval", type=parse_duration, default=DEFAULT_POLLING.interval,
                         help="first wait between checks; later waits grow to 60s (default: %(default)ss)")
     args = parser.parse_args(argv)
-    polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
+    services = Services(polling=Polling(interval=args.poll_interval, timeout=args.poll_timeout))
     if (args.file is None) == (args.kernel is None) or (args.kernel is None) != (args.version is None):
         parser.error("give a FILE, or --kernel OWNER/SLUG with --version N")
     try:
         if args.kernel:
             result = submit_kernel(args.kernel, args.version, args.message, args.competition,
                                    file_name=args.file_name, sample=args.sample, dry_run=args.dry_run,
-                                   wait=not args.no_wait, force=args.force, polling=polling)
+                                   wait=not args.no_wait, force=args.force, services=services)
         else:
             result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
-                            wait=not args.no_wait, force=args.force, polling=polling)
+                            wait=not args.no_wait, force=args.force, services=services)
     except SubmissionError as error:
         raise SubmissionError(f"{error}\nnothing was uploaded") from None
     return 1 if result.status == "error" else 0
@@ -100,7 +100,8 @@ def bundle_main(argv=None) -> int:
     parser.add_argument("--notes", help="the dataset version's notes")
     args = parser.parse_args(argv)
     extras = [e.strip() for e in args.extras.split(",") if e.strip() and e.strip().lower() != "none"]
-    dataset, api = default_dataset(args.slug, dry_run=args.dry_run)
+    services = Services()
+    dataset = default_dataset(args.slug, dry_run=args.dry_run, services=services)
     check_slug(dataset)
     target = Target(args.python_version, tuple(args.platform) if args.platform else default_platforms())
     image = read_image_file(Path(args.kaggle_image)) if args.kaggle_image else None
@@ -109,7 +110,7 @@ def bundle_main(argv=None) -> int:
     if args.dry_run:
         log(f"dry run: {bundle.folder} is built; nothing uploaded (it would go to {dataset})")
         return 0
-    upload_bundle(bundle, api=api, notes=args.notes)
+    upload_bundle(bundle, notes=args.notes, services=services)
     return 0
 
 
@@ -122,10 +123,10 @@ def add_polling_arguments(parser) -> None:
                         help="how long to wait for the kernel, e.g. 9h (default: %(default)ss)")
 
 
-def polling_from(args) -> Polling:
+def services_from(args) -> Services:
     longest = max(args.poll_interval, min(KERNEL_POLLING.max_interval, 10 * args.poll_interval))
-    return Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
-                   timeout=args.poll_timeout)
+    return Services(polling=Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
+                                    timeout=args.poll_timeout))
 
 
 def run_main(argv=None) -> int:
@@ -151,10 +152,10 @@ def run_main(argv=None) -> int:
     args = parser.parse_args(options)
     if not words:
         parser.error("no command: put it after --, e.g. facekit kaggle run -- best --time-limit 8h")
-    run_on_kaggle(split_commands(words), kernel=args.kernel, competition=args.competition, gpu=args.gpu,
-                  internet=args.internet, keep_checkpoints=args.keep_checkpoints,
-                  session_timeout=args.session_timeout, wait=not args.no_wait, dry_run=args.dry_run,
-                  polling=polling_from(args))
+    spec = KernelSpec(kernel=args.kernel, competition=args.competition, gpu=args.gpu, internet=args.internet,
+                      keep_checkpoints=args.keep_checkpoints, session_timeout=args.session_timeout)
+    run_on_kaggle(split_commands(words), spec, wait=not args.no_wait, dry_run=args.dry_run,
+                  services=services_from(args))
     return 0
 
 
@@ -168,9 +169,9 @@ def output_main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.kernel.count("/") != 1:
         raise SubmitError(f"{args.kernel}: a kernel is OWNER/SLUG")
-    api = connect()
-    version = args.version or latest_version(api, args.kernel)
-    finish(api, args.kernel, version, polling=polling_from(args), force=args.force)
+    services = services_from(args)
+    version = args.version or latest_version(services, args.kernel)
+    finish(services, args.kernel, version, force=args.force)
     return 0
 
 

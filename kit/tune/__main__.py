@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from kit.data import locate
     from kit.models import check_model_config
     from kit.paths import Project
-    from kit.tune import tune
+    from kit.tune import Study, tune
     from kit.tune.space import load_space
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -74,11 +74,11 @@ def main(argv=None) -> int:
             _, _, is_sample = locate(cfg.data, project_root=Project.at().root)
             space = load_space(args.space, cfg.resolved(sample=is_sample))
         try:
-            result = tune(cfg, trials=args.trials, study_name=args.study, storage=args.storage,
-                          folds_per_trial=args.folds_per_trial, workers=args.workers, time_limit=args.time_limit,
-                          search_space=space, pruner=args.pruner, baseline=args.baseline,
-                          heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                          worker_index=args.worker_index)
+            study = Study(name=args.study, storage=args.storage, search_space=space, pruner=args.pruner,
+                          baseline=args.baseline, heartbeat_interval=args.heartbeat_interval,
+                          grace_period=args.grace_period, worker_index=args.worker_index)
+            result = tune(cfg, trials=args.trials, study=study, folds_per_trial=args.folds_per_trial,
+                          workers=args.workers, time_limit=args.time_limit)
         except KeyboardInterrupt:
             warn("interrupted: the study keeps every finished trial; run the command again to continue")
             return 130
