@@ -25,6 +25,7 @@ from kit.kaggle.api import Polling, Retry, Services
 from kit.kaggle.code_submission import submit_kernel
 from kit.kaggle.ledger import read_rows
 from kit.kaggle.submit import submit
+from kit.kaggle.wheels import WheelSource
 from kit.metric import score
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,8 +56,9 @@ def quick_world(tmp_path, monkeypatch, tmp_path_factory):
     with KaggleServer(data_zip=archive, labels=labels) as server:
         point_client_at(server, monkeypatch, tmp_path / "home")
         monkeypatch.setenv("FACEKIT_ROOT", str(project))
-        bundle = bundles.build_bundle(dataset="tester/facekit-bundle", extras=[], root=project,
-                                      find_links=[wheelhouse(tmp_path_factory)], image=image_but("six"))
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
+        source = WheelSource(find_links=(wheelhouse(tmp_path_factory),), image=image_but("optuna"))
+        bundle = bundles.build_bundle(dataset="tester/facekit-bundle", extras=[], root=project, wheels=source)
         yield SimpleNamespace(server=server, project=project, bundle=bundle)
 
 
@@ -179,6 +181,7 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch, \
             KaggleServer(data_zip=archive, labels=labels, kernel_runner=SandboxRunner(python, timeout=300)) as server:
         point_client_at(server, monkeypatch, base / "home")
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
         project = base / "project"
         project.mkdir()
         monkeypatch.setenv("FACEKIT_ROOT", str(project))
@@ -212,9 +215,11 @@ def test_a_kernel_runs_offline_and_its_runs_blend_and_submit(world, capsys):
     assert (request["datasetDataSources"], request["competitionDataSources"]) == (["tester/facekit-bundle"],
                                                                                   [DEFAULT_COMPETITION])
     log = "".join(entry["data"] for entry in pushed.log)
-    assert "--no-index --find-links /kaggle/input/facekit-bundle/wheels" in log and "installed facekit==0.3.0" in log
-    installed = next(line for line in log.splitlines() if line.startswith("Successfully installed"))
-    assert {"facekit-0.3.0", "kaggle-2.2.5", "optuna-5.0.0"} <= set(installed.split())   # none were in the image
+    assert "pip install --no-index --no-deps" in log and "from /kaggle/input/facekit-bundle/wheels" in log
+    assert "installed facekit==0.3.0" in log
+    installed = next(line for line in log.splitlines() if line.startswith("Successfully installed")).split()
+    assert {"facekit-0.3.0", "optuna-5.0.0"} <= set(installed)   # neither was in the image
+    assert not [w for w in installed if w.startswith(("kaggle-", "kagglesdk-", "six-"))]   # nor the client
     assert f"kaggle notebook: data /kaggle/input/{DEFAULT_COMPETITION}/face_dataset (read-only)" in log
     assert "also wrote /kaggle/working/submission.csv" in log
 

@@ -21,7 +21,7 @@ from kit.kaggle.kernels import DEFAULT_KERNEL, GPUS, KERNEL_POLLING, latest_vers
 from kit.kaggle.remote import KernelSpec, run_on_kaggle
 from kit.kaggle.scores import list_submissions
 from kit.kaggle.submit import submit
-from kit.kaggle.wheels import KAGGLE_GLIBC, KAGGLE_PYTHON, Target, default_platforms, read_image_file
+from kit.kaggle.wheels import KAGGLE_GLIBC, KAGGLE_PYTHON, Target, WheelSource, default_platforms, read_image_file
 from kit.log import log
 from kit.options import parse_duration
 
@@ -86,9 +86,7 @@ def bundle_main(argv=None) -> int:
     parser.add_argument("--title", default="facekit bundle", help="the dataset's title (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="build the folder; upload nothing")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR",
-                        help="a folder of wheels to take wheels from before downloading (repeatable)")
-    parser.add_argument("--wheelhouse",
-                        help="where downloaded wheels are kept (default: .cache/kaggle-bundle/wheelhouse)")
+                        help="a folder of wheels for pip to take wheels from besides the index (repeatable)")
     parser.add_argument("--python-version", default=KAGGLE_PYTHON, help="Kaggle's Python (default: %(default)s)")
     parser.add_argument("--platform", action="append", metavar="TAG",
                         help=f"wheel platform tags (repeatable; default: manylinux up to glibc "
@@ -105,8 +103,9 @@ def bundle_main(argv=None) -> int:
     check_slug(dataset)
     target = Target(args.python_version, tuple(args.platform) if args.platform else default_platforms())
     image = read_image_file(Path(args.kaggle_image)) if args.kaggle_image else None
-    bundle = build_bundle(dataset=dataset, extras=extras, target=target, find_links=args.find_links,
-                          wheelhouse=args.wheelhouse, image=image, include=set(args.include), title=args.title)
+    wheels = WheelSource(target=target, find_links=tuple(Path(p) for p in args.find_links), image=image,
+                         include=frozenset(args.include))
+    bundle = build_bundle(dataset=dataset, extras=extras, wheels=wheels, title=args.title)
     if args.dry_run:
         log(f"dry run: {bundle.folder} is built; nothing uploaded (it would go to {dataset})")
         return 0
