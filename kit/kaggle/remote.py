@@ -47,6 +47,26 @@ class KernelSpec:
     session_timeout: float | None = None
 
 
+def checked_bundle(project: Project, competition: str, *, uploaded: bool) -> dict:
+    """The project's bundle manifest, refused when its folds are not the project's (runs on other folds do
+    not blend with the local ones) or, when `uploaded`, when it is not the content uploaded."""
+    manifest = bundles.read_bundle(project.root)
+    differences = bundles.folds_differences(project, manifest["folds"])
+    if differences:
+        raise SubmitError("the project's folds differ from the bundle's, so runs made on Kaggle would not blend "
+                          "with the local ones:\n  - " + "\n  - ".join(differences)
+                          + "\nrun `facekit kaggle bundle` to ship the current folds; nothing was pushed")
+    record = bundles.uploaded(project.root).get(manifest["dataset"], {})
+    if uploaded and record.get("content_sha256") != manifest["content_sha256"]:
+        raise SubmitError(f"the bundle in {bundles.bundle_folder(project.root)} (content "
+                          f"{manifest['content_sha256'][:12]}) is not the one uploaded to {manifest['dataset']}; run "
+                          "`facekit kaggle bundle` first; nothing was pushed")
+    if not any(name.startswith(f"{competition}-") for name in manifest["folds"]):
+        log(f"note: the bundle ships no folds file named for '{competition}'; the kernel reuses a shipped one of "
+            "the same training ids, else makes its own (and the download adds it to folds/)")
+    return manifest
+
+
 def run_on_kaggle(commands: list[list[str]], spec: KernelSpec = KernelSpec(), *, wait: bool = True,
                   dry_run: bool = False, root=None, services: Services | None = None) -> KaggleRun:
     """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
@@ -58,20 +78,7 @@ def run_on_kaggle(commands: list[list[str]], spec: KernelSpec = KernelSpec(), *,
     slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL
     check_kernel_slug(slug)
     competition = resolve_competition(spec.competition)
-    manifest = bundles.read_bundle(project.root)
-    differences = bundles.folds_differences(project, manifest["folds"])
-    if differences:
-        raise SubmitError("the project's folds differ from the bundle's, so runs made on Kaggle would not blend "
-                          "with the local ones:\n  - " + "\n  - ".join(differences)
-                          + "\nrun `facekit kaggle bundle` to ship the current folds; nothing was pushed")
-    record = bundles.uploaded(project.root).get(manifest["dataset"], {})
-    if record.get("content_sha256") != manifest["content_sha256"] and not dry_run:
-        raise SubmitError(f"the bundle in {bundles.bundle_folder(project.root)} (content "
-                          f"{manifest['content_sha256'][:12]}) is not the one uploaded to {manifest['dataset']}; run "
-                          "`facekit kaggle bundle` first; nothing was pushed")
-    if not any(name.startswith(f"{competition}-") for name in manifest["folds"]):
-        log(f"note: the bundle ships no folds file named for '{competition}'; the kernel reuses a shipped one of "
-            "the same training ids, else makes its own (and the download adds it to folds/)")
+    manifest = checked_bundle(project, competition, uploaded=not dry_run)
     owner = kernel.split("/")[0] if kernel and "/" in kernel else None
     if owner is None:
         if dry_run:
