@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
-from kit.config import TrainConfig, check_config
+from kit.config import TrainConfig
 from kit.data import load_competition, locate
 from kit.device import check_device, describe_cpu, set_threads
 from kit.errors import ConfigError
 from kit.log import log
+from kit.models import check_model_config
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
 from kit.predict import predict_batch, predict_views
@@ -141,10 +142,10 @@ def time_reference(kit: KitSteps, comp, *, workers: int, steps: int, warmup: int
 def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_workers: int | None = None,
               root: Path | None = None) -> dict:
     project = Project.at(root)
-    check_config(cfg)
+    check_model_config(cfg)
     _, _, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
-    check_config(cfg)
+    check_model_config(cfg)
     check_device(cfg.device, cfg.precision)
     set_threads(cfg.num_threads)
     comp, train_images, _ = load_competition(cfg.data, project_root=project.root, size=cfg.size)
@@ -249,3 +250,9 @@ def main(argv=None) -> int:
     print_table(summary)
     log(json.dumps(summary))
     return 1 if summary["measurement_faults"] else 0
+
+
+if __name__ == "__main__":
+    from kit.commands import run_module
+
+    raise SystemExit(run_module("bench", main))

@@ -8,10 +8,10 @@ overrides are all derived from it, so a new field is written once, here.
 
 `config.json` in a run directory is this dataclass written out; `--params FILE.json` overrides fields.
 Defaults follow the original report's recipe for pretrained resnet18 (10 frozen epochs with the heads
-at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init:
-measured here, resnet18 from random init at 1e-5 never moves its ages off 0 and scores 0.0, while
-1e-3 scores 0.70. So `resolved()` switches to from-scratch defaults (no frozen phase, lr 1e-3)
-when the weights are random, unless the user set the learning rates explicitly.
+at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init
+(docs/experiments.md, "The figures behind the code's defaults"), so `resolved()` switches to from-scratch
+defaults (no frozen phase, lr 1e-3) when the weights are random, unless the user set the learning rates
+explicitly.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from kit.errors import ConfigError
 # The models with pretrained weights, and (lr_head, lr_backbone, unfreeze_epoch) when they start from them.
 PRETRAINED_DEFAULTS = {
     "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
-    "dlib_age": (2.5e-4, 2.5e-4, 0),   # measured here (docs/experiments.md, "dlib's age network"): no frozen phase
-    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age (docs/experiments.md, "dlib's face network")
+    "dlib_age": (2.5e-4, 2.5e-4, 0),   # no frozen phase (docs/experiments.md, "dlib's age network")
+    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age
     "dlib_face_emb": (2.5e-4, 2.5e-4, 0),
 }
 # Pretrained weights that come installed with a package: the default even on the sample data.
@@ -248,10 +248,9 @@ def range_problem(name: str, value) -> str | None:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Raise ConfigError naming the option and the bad value, before any work starts."""
-    from kit.models import MODELS
-    from kit.models.registry import MIN_SIZE, TRUNK_BLOCKS
-
+    """Raise ConfigError naming the option and the bad value, before any work starts. What a model allows
+    (its name, its smallest input, the blocks it can freeze) is the models' to check, a layer up:
+    kit.models.check_model_config runs this, then those."""
     def bad(name, why):
         raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
 
@@ -267,15 +266,8 @@ def check_config(cfg: TrainConfig) -> None:
             bad("devices" if device != cfg.device else "device", f"{device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.devices is not None and "auto" in cfg.devices:
         bad("devices", "name each device: cpu, cuda or cuda:N")
-    if cfg.model not in MODELS:
-        raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
-    if cfg.frozen_trunk > TRUNK_BLOCKS[cfg.model]:
-        bad("frozen_trunk", f"{cfg.model} has {TRUNK_BLOCKS[cfg.model]} blocks to freeze"
-            + ("" if TRUNK_BLOCKS[cfg.model] else " (only the dlib networks can be split)"))
     if cfg.frozen_trunk and cfg.pretrained is False and cfg.weights is None:
         bad("frozen_trunk", "a frozen trunk of random weights learns nothing; it needs pretrained weights")
-    if cfg.size < MIN_SIZE[cfg.model]:
-        bad("size", f"{cfg.model} needs inputs of at least {MIN_SIZE[cfg.model]} px")
     epochs = cfg.epochs if cfg.epochs is not None else EPOCHS
     if cfg.unfreeze_epoch is not None and cfg.unfreeze_epoch > epochs:
         bad("unfreeze_epoch", f"must be between 0 and --epochs ({epochs})")

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.age import head_outputs
-from kit.config import TrainConfig, check_config
+from kit.config import TrainConfig
 from kit.data import load_competition, locate
 from kit.device import check_device
 from kit.files import sha256_file
 from kit.folds import folds_for
 from kit.log import log, tagged
 from kit.metric import Scores
-from kit.models import create_model
+from kit.models import check_model_config, create_model
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
 from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
@@ -60,10 +60,10 @@ class Prepared:
 
 def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
     """The cheap checks, before anything is decoded: options, data location, weights, devices."""
-    check_config(cfg)
+    check_model_config(cfg)
     folder, competition_name, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
-    check_config(cfg)
+    check_model_config(cfg)
     if is_sample:
         log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
     check_weights(cfg)
@@ -270,7 +270,11 @@ def worker_main() -> int:
 
 
 if __name__ == "__main__":
-    from kit.__main__ import flush_denormals_before_threads, run
+    import os
 
-    flush_denormals_before_threads()
-    raise SystemExit(run(lambda argv: worker_main()))
+    from kit.commands import run_module
+    from kit.parallel import WORKER_ENV
+
+    # kit/parallel.py starts its workers as `python -m kit.cv` with their spec in the environment; run by
+    # hand, `python -m kit.cv ARGS` is `facekit cv ARGS`.
+    raise SystemExit(run_module("cv", (lambda argv: worker_main()) if WORKER_ENV in os.environ else main))

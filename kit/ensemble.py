@@ -25,10 +25,9 @@ from kit.errors import RunError, SubmissionError
 from kit.files import atomic_path, sha256_file, write_json
 from kit.log import log
 from kit.metric import Scores, score
-from kit.notebook import publish_submission
 from kit.paths import Project
 from kit.rundir import Run, check_blendable, load_run
-from kit.submission import read_sample, validate_submission, validate_submission_file
+from kit.submission import publish_submission, read_sample, validate_submission, validate_submission_file
 
 # ---------------------------------------------------------------------------------------------------
 # Blending

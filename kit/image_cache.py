@@ -133,8 +133,8 @@ def read_cache(npy: Path) -> CachedImages | None:
     try:
         meta = json.loads(meta_path.read_text())
         images = np.load(npy, mmap_mode="r")
-        fingerprint = meta.get("fingerprint") or pixels_fingerprint(images)   # caches of earlier versions
-    except (ValueError, OSError):
+        fingerprint = meta["fingerprint"]
+    except (ValueError, OSError, KeyError):
         return None
     return CachedImages(images, [tuple(x) for x in meta["bad"]], npy.stem.rsplit("-", 1)[-1], fingerprint)
 

@@ -7,7 +7,7 @@ notebook mode when /kaggle/input exists or $KAGGLE_KERNEL_RUN_TYPE is set (Kaggl
 
   - the project root (runs/, folds/, .cache/, submissions/) is /kaggle/working, unless $FACEKIT_ROOT says otherwise;
   - without --data the competition is found under /kaggle/input (find_competition_input);
-  - `best` and `ensemble` also leave the submission at /kaggle/working/submission.csv;
+  - `best` and `ensemble` also leave the submission at /kaggle/working/submission.csv (kit/submission.py);
   - every command starts with one line saying where the data and the outputs are.
 
 $FACEKIT_KAGGLE_ROOT replaces /kaggle (tests point it at a temporary folder). Where the mode is told
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kit.paths import DEFAULT_COMPETITION, in_notebook, input_dir, project_root, working_dir
+from kit.paths import DEFAULT_COMPETITION, in_notebook, input_dir, project_root
 
 SUBMISSION_NAME = "submission.csv"
 
@@ -87,30 +87,3 @@ def banner() -> str | None:
     except DataError as error:
         data = f"data: {error}"
     return f"kaggle notebook: {data}; runs, folds, caches and submissions in {project_root()}"
-
-
-def publish_submission(csv_path, sample_path) -> Path | None:
-    """In notebook mode, copy a written submission (and its NAME.json sidecar, as submission.json) to
-    /kaggle/working/submission.csv, where a code competition reads it: validated, written atomically."""
-    if not in_notebook():
-        return None
-    import shutil
-
-    from kit.files import atomic_path
-    from kit.log import log
-    from kit.submission import validate_submission_file
-
-    csv_path = Path(csv_path)
-    target = working_dir() / SUBMISSION_NAME
-    if csv_path.resolve() == target.resolve():
-        return target
-    validate_submission_file(csv_path, sample_path)
-    sidecar = csv_path.with_suffix(".json")
-    if sidecar.is_file():
-        with atomic_path(target.with_suffix(".json")) as tmp:
-            shutil.copyfile(sidecar, tmp)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(csv_path, tmp)
-        validate_submission_file(tmp, sample_path)
-    log(f"also wrote {target} (where a code competition reads the submission)")
-    return target

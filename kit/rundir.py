@@ -78,9 +78,8 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
                        if cfg.result_fields().get(k) != v}
         if saved.get("folds_sha256") != record["folds_sha256"]:
             differences["folds file"] = (saved.get("folds_file"), record["folds_file"])
-        # Runs made before the kit recorded a fingerprint have none: they are taken on trust.
-        if saved.get("data_fingerprint", record["data_fingerprint"]) != record["data_fingerprint"]:
-            differences["data (ids, labels or images)"] = (saved["data_fingerprint"], record["data_fingerprint"])
+        if saved.get("data_fingerprint") != record["data_fingerprint"]:
+            differences["data (ids, labels or images)"] = (saved.get("data_fingerprint"), record["data_fingerprint"])
         if differences and not cfg.overwrite:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
             raise RunError(f"{run_dir} holds a run with another configuration or other data ({listed}). It is "

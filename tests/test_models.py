@@ -18,11 +18,12 @@ def test_every_model_gives_two_heads_from_its_smallest_size_up(name, above_the_s
 
 
 def test_a_size_below_a_model_s_smallest_is_refused_before_any_work():
-    from kit.config import TrainConfig, check_config
+    from kit.config import TrainConfig
     from kit.errors import ConfigError
+    from kit.models import check_model_config
 
     with pytest.raises(ConfigError, match="--size 64: dlib_face needs inputs of at least 104 px"):
-        check_config(TrainConfig(model="dlib_face", size=64))
+        check_model_config(TrainConfig(model="dlib_face", size=64))
 
 
 def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path):

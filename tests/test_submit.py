@@ -26,10 +26,10 @@ import pytest
 from kit.__main__ import main
 from kit.errors import KaggleFault, LedgerError, MissingCredentials, SubmissionError, SubmitError
 from kit.files import sha256_file
-from kit.kaggle.api import TOKEN_URL, Retry, connect
+from kit.kaggle.api import TOKEN_URL, Polling, Retry, Services, connect
 from kit.kaggle.download import download
 from kit.kaggle.ledger import HEADER, append_row, is_intent, latest_states, read_rows
-from kit.kaggle.scores import Polling, list_submissions
+from kit.kaggle.scores import list_submissions
 from kit.kaggle.submit import submit
 from kit.metric import score
 
@@ -39,6 +39,11 @@ from kaggle_server import DEFAULT_COMPETITION, KaggleServer  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 FAST = Retry(attempts=3, first_delay=0.01)             # retries without real waiting
 QUICK = Polling(interval=0.01, timeout=0.2)
+
+
+def fast(**hooks) -> Services:
+    """Services that retry and poll without real waiting (a new one per call: it keeps its client)."""
+    return Services(retry=FAST, polling=QUICK, **hooks)
 TEST_IDS = list(range(100, 130))
 
 
@@ -159,7 +164,7 @@ def run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 def test_submit_records_the_public_score_beside_the_cv_score(server, competition, root, capsys):
     sub = prediction(competition["labels"])
     path = write_submission(root, sub, cv=0.8123)
-    result = submit(path, "first blend", root=root, retry=FAST, polling=QUICK)
+    result = submit(path, "first blend", root=root, services=fast())
 
     expected = expected_public(competition["labels"], sub)
     assert (result.status, result.public_score, result.cv_score) == ("complete", expected, 0.8123)
@@ -212,7 +217,7 @@ def test_wrong_credentials_stop_before_the_upload(make_server, competition, root
     monkeypatch.setenv("KAGGLE_KEY", "wrong-key-1234")
     path = write_submission(root, prediction(competition["labels"]))
     with pytest.raises(KaggleFault) as caught:
-        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, services=fast())
     assert caught.value.kind == "auth" and TOKEN_URL in str(caught.value)
     assert "wrong-key-1234" not in str(caught.value)
     assert server.count("StartSubmissionUpload") == 0 and not server.submissions
@@ -222,7 +227,7 @@ def test_wrong_credentials_stop_before_the_upload(make_server, competition, root
 def test_two_503s_then_success(server, competition, root, capsys):
     server.fail_next("CreateSubmission", 503, 503)
     result = submit(write_submission(root, prediction(competition["labels"])), "retried", root=root,
-                    retry=FAST, polling=QUICK)
+                    services=fast())
     assert result.status == "complete"
     assert server.count("CreateSubmission") == 3 and len(server.submissions) == 1
     assert capsys.readouterr().err.count("retrying in") == 2
@@ -231,7 +236,7 @@ def test_two_503s_then_success(server, competition, root, capsys):
 def test_503s_that_never_stop_are_given_up(server, competition, root):
     server.fail_next("CreateSubmission", *[503] * 5)
     with pytest.raises(KaggleFault, match="gave up after 3 tries"):
-        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, services=fast())
     assert server.count("CreateSubmission") == 3 and not server.submissions
     ledger = root / "submissions" / "ledger.csv"
     assert not submissions_in(ledger)          # only the intent, marked abandoned with the reason
@@ -245,7 +250,7 @@ def test_connection_errors_are_retried_then_reported(server, root, monkeypatch, 
     monkeypatch.setenv("HTTP_PROXY", closed)
     monkeypatch.setenv("http_proxy", closed)
     with pytest.raises(KaggleFault, match="gave up after 3 tries: could not reach Kaggle") as caught:
-        download(root=root, retry=FAST)
+        download(root=root, services=fast())
     assert caught.value.kind == "connection" and capsys.readouterr().err.count("retrying in") == 2
     assert not (root / "data").exists()
 
@@ -253,7 +258,7 @@ def test_connection_errors_are_retried_then_reported(server, root, monkeypatch, 
 def test_a_lost_answer_is_found_not_submitted_twice(server, competition, root):
     server.lose_next_create_responses(1)  # Kaggle makes the submission, the answer is a 503
     result = submit(write_submission(root, prediction(competition["labels"])), "lost", root=root,
-                    retry=FAST, polling=QUICK)
+                    services=fast())
     assert len(server.submissions) == 1 and server.count("CreateSubmission") == 1
     assert result.ref == server.submissions[0].ref and result.status == "complete"
 
@@ -262,7 +267,7 @@ def test_silent_upload_failure_is_a_failure(server, competition, root):
     """The client returns "Could not submit to competition" without raising when the upload fails."""
     server.fail_next("PUT", 500, 500, 500)
     with pytest.raises(KaggleFault, match="uploading .* failed"):
-        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, services=fast())
     assert server.count("PUT") == 3 and server.count("CreateSubmission") == 0
     assert not submissions_in(root / "submissions" / "ledger.csv")
 
@@ -271,13 +276,13 @@ def test_daily_limit_reached_stops_before_the_upload(make_server, competition, r
     server = make_server(daily_limit=5, used_today=5)
     path = write_submission(root, prediction(competition["labels"]))
     with pytest.raises(KaggleFault, match="daily submission limit") as caught:
-        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, services=fast())
     assert caught.value.kind == "daily_limit" and server.count("StartSubmissionUpload") == 0
 
     # When the limits call fails, Kaggle's refusal of the submission itself says the same.
     server.fail_next("GetSubmissionLimits", 500)
     with pytest.raises(KaggleFault) as caught:
-        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, services=fast())
     assert caught.value.kind == "daily_limit" and server.count("CreateSubmission") == 1
     assert not server.submissions and not submissions_in(root / "submissions" / "ledger.csv")
 
@@ -289,7 +294,7 @@ def test_daily_limit_reached_stops_before_the_upload(make_server, competition, r
 def test_rate_limit_is_not_retried(server, competition, root):
     server.fail_next("CreateSubmission", 429)
     with pytest.raises(KaggleFault) as caught:
-        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST, polling=QUICK)
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, services=fast())
     assert caught.value.kind == "rate_limited" and server.count("CreateSubmission") == 1
 
 
@@ -302,7 +307,7 @@ def test_forbidden_and_unknown_competitions(make_server, competition, root, opti
     server = make_server(**options)
     path = write_submission(root, prediction(competition["labels"]))
     with pytest.raises(KaggleFault) as caught:
-        submit(path, "x", competition_slug, sample=competition["sample"], root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", competition_slug, sample=competition["sample"], root=root, services=fast())
     assert caught.value.kind == kind and hint in str(caught.value)
     assert not server.submissions
 
@@ -311,7 +316,7 @@ def test_malformed_file_is_stopped_before_upload(server, competition, root, monk
     bad = prediction(competition["labels"]).assign(gender=0.5)
     path = write_submission(root, bad.iloc[:-1], name="bad")  # a row short, gender not 0/1
     with pytest.raises(SubmissionError) as caught:
-        submit(path, "x", sample=competition["sample"], root=root, retry=FAST)
+        submit(path, "x", sample=competition["sample"], root=root, services=fast())
     assert "missing" in str(caught.value) and "gender" in str(caught.value)
     monkeypatch.setenv("FACEKIT_ROOT", str(root))
     assert main(["submit", "submissions/bad.csv", "--sample", str(competition["sample"])]) == 2
@@ -340,7 +345,7 @@ def test_a_file_made_for_another_competition_is_refused_before_any_upload(server
                                                                           capsys):
     path = other_competition(tmp_path, root)
     with pytest.raises(SubmitError, match="made for 'sample' .*nothing was uploaded.*--competition sample.*--force"):
-        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, services=Services(retry=FAST, polling=QUICK))
     monkeypatch.setenv("FACEKIT_ROOT", str(root))
     assert main(["submit", "submissions/from_sample.csv", "--competition", DEFAULT_COMPETITION]) == 2
     assert "was made for 'sample'" in capsys.readouterr().err
@@ -352,14 +357,14 @@ def test_a_file_made_from_synthetic_data_is_refused_without_asking_kaggle(server
     path = other_competition(tmp_path, root)
     (tmp_path / "data" / "sample" / ".synthetic").write_text("made by kit.sample\n")
     with pytest.raises(SubmitError, match="made for 'sample' \\(synthetic sample data"):
-        submit(path, "x", root=root, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, services=Services(retry=FAST, polling=QUICK))
     assert server.calls == []       # not even the target's sample submission was needed
 
 
 def test_forced_it_is_checked_against_the_target_s_own_sample_fetched_from_kaggle(server, root, tmp_path):
     path = other_competition(tmp_path, root)
     with pytest.raises(SubmissionError, match="missing|unexpected|ids"):
-        submit(path, "x", root=root, force=True, retry=FAST, polling=QUICK)
+        submit(path, "x", root=root, force=True, services=Services(retry=FAST, polling=QUICK))
     assert server.count("DownloadDataFile") == 1       # the target's sample_submission.csv, by the download path
     assert server.count("StartSubmissionUpload") == 0 and not server.submissions
 
@@ -368,18 +373,18 @@ def test_data_named_after_its_zip_is_taken_for_the_competition_whose_ids_it_list
                                                                                    capsys):
     path = write_submission(root, prediction(competition["labels"]))
     made_for(root, path, "utkface-age-gender", competition["sample"])    # --data utkface-age-gender.zip
-    result = submit(path, "x", root=root, retry=FAST, polling=QUICK)
+    result = submit(path, "x", root=root, services=Services(retry=FAST, polling=QUICK))
     assert result.status == "complete" and len(server.submissions) == 1
     assert "names the data 'utkface-age-gender', whose sample submission lists the ids" in capsys.readouterr().out
 
 
 def test_duplicate_is_refused_unless_forced(server, competition, root):
     path = write_submission(root, prediction(competition["labels"]))
-    first = submit(path, "once", root=root, retry=FAST, polling=QUICK)
+    first = submit(path, "once", root=root, services=fast())
     with pytest.raises(SubmitError, match=f"already submitted .* ref {first.ref}.*--force"):
-        submit(path, "twice", root=root, retry=FAST, polling=QUICK)
+        submit(path, "twice", root=root, services=fast())
     assert len(server.submissions) == 1
-    again = submit(path, "twice, on purpose", root=root, force=True, retry=FAST, polling=QUICK)
+    again = submit(path, "twice, on purpose", root=root, force=True, services=fast())
     states = latest_states(submissions_in(root / "submissions" / "ledger.csv"))
     assert [s["ref"] for s in states] == [str(first.ref), str(again.ref)] and len(server.submissions) == 2
 
@@ -414,12 +419,12 @@ def test_a_submit_killed_after_kaggle_took_it_is_recorded_not_repeated(server, c
     assert len(server.submissions) == 1
 
     with pytest.raises(SubmitError, match=f"already submitted .* ref {server.submissions[0].ref}"):
-        submit(path, "killed", root=root, retry=FAST, polling=QUICK)     # the rerun: found, recorded, refused
+        submit(path, "killed", root=root, services=fast())     # the rerun: found, recorded, refused
     assert len(server.submissions) == 1 and server.count("CreateSubmission") == 1
     rows = submissions_in(ledger)
     assert [(r["ref"], r["status"]) for r in rows] == [(str(server.submissions[0].ref), "pending")]
     assert latest_states(read_rows(ledger))[0]["status"] == "confirmed"       # the intent, settled
-    assert list_submissions(root=root, retry=FAST)[0]["status"] == "complete"   # and its score fetched
+    assert list_submissions(root=root, services=fast())[0]["status"] == "complete"   # and its score fetched
 
 
 def test_an_intent_kaggle_never_saw_is_abandoned_and_the_file_submitted(server, competition, root):
@@ -428,7 +433,7 @@ def test_an_intent_kaggle_never_saw_is_abandoned_and_the_file_submitted(server, 
     append_row(ledger, {"time": "2026-01-01T00:00:00Z", "file": str(path), "sha256": sha256_file(path),
                         "ref": "intent-0123456789ab", "message": "lost", "competition": DEFAULT_COMPETITION,
                         "status": "submitting"})
-    result = submit(path, "lost", root=root, retry=FAST, polling=QUICK)
+    result = submit(path, "lost", root=root, services=fast())
     assert result.status == "complete" and len(server.submissions) == 1
     intents = [r for r in latest_states(read_rows(ledger)) if is_intent(r)]
     assert sorted(r["status"] for r in intents) == ["abandoned", "confirmed"]
@@ -452,16 +457,16 @@ def test_dry_run_uploads_nothing(server, competition, root):
 def test_pending_when_polling_gives_up_then_refreshed(make_server, competition, root, capsys):
     server = make_server(never_score=True)
     sub = prediction(competition["labels"])
-    result = submit(write_submission(root, sub), "slow", root=root, retry=FAST, polling=QUICK)
+    result = submit(write_submission(root, sub), "slow", root=root, services=fast())
     assert result.status == "pending" and "still being scored" in capsys.readouterr().out
     ledger = root / "submissions" / "ledger.csv"
     assert [r["status"] for r in submissions_in(ledger)] == ["pending"]
 
-    list_submissions(root=root, retry=FAST)  # still pending: nothing appended
+    list_submissions(root=root, services=fast())  # still pending: nothing appended
     assert len(submissions_in(ledger)) == 1
     before = ledger.read_bytes()
     server.submissions[0].reads_until_scored = 0  # Kaggle finishes scoring
-    rows = list_submissions(root=root, retry=FAST)
+    rows = list_submissions(root=root, services=fast())
     assert rows[0]["status"] == "complete" and rows[0]["public_score"] == expected_public(competition["labels"], sub)
     assert ledger.read_bytes().startswith(before)  # appended, not rewritten
     assert "complete" in capsys.readouterr().out
@@ -486,8 +491,8 @@ def test_ctrl_c_while_waiting_leaves_it_pending(make_server, competition, root, 
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        submit(write_submission(root, prediction(competition["labels"])), "x", root=root, retry=FAST,
-               polling=QUICK, sleep=interrupted)
+        submit(write_submission(root, prediction(competition["labels"])), "x", root=root,
+               services=fast(sleep=interrupted))
     rows = submissions_in(root / "submissions" / "ledger.csv")
     assert [r["status"] for r in rows] == ["pending"] and rows[0]["ref"]
     assert "stays recorded as pending" in capsys.readouterr().out
@@ -495,30 +500,30 @@ def test_ctrl_c_while_waiting_leaves_it_pending(make_server, competition, root, 
 
 def test_sample_submission_is_fetched_when_not_local(server, competition, root):
     path = write_submission(root, prediction(competition["labels"]), cv=None)
-    assert submit(path, "x", root=root, dry_run=True, retry=FAST).status == "dry-run"
+    assert submit(path, "x", root=root, dry_run=True, services=fast()).status == "dry-run"
     assert (root / ".cache" / "kaggle" / DEFAULT_COMPETITION / "face_dataset" / "sample_submission.csv").is_file()
     assert server.count("DownloadDataFile") == 1 and server.count("StartSubmissionUpload") == 0
 
 
 # ----------------------------------------------------------------------------- download
 def test_download_extracts_once_and_again_when_changed(server, competition, root, tmp_path, capsys):
-    result = download(root=root, retry=FAST)
+    result = download(root=root, services=fast())
     folder = root / "data" / DEFAULT_COMPETITION
     assert result.downloaded and result.files == 4
     assert (folder / "face_dataset" / "sample_submission.csv").read_text() == competition["sample"].read_text()
 
     extracted = (folder / "face_dataset" / "train.csv").stat()
-    again = download(root=root, retry=FAST)
+    again = download(root=root, services=fast())
     assert not again.downloaded and "nothing to do" in capsys.readouterr().out
     assert (folder / "face_dataset" / "train.csv").stat().st_ino == extracted.st_ino  # not extracted again
 
     (folder / "face_dataset" / "test.csv").unlink()  # a damaged copy is repaired
-    assert download(root=root, retry=FAST).downloaded and (folder / "face_dataset" / "test.csv").is_file()
+    assert download(root=root, services=fast()).downloaded and (folder / "face_dataset" / "test.csv").is_file()
 
     changed = tmp_path / "changed.zip"
     write_zip(changed, {"face_dataset/train.csv": "id,full_path,gender,age\n", "face_dataset/NEW.txt": "new"})
     server.data_zip = changed
-    assert download(root=root, retry=FAST).downloaded
+    assert download(root=root, services=fast()).downloaded
     assert (folder / "face_dataset" / "NEW.txt").is_file() and not (folder / "face_dataset" / "test.csv").exists()
 
     from kit.data import locate  # `./run.sh cv MODEL` finds the download without --data
@@ -528,7 +533,7 @@ def test_download_extracts_once_and_again_when_changed(server, competition, root
 def test_download_leaves_a_folder_it_did_not_make(server, root):
     (root / "data" / DEFAULT_COMPETITION).mkdir(parents=True)
     with pytest.raises(SubmitError, match="not made by `download`"):
-        download(root=root, retry=FAST)
+        download(root=root, services=fast())
     assert server.calls == []
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import kit.train
-from kit.config import TrainConfig, check_config
+from kit.config import TrainConfig
 from kit.errors import ConfigError
-from kit.models import create_model
+from kit.models import check_model_config, create_model
 from kit.train import FoldData, fit_fold
 from kit.trunk import TrunkFeatures, trunk_features
 
@@ -67,4 +67,4 @@ def test_training_on_the_cached_trunk_is_training_with_the_trunk_frozen(tmp_path
 ])
 def test_a_trunk_that_cannot_be_frozen_is_refused(values, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(TrainConfig(**values))
+        check_model_config(TrainConfig(**values))

@@ -24,7 +24,7 @@ from kit.config import TrainConfig
 from kit.cv import run_cv
 from kit.errors import UserError
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
-from kit.tune import tune
+from kit.tune import Hooks, Study, tune
 from kit.tune.objective import RunningScore
 from kit.tune.optuna_compat import SUPPORTED, check_supported, heartbeat_base, optuna_version, storage_of, trial_id
 from kit.tune.space import load_space
@@ -304,8 +304,8 @@ def test_median_pruner_stops_a_clearly_bad_trial_early(tiny_competition, project
     for lr in (1e-3, 3e-3, 5e-3, 1e-6):              # three good trials, then a hopeless one
         study.enqueue_trial({"lr_backbone": lr})
     calls = []
-    result = tune(cfg, trials=4, study_name="prune", folds_per_trial=2, root=project, search_space=space,
-                  baseline=False, train=fake_train(calls))
+    result = tune(cfg, trials=4, study=Study("prune", search_space=space, baseline=False), folds_per_trial=2,
+                  root=project, hooks=Hooks(train=fake_train(calls)))
     trials = result.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
     assert max(trials[3].intermediate_values) == 2   # stopped at the first step after the warm-up
@@ -315,11 +315,12 @@ def test_median_pruner_stops_a_clearly_bad_trial_early(tiny_competition, project
 
 def test_a_study_refuses_trials_made_with_another_setup(tiny_competition, project):
     cfg = TrainConfig(data=str(tiny_competition), **FAST_CFG)
-    tune(cfg, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
+    tune(cfg, trials=1, study=Study("s"), folds_per_trial=1, root=project, hooks=Hooks(train=fake_train([])))
     changed = TrainConfig(**{**cfg.to_dict(), "epochs": 3})
     with pytest.raises(UserError, match=r"another setup \(epochs: 2 -> 3\).*another --study"):
-        tune(changed, trials=1, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
-    more = tune(cfg, trials=2, study_name="s", folds_per_trial=1, root=project, train=fake_train([]))
+        tune(changed, trials=1, study=Study("s"), folds_per_trial=1, root=project,
+             hooks=Hooks(train=fake_train([])))
+    more = tune(cfg, trials=2, study=Study("s"), folds_per_trial=1, root=project, hooks=Hooks(train=fake_train([])))
     assert len(more.study.trials) == 3             # --trials adds to what the study has
 
 
@@ -338,8 +339,8 @@ def test_time_limit_stops_the_running_trial_and_repeated_failures_stop_a_worker(
             _outer(*args)
         return inner(cfg, **{**kwargs, "on_epoch": on_epoch})
 
-    timed = tune(cfg, trials=5, study_name="timeout", folds_per_trial=1, time_limit=2, root=project, train=slow,
-                 clock=clock)
+    timed = tune(cfg, trials=5, study=Study("timeout"), folds_per_trial=1, time_limit=2, root=project,
+                 hooks=Hooks(train=slow, clock=clock))
     assert states(timed.study) == ["FAIL"] and timed.exit_code == 0   # and no trial started after the limit
     assert timed.study.trials[0].user_attrs["failure"] == "stopped by --time-limit"
     assert max(timed.study.trials[0].intermediate_values) == 4   # the epoch that ended past 2 s: 5 x 0.5
@@ -347,7 +348,7 @@ def test_time_limit_stops_the_running_trial_and_repeated_failures_stop_a_worker(
     def broken(cfg, **kwargs):
         raise RuntimeError("CUDA out of memory (pretend)")
 
-    failed = tune(cfg, trials=5, study_name="broken", folds_per_trial=1, root=project, train=broken)
+    failed = tune(cfg, trials=5, study=Study("broken"), folds_per_trial=1, root=project, hooks=Hooks(train=broken))
     assert states(failed.study) == ["FAIL"] * 3 and failed.exit_code == 1 and failed.best is None
 
 

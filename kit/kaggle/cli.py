@@ -12,16 +12,16 @@ import argparse
 from pathlib import Path
 
 from kit.errors import SubmissionError, SubmitError, UserError
-from kit.kaggle.api import add_competition_argument, connect
+from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument
 from kit.kaggle.bundle import DEFAULT_EXTRAS, DEFAULT_SLUG, build_bundle
 from kit.kaggle.code_submission import submit_kernel
 from kit.kaggle.datasets import check_slug, default_dataset, upload_bundle
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import DEFAULT_KERNEL, GPUS, KERNEL_POLLING, latest_version, split_commands
-from kit.kaggle.remote import run_on_kaggle
-from kit.kaggle.scores import DEFAULT_POLLING, Polling, list_submissions
+from kit.kaggle.remote import KernelSpec, run_on_kaggle
+from kit.kaggle.scores import list_submissions
 from kit.kaggle.submit import submit
-from kit.kaggle.wheels import KAGGLE_GLIBC, KAGGLE_PYTHON, Target, default_platforms, read_image_file
+from kit.kaggle.wheels import KAGGLE_GLIBC, KAGGLE_PYTHON, Target, WheelSource, default_platforms, read_image_file
 from kit.log import log
 from kit.options import parse_duration
 
@@ -47,17 +47,17 @@ def submit_main(argv=None) -> int:
     parser.add_argument("--poll-interval", type=parse_duration, default=DEFAULT_POLLING.interval,
                         help="first wait between checks; later waits grow to 60s (default: %(default)ss)")
     args = parser.parse_args(argv)
-    polling = Polling(interval=args.poll_interval, timeout=args.poll_timeout)
+    services = Services(polling=Polling(interval=args.poll_interval, timeout=args.poll_timeout))
     if (args.file is None) == (args.kernel is None) or (args.kernel is None) != (args.version is None):
         parser.error("give a FILE, or --kernel OWNER/SLUG with --version N")
     try:
         if args.kernel:
             result = submit_kernel(args.kernel, args.version, args.message, args.competition,
                                    file_name=args.file_name, sample=args.sample, dry_run=args.dry_run,
-                                   wait=not args.no_wait, force=args.force, polling=polling)
+                                   wait=not args.no_wait, force=args.force, services=services)
         else:
             result = submit(args.file, args.message, args.competition, sample=args.sample, dry_run=args.dry_run,
-                            wait=not args.no_wait, force=args.force, polling=polling)
+                            wait=not args.no_wait, force=args.force, services=services)
     except SubmissionError as error:
         raise SubmissionError(f"{error}\nnothing was uploaded") from None
     return 1 if result.status == "error" else 0
@@ -75,8 +75,10 @@ def submissions_main(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- facekit kaggle ...
 def bundle_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facekit kaggle bundle", description=__doc__.split("\n\n")[0],
-                                     epilog="The folder is .cache/kaggle-bundle/facekit-bundle/ under the project.")
+    parser = argparse.ArgumentParser(
+        prog="facekit kaggle bundle", description="Build the kit's wheel, the wheels of what it needs that Kaggle's "
+        "image lacks, and the project's folds as a Kaggle dataset, and upload it as a new version when its content "
+        "changed (docs/kaggle.md, 1).", epilog="The folder is .cache/kaggle-bundle/facekit-bundle/ under the project.")
     parser.add_argument("--extras", default=",".join(DEFAULT_EXTRAS),
                         help="the kit's extras to install, comma-separated, or none (default: %(default)s, what "
                              "best's default members need)")
@@ -84,9 +86,7 @@ def bundle_main(argv=None) -> int:
     parser.add_argument("--title", default="facekit bundle", help="the dataset's title (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="build the folder; upload nothing")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR",
-                        help="a folder of wheels to take wheels from before downloading (repeatable)")
-    parser.add_argument("--wheelhouse",
-                        help="where downloaded wheels are kept (default: .cache/kaggle-bundle/wheelhouse)")
+                        help="a folder of wheels for pip to take wheels from besides the index (repeatable)")
     parser.add_argument("--python-version", default=KAGGLE_PYTHON, help="Kaggle's Python (default: %(default)s)")
     parser.add_argument("--platform", action="append", metavar="TAG",
                         help=f"wheel platform tags (repeatable; default: manylinux up to glibc "
@@ -98,16 +98,18 @@ def bundle_main(argv=None) -> int:
     parser.add_argument("--notes", help="the dataset version's notes")
     args = parser.parse_args(argv)
     extras = [e.strip() for e in args.extras.split(",") if e.strip() and e.strip().lower() != "none"]
-    dataset, api = default_dataset(args.slug, dry_run=args.dry_run)
+    services = Services()
+    dataset = default_dataset(args.slug, dry_run=args.dry_run, services=services)
     check_slug(dataset)
     target = Target(args.python_version, tuple(args.platform) if args.platform else default_platforms())
     image = read_image_file(Path(args.kaggle_image)) if args.kaggle_image else None
-    bundle = build_bundle(dataset=dataset, extras=extras, target=target, find_links=args.find_links,
-                          wheelhouse=args.wheelhouse, image=image, include=set(args.include), title=args.title)
+    wheels = WheelSource(target=target, find_links=tuple(Path(p) for p in args.find_links), image=image,
+                         include=frozenset(args.include))
+    bundle = build_bundle(dataset=dataset, extras=extras, wheels=wheels, title=args.title)
     if args.dry_run:
         log(f"dry run: {bundle.folder} is built; nothing uploaded (it would go to {dataset})")
         return 0
-    upload_bundle(bundle, api=api, notes=args.notes)
+    upload_bundle(bundle, notes=args.notes, services=services)
     return 0
 
 
@@ -120,19 +122,21 @@ def add_polling_arguments(parser) -> None:
                         help="how long to wait for the kernel, e.g. 9h (default: %(default)ss)")
 
 
-def polling_from(args) -> Polling:
+def services_from(args) -> Services:
     longest = max(args.poll_interval, min(KERNEL_POLLING.max_interval, 10 * args.poll_interval))
-    return Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
-                   timeout=args.poll_timeout)
+    return Services(polling=Polling(interval=args.poll_interval, factor=KERNEL_POLLING.factor, max_interval=longest,
+                                    timeout=args.poll_timeout))
 
 
 def run_main(argv=None) -> int:
     argv = list(argv or [])
     options, words = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="facekit kaggle run", usage="facekit kaggle run [options] -- COMMAND "
-                                     "[ARGS ...] [-- COMMAND [ARGS ...] ...]", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="facekit kaggle run",
+        usage="facekit kaggle run [options] -- COMMAND [ARGS ...] [-- COMMAND [ARGS ...] ...]",
+        description="Run facekit commands in a Kaggle script kernel with the bundle and the competition attached, "
+        "wait for it, and download its output into runs/kaggle/<slug>/v<N>/ (docs/kaggle.md, 3).",
+        epilog="example: facekit kaggle run -- best --time-limit 8h")
     parser.add_argument("--kernel", help=f"[OWNER/]SLUG of the kernel (default: <username>/{DEFAULT_KERNEL}); each "
                         "push is a new version")
     parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
@@ -147,10 +151,10 @@ def run_main(argv=None) -> int:
     args = parser.parse_args(options)
     if not words:
         parser.error("no command: put it after --, e.g. facekit kaggle run -- best --time-limit 8h")
-    run_on_kaggle(split_commands(words), kernel=args.kernel, competition=args.competition, gpu=args.gpu,
-                  internet=args.internet, keep_checkpoints=args.keep_checkpoints,
-                  session_timeout=args.session_timeout, wait=not args.no_wait, dry_run=args.dry_run,
-                  polling=polling_from(args))
+    spec = KernelSpec(kernel=args.kernel, competition=args.competition, gpu=args.gpu, internet=args.internet,
+                      keep_checkpoints=args.keep_checkpoints, session_timeout=args.session_timeout)
+    run_on_kaggle(split_commands(words), spec, wait=not args.no_wait, dry_run=args.dry_run,
+                  services=services_from(args))
     return 0
 
 
@@ -164,9 +168,9 @@ def output_main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.kernel.count("/") != 1:
         raise SubmitError(f"{args.kernel}: a kernel is OWNER/SLUG")
-    api = connect()
-    version = args.version or latest_version(api, args.kernel)
-    finish(api, args.kernel, version, polling=polling_from(args), force=args.force)
+    services = services_from(args)
+    version = args.version or latest_version(services, args.kernel)
+    finish(services, args.kernel, version, force=args.force)
     return 0
 
 

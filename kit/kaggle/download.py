@@ -20,13 +20,12 @@ from pathlib import Path
 from kit.errors import SubmitError
 from kit.files import exclusive_lock, sha256_file, write_json
 from kit.kaggle.api import (
-    DEFAULT_RETRY,
-    Retry,
+    Services,
     add_competition_argument,
-    call_with_retry,
     classify,
-    connect,
+    competition,
     resolve_competition,
+    services_or_default,
 )
 from kit.kaggle.ledger import now_utc
 from kit.log import log
@@ -43,29 +42,30 @@ class DownloadResult:
     files: int
 
 
-def download(competition: str | None = None, dest=None, *, root=None, force: bool = False, api=None,
-             retry: Retry = DEFAULT_RETRY, progress: bool = False) -> DownloadResult:
+def download(slug: str | None = None, dest=None, *, root=None, force: bool = False, progress: bool = False,
+             services: Services | None = None) -> DownloadResult:
     """Download and extract the competition's files into `dest` (default root/data/<slug>/).
 
     One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
     manifest of the last download, and when they match (and every extracted file is still there)
     nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
     """
-    slug = resolve_competition(competition)
+    slug = resolve_competition(slug)
     dest = Path(dest) if dest else Project.at(root).data / slug
     manifest_path = dest / MANIFEST_NAME
     if dest.exists() and not manifest_path.exists() and not force:
         raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
                           f"move it away, or pass --force to replace it")
-    api = api or connect()
+    services = services_or_default(services)
+    api = services.client()
     from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 
     request = ApiDownloadDataFilesRequest()
     request.competition_name = slug
     with api.build_kaggle_client() as client:
-        response = call_with_retry(f"asking Kaggle for the files of '{slug}'",
-                                   lambda: client.competitions.competition_api_client.download_data_files(request),
-                                   competition=slug, retry=retry)
+        response = services.call(f"asking Kaggle for the files of '{slug}'",
+                                 lambda: client.competitions.competition_api_client.download_data_files(request),
+                                 competition(slug))
         remote = {"url": response.url.split("?")[0], "bytes": response.headers.get("Content-Length"),
                   "last_modified": response.headers.get("Last-Modified"), "etag": response.headers.get("ETag")}
         manifest = _read_json(manifest_path)
@@ -81,7 +81,7 @@ def download(competition: str | None = None, dest=None, *, root=None, force: boo
             try:
                 api.download_file(response, str(archive), client.http_client(), quiet=not progress)
             except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
-                fault = classify(error, slug)
+                fault = classify(error, competition(slug))
                 raise (fault or error) from error
             files = _extract(archive, staging / "extracted")
             write_json(staging / "extracted" / MANIFEST_NAME,
@@ -140,7 +140,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Retry) -> Path:
+def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services) -> Path:
     """The target competition's own sample submission: --sample, else the sidecar's when the sidecar was
     made for `slug`, else data/<slug>/'s, else sample_submission.csv from Kaggle. A sidecar made for
     another competition is never the reference: a file would pass against its own competition's ids."""
@@ -162,14 +162,13 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, kaggle, retry: Ret
         if cached:
             return cached[0]
         log(f"no sample_submission.csv for '{slug}' here (run facekit download); fetching it from Kaggle")
-        api = kaggle()
-        name = call_with_retry("finding sample_submission.csv",
-                               lambda: _find_data_file(api, slug, "sample_submission.csv"),
-                               competition=slug, retry=retry)
+        api = services.client()
+        name = services.call("finding sample_submission.csv",
+                             lambda: _find_data_file(api, slug, "sample_submission.csv"), competition(slug))
         staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=cache.parent))
         try:
-            call_with_retry(f"downloading {name}", lambda: api.competition_download_file(
-                slug, name, path=str(staging), force=True, quiet=True, unzip=True), competition=slug, retry=retry)
+            services.call(f"downloading {name}", lambda: api.competition_download_file(
+                slug, name, path=str(staging), force=True, quiet=True, unzip=True), competition(slug))
             shutil.rmtree(cache, ignore_errors=True)
             os.replace(staging, cache)
         finally:

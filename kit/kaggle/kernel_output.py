@@ -7,18 +7,16 @@ import io
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from kit.errors import SubmitError
 from kit.files import read_json, sha256_file, write_json, write_text
-from kit.kaggle.api import DEFAULT_RETRY, Retry, connect
+from kit.kaggle.api import Services, services_or_default
 from kit.kaggle.kernels import (
-    KERNEL_POLLING,
     RECORD_NAME,
     TERMINAL,
-    _kernel_call,
     failed,
+    kernel,
     kernel_status,
     kernels_home,
     log_text,
@@ -26,14 +24,12 @@ from kit.kaggle.kernels import (
     wait_for_kernel,
 )
 from kit.kaggle.ledger import now_utc
-from kit.kaggle.scores import Polling
 from kit.log import log, warn
 from kit.paths import Project
 
 
 # ----------------------------------------------------------------------------- the output
-def download_output(api, ref: str, version: int, *, root=None, retry: Retry = DEFAULT_RETRY,
-                    force: bool = False) -> Path:
+def download_output(services: Services, ref: str, version: int, *, root=None, force: bool = False) -> Path:
     """Download a COMPLETE version's output into runs/kaggle/<slug>/v<N>/ (runs at <model>/<name>/, the rest
     under output/), made usable here: each run's data_dir points at this project's copy of the competition
     where it has one, and folds files the project lacks are added to folds/."""
@@ -50,10 +46,9 @@ def download_output(api, ref: str, version: int, *, root=None, retry: Retry = DE
 
         def fetch():
             with contextlib.redirect_stdout(io.StringIO()):
-                return api.kernels_output(f"{ref}/{version}", str(raw), force=True, quiet=True)
+                return services.client().kernels_output(f"{ref}/{version}", str(raw), force=True, quiet=True)
 
-        files, _ = _kernel_call(f"downloading the output of {ref} version {version}", fetch,
-                                f"kernel {ref} version {version}", retry)
+        files, _ = services.call(f"downloading the output of {ref} version {version}", fetch, kernel(ref, version))
         out = staging / "out"
         out.mkdir()
         log_file = raw / f"{slug}.log"
@@ -141,31 +136,30 @@ def _say_what_came(dest: Path, project: Project) -> None:
         log(f"next: facekit ensemble {shown}/{runs[0].parent.name}/{runs[0].name} MODEL/NAME   # with a local run")
 
 
-def kernel_output_file(ref: str, version: int, file_name: str = "submission.csv", *, root=None, api=None,
-                       retry: Retry = DEFAULT_RETRY) -> Path:
+def kernel_output_file(ref: str, version: int, file_name: str = "submission.csv", *, root=None,
+                       services: Services | None = None) -> Path:
     """A file of a COMPLETE version's output (runs/kaggle/<slug>/v<N>/output/<file_name>), downloaded if
     it is not here yet."""
     slug = ref.split("/", 1)[1]
     path = output_dir(slug, version, root) / "output" / file_name
     if path.is_file():
         return path
-    api = api or connect()
-    response = kernel_status(api, ref, version, retry)
+    services = services_or_default(services)
+    response = kernel_status(services, ref, version)
     if response.status.name != "COMPLETE":
         if response.status.name in TERMINAL:
-            raise failed(api, ref, version, response, retry)
+            raise failed(services, ref, version, response)
         raise SubmitError(f"{ref} version {version} is {response.status.name.lower()}, not complete: its output "
                           f"cannot be submitted yet (`facekit kaggle output {ref} --version {version}` waits for it)")
-    download_output(api, ref, version, root=root, retry=retry, force=True)
+    download_output(services, ref, version, root=root, force=True)
     if not path.is_file():
         raise SubmitError(f"{ref} version {version} wrote no {file_name} (its output is in {path.parent.parent})")
     return path
 
 
-def finish(api, ref: str, version: int, *, root=None, retry: Retry = DEFAULT_RETRY, polling: Polling = KERNEL_POLLING,
-           sleep=time.sleep, clock=time.monotonic, force: bool = False) -> Path:
+def finish(services: Services, ref: str, version: int, *, root=None, force: bool = False) -> Path:
     """Wait for a pushed version; download its output when COMPLETE, else raise Kaggle's failure."""
-    response = wait_for_kernel(api, ref, version, polling=polling, retry=retry, sleep=sleep, clock=clock)
+    response = wait_for_kernel(services, ref, version)
     if response.status.name != "COMPLETE":
-        raise failed(api, ref, version, response, retry)
-    return download_output(api, ref, version, root=root, retry=retry, force=force)
+        raise failed(services, ref, version, response)
+    return download_output(services, ref, version, root=root, force=force)

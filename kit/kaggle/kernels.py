@@ -19,18 +19,14 @@
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
-import time
 from pathlib import Path
 
+from kit.commands import COMMANDS
 from kit.errors import KaggleFault, SubmitError
 from kit.files import write_json, write_text
-from kit.kaggle import datasets
-from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry
-from kit.kaggle.scores import Polling
+from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
 from kit.log import log
 from kit.paths import Project
 
@@ -71,8 +67,6 @@ def check_kernel_slug(slug: str) -> None:
 
 def split_commands(words: list[str]) -> list[list[str]]:
     """`cv scratch --epochs 1 -- ensemble scratch/x` -> [[cv, scratch, --epochs, 1], [ensemble, scratch/x]]."""
-    from kit.__main__ import COMMANDS
-
     commands, current = [], []
     for word in [*words, "--"]:
         if word == "--":
@@ -118,37 +112,19 @@ def write_kernel_folder(folder: Path, metadata: dict, source: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Kaggle calls
-def _kernel_call(what: str, call, subject: str, retry: Retry):
-    """call_with_retry, with a kernel's words for a 403 or 404 (kit/kaggle/api.py speaks of competitions),
-    and the client's ValueErrors (bad metadata, a denied kernel) as KaggleFaults."""
-    def guarded():
-        try:
-            return call()
-        except ValueError as error:
-            raise KaggleFault(f"{what}: {error}", kind="refused") from error
-
-    try:
-        return call_with_retry(what, guarded, competition=None, retry=retry)
-    except KaggleFault as fault:
-        if fault.kind in ("forbidden", "not_found"):
-            raise KaggleFault(f"{what}: Kaggle shows these credentials no {subject} (HTTP "
-                              f"{403 if fault.kind == 'forbidden' else 404}{datasets.kaggle_said(fault)})",
-                              kind=fault.kind) from fault
-        raise
+def kernel(ref: str, version: int | None = None) -> Subject:
+    return Subject("kernel", ref if version is None else f"{ref} version {version}")
 
 
-def push_kernel(api, folder: Path, *, ref: str, session_timeout: float | None = None) -> tuple[int, str]:
+def push_kernel(services: Services, folder: Path, *, ref: str, session_timeout: float | None = None) -> tuple[int, str]:
     """Push the folder; return (version number, URL). An error or an invalid source in the answer is a
     KaggleFault: the client itself only prints them."""
     timeout = str(int(session_timeout)) if session_timeout else None
-
-    def push():
-        with contextlib.redirect_stdout(io.StringIO()):   # the client's own remarks (title vs slug, ...)
-            return api.kernels_push(str(folder), timeout=timeout)
-
-    response = _kernel_call(f"pushing the kernel {ref}", push, f"kernel {ref}", Retry(attempts=1))
+    what = f"pushing the kernel {ref}"
+    push = refused_as_fault(what, lambda: services.client().kernels_push(str(folder), timeout=timeout))
+    response = services.call(what, push, kernel(ref), once=True)
     if response is None:
-        raise KaggleFault(f"pushing the kernel {ref}: no answer from Kaggle", kind="refused")
+        raise KaggleFault(f"{what}: no answer from Kaggle", kind="refused")
     if response.error:
         raise KaggleFault(f"Kaggle refused the kernel {ref}: {response.error}", kind="refused")
     invalid = {"dataset": response.invalid_dataset_sources, "competition": response.invalid_competition_sources,
@@ -166,31 +142,30 @@ def push_kernel(api, folder: Path, *, ref: str, session_timeout: float | None = 
     return int(response.version_number), response.url
 
 
-def kernel_status(api, ref: str, version: int, retry: Retry = DEFAULT_RETRY):
-    return _kernel_call(f"reading the status of {ref} version {version}",
-                        lambda: api.kernels_status(f"{ref}/{version}"), f"kernel {ref} version {version}", retry)
+def kernel_status(services: Services, ref: str, version: int):
+    return services.call(f"reading the status of {ref} version {version}",
+                         lambda: services.client().kernels_status(f"{ref}/{version}"), kernel(ref, version))
 
 
-def wait_for_kernel(api, ref: str, version: int, *, polling: Polling = KERNEL_POLLING, retry: Retry = DEFAULT_RETRY,
-                    sleep=time.sleep, clock=time.monotonic):
+def wait_for_kernel(services: Services, ref: str, version: int):
     """Poll until the version is COMPLETE, ERROR or cancelled; return Kaggle's last answer. Each state
-    change is logged once; the waits grow by polling.factor up to polling.max_interval."""
-    deadline = clock() + polling.timeout
-    interval = polling.interval
-    last = None
-    while True:
-        response = kernel_status(api, ref, version, retry)
-        status = response.status.name
-        if status != last:
-            log(f"{ref} version {version}: {status.lower()}")
-            last = status
-        if status in TERMINAL:
-            return response
-        if clock() + interval > deadline:
-            raise KaggleFault(f"{ref} version {version} is still {status.lower()} after {polling.timeout:.0f}s; "
-                              f"`facekit kaggle output {ref} --version {version}` waits for it again", kind="timeout")
-        sleep(interval)
-        interval = min(interval * polling.factor, polling.max_interval)
+    change is logged once; the waits grow as the services' polling (default KERNEL_POLLING) says."""
+    seen = []
+
+    def read():
+        response = kernel_status(services, ref, version)
+        if not seen or seen[-1] != response.status.name:
+            seen.append(response.status.name)
+            log(f"{ref} version {version}: {response.status.name.lower()}")
+        return response
+
+    response, finished = services.poll(read, lambda response: response.status.name in TERMINAL,
+                                       default=KERNEL_POLLING)
+    if not finished:
+        timeout = (services.polling or KERNEL_POLLING).timeout
+        raise KaggleFault(f"{ref} version {version} is still {seen[-1].lower()} after {timeout:.0f}s; "
+                          f"`facekit kaggle output {ref} --version {version}` waits for it again", kind="timeout")
+    return response
 
 
 def log_text(raw: str | None) -> str:
@@ -206,36 +181,36 @@ def log_text(raw: str | None) -> str:
     return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict))
 
 
-def log_tail(api, ref: str, version: int, lines: int = LOG_TAIL_LINES, retry: Retry = DEFAULT_RETRY) -> str:
+def log_tail(services: Services, ref: str, version: int, lines: int = LOG_TAIL_LINES) -> str:
     try:
-        text = log_text(_kernel_call(f"reading the log of {ref} version {version}",
-                                     lambda: api.kernels_logs(f"{ref}/{version}"), f"kernel {ref}", retry))
+        text = log_text(services.call(f"reading the log of {ref} version {version}",
+                                      lambda: services.client().kernels_logs(f"{ref}/{version}"), kernel(ref)))
     except KaggleFault as fault:
         return f"(the log could not be read: {fault})"
     kept = text.rstrip("\n").splitlines()[-lines:]
     return "\n".join(kept) if kept else "(the log is empty)"
 
 
-def failed(api, ref: str, version: int, response, retry: Retry = DEFAULT_RETRY) -> KaggleFault:
+def failed(services: Services, ref: str, version: int, response) -> KaggleFault:
     status = response.status.name.lower()
     reason = response.failure_message or "no failure message given"
     return KaggleFault(f"{ref} version {version} ended {status} on Kaggle: {reason}\n"
-                       f"--- the last lines of its log ---\n{log_tail(api, ref, version, retry=retry)}\n---\n"
+                       f"--- the last lines of its log ---\n{log_tail(services, ref, version)}\n---\n"
                        f"(the whole log: kaggle kernels logs {ref}/{version}); nothing was downloaded or submitted",
                        kind="kernel_error")
 
 
-def latest_version(api, ref: str, retry: Retry = DEFAULT_RETRY) -> int:
+def latest_version(services: Services, ref: str) -> int:
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
     request = ApiGetKernelRequest()
     request.user_name, request.kernel_slug = ref.split("/", 1)
 
     def read():
-        with api.build_kaggle_client() as client:
+        with services.client().build_kaggle_client() as client:
             return client.kernels.kernels_api_client.get_kernel(request)
 
-    response = _kernel_call(f"reading the kernel {ref}", read, f"kernel {ref}", retry)
+    response = services.call(f"reading the kernel {ref}", read, kernel(ref))
     version = response.metadata.current_version_number if response.metadata else None
     if not version:
         raise KaggleFault(f"Kaggle names no version of {ref}", kind="not_found")

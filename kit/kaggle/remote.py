@@ -3,18 +3,16 @@ attached, wait for it, and download its output (docs/kaggle.md)."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
 from kit.files import write_json
 from kit.kaggle import bundle as bundles
-from kit.kaggle.api import DEFAULT_RETRY, Retry, connect, resolve_competition
+from kit.kaggle.api import Services, resolve_competition, services_or_default
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import (
     DEFAULT_KERNEL,
-    KERNEL_POLLING,
     accelerator,
     check_kernel_slug,
     kernel_metadata,
@@ -24,7 +22,6 @@ from kit.kaggle.kernels import (
     write_kernel_folder,
 )
 from kit.kaggle.ledger import now_utc
-from kit.kaggle.scores import Polling
 from kit.log import log
 from kit.paths import Project
 
@@ -38,18 +35,21 @@ class KaggleRun:
     output: Path | None          # runs/kaggle/<slug>/v<N>/, once downloaded
 
 
-def run_on_kaggle(commands: list[list[str]], *, kernel: str | None = None, competition: str | None = None,
-                  gpu: str = "t4x2", internet: bool = False, keep_checkpoints: bool = False,
-                  session_timeout: float | None = None, wait: bool = True, dry_run: bool = False, root=None,
-                  api=None, retry: Retry = DEFAULT_RETRY, polling: Polling = KERNEL_POLLING, sleep=time.sleep,
-                  clock=time.monotonic) -> KaggleRun:
-    """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
-    its output. Everything that can refuse (commands, folds, bundle) refuses before anything is sent."""
-    project = Project.at(root)
-    accelerator(gpu)
-    slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL
-    check_kernel_slug(slug)
-    competition = resolve_competition(competition)
+@dataclass(frozen=True)
+class KernelSpec:
+    """The kernel `facekit kaggle run` pushes: its [OWNER/]SLUG, the competition attached, the machine, and
+    what its script does besides running the commands."""
+    kernel: str | None = None            # default <username>/facekit-run
+    competition: str | None = None       # default $KAGGLE_COMPETITION, else the project's
+    gpu: str = "t4x2"
+    internet: bool = False
+    keep_checkpoints: bool = False
+    session_timeout: float | None = None
+
+
+def checked_bundle(project: Project, competition: str, *, uploaded: bool) -> dict:
+    """The project's bundle manifest, refused when its folds are not the project's (runs on other folds do
+    not blend with the local ones) or, when `uploaded`, when it is not the content uploaded."""
     manifest = bundles.read_bundle(project.root)
     differences = bundles.folds_differences(project, manifest["folds"])
     if differences:
@@ -57,35 +57,48 @@ def run_on_kaggle(commands: list[list[str]], *, kernel: str | None = None, compe
                           "with the local ones:\n  - " + "\n  - ".join(differences)
                           + "\nrun `facekit kaggle bundle` to ship the current folds; nothing was pushed")
     record = bundles.uploaded(project.root).get(manifest["dataset"], {})
-    if record.get("content_sha256") != manifest["content_sha256"] and not dry_run:
+    if uploaded and record.get("content_sha256") != manifest["content_sha256"]:
         raise SubmitError(f"the bundle in {bundles.bundle_folder(project.root)} (content "
                           f"{manifest['content_sha256'][:12]}) is not the one uploaded to {manifest['dataset']}; run "
                           "`facekit kaggle bundle` first; nothing was pushed")
     if not any(name.startswith(f"{competition}-") for name in manifest["folds"]):
         log(f"note: the bundle ships no folds file named for '{competition}'; the kernel reuses a shipped one of "
             "the same training ids, else makes its own (and the download adds it to folds/)")
+    return manifest
+
+
+def run_on_kaggle(commands: list[list[str]], spec: KernelSpec = KernelSpec(), *, wait: bool = True,
+                  dry_run: bool = False, root=None, services: Services | None = None) -> KaggleRun:
+    """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
+    its output. Everything that can refuse (commands, folds, bundle) refuses before anything is sent."""
+    kernel, gpu = spec.kernel, spec.gpu
+    services = services_or_default(services)
+    project = Project.at(root)
+    accelerator(gpu)
+    slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL
+    check_kernel_slug(slug)
+    competition = resolve_competition(spec.competition)
+    manifest = checked_bundle(project, competition, uploaded=not dry_run)
     owner = kernel.split("/")[0] if kernel and "/" in kernel else None
     if owner is None:
         if dry_run:
             owner = os.environ.get("KAGGLE_USERNAME") or "USERNAME"
         else:
-            api = api or connect()
-            owner = api.config_values.get("username")
+            owner = services.client().config_values.get("username")
     ref = f"{owner}/{slug}"
     folder = kernels_home(project.root) / slug
     metadata = kernel_metadata(ref=ref, competition=competition, bundle=manifest["dataset"], gpu=gpu,
-                               internet=internet)
+                               internet=spec.internet)
     write_kernel_folder(folder, metadata, kernel_source(bundle=manifest, commands=commands,
-                                                        keep_checkpoints=keep_checkpoints))
+                                                        keep_checkpoints=spec.keep_checkpoints))
     shown = "; ".join("facekit " + " ".join(c) for c in commands)
     if dry_run:
         log(f"dry run: wrote {folder} ({metadata['code_file']}, kernel-metadata.json) to run `{shown}` on "
             f"{gpu}; nothing pushed")
         return KaggleRun(ref, None, folder, None)
-    api = api or connect()
     if gpu == "p100":
         log("note: the client calls the P100 retired; Kaggle runs such a session on its default GPU (a T4)")
-    version, url = push_kernel(api, folder, ref=ref, session_timeout=session_timeout)
+    version, url = push_kernel(services, folder, ref=ref, session_timeout=spec.session_timeout)
     write_json(folder / f"v{version}.json", {"kernel": ref, "version": version, "pushed": now_utc(),
                                               "commands": commands, "gpu": gpu, "competition": competition,
                                               "bundle": manifest["dataset"],
@@ -94,5 +107,4 @@ def run_on_kaggle(commands: list[list[str]], *, kernel: str | None = None, compe
     if not wait:
         log(f"not waiting; `facekit kaggle output {ref} --version {version}` waits for it and downloads its output")
         return KaggleRun(ref, version, folder, None)
-    return KaggleRun(ref, version, folder, finish(api, ref, version, root=project.root, retry=retry,
-                                                  polling=polling, sleep=sleep, clock=clock))
+    return KaggleRun(ref, version, folder, finish(services, ref, version, root=project.root))

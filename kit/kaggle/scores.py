@@ -1,38 +1,22 @@
 """A submission's public score: reading it, waiting for it, and the ledger listed with fresh scores.
 
-    scored = wait_for_score(api, ref, slug, polling=Polling(interval=5, timeout=1800))
+    scored = wait_for_score(services, ref, slug)   # services: kit/kaggle/api.py's Services
     list_submissions()          # what `facekit submissions` prints; pending ones are asked about first
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 from kit.errors import KaggleFault
-from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect
+from kit.kaggle.api import DEFAULT_POLLING, Services, competition, services_or_default
 from kit.kaggle.ledger import append_row, is_intent, latest_states, now_utc, read_rows
 from kit.log import log
 from kit.paths import Project
 
 
-@dataclass(frozen=True)
-class Polling:
-    """How to wait for a score: checks `interval` apart, growing by `factor`, for `timeout` seconds."""
-    interval: float = 5.0
-    factor: float = 1.5
-    max_interval: float = 60.0
-    timeout: float = 1800.0
-
-
-DEFAULT_POLLING = Polling()
-
-
-def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
+def get_submission(services: Services, ref: int, slug: str):
     """The submission's current state, or None while Kaggle does not show it yet (it may lag a moment).
 
     Called through kagglesdk rather than KaggleApi.get_submission, whose own retry loop waits
-    minutes on a dead connection; call_with_retry's bounds apply instead.
+    minutes on a dead connection; the services' retry bounds apply instead.
     """
     import requests
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
@@ -41,7 +25,7 @@ def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
     request.ref = int(ref)
 
     def read():
-        with api.build_kaggle_client() as client:
+        with services.client().build_kaggle_client() as client:
             try:
                 return client.competitions.competition_api_client.get_submission(request)
             except requests.exceptions.HTTPError as error:
@@ -49,23 +33,15 @@ def get_submission(api, ref: int, slug: str, retry: Retry = DEFAULT_RETRY):
                     return None
                 raise
 
-    return call_with_retry(f"reading submission {ref}", read, competition=slug, retry=retry)
+    return services.call(f"reading submission {ref}", read, competition(slug))
 
 
-def wait_for_score(api, ref: int, slug: str, *, polling: Polling = DEFAULT_POLLING, retry: Retry = DEFAULT_RETRY,
-                   sleep=time.sleep):
-    """Poll until the submission is scored or errored, or `polling.timeout` passes; return its last state."""
-    deadline = time.monotonic() + polling.timeout
-    interval = polling.interval
-    while True:
-        submission = get_submission(api, ref, slug, retry)
-        if submission is not None and status_of(submission) != "pending":
-            return submission
-        if time.monotonic() + interval > deadline:
-            return submission
-        log(f"  submission {ref}: being scored; next check in {interval:.0f}s")
-        sleep(interval)
-        interval = min(interval * polling.factor, polling.max_interval)
+def wait_for_score(services: Services, ref: int, slug: str):
+    """Poll until the submission is scored or errored, or the polling's timeout passes; return its last state."""
+    scored, _ = services.poll(lambda: get_submission(services, ref, slug),
+                              lambda submission: status_of(submission) != "pending", default=DEFAULT_POLLING,
+                              note=lambda _, wait: log(f"  submission {ref}: being scored; next check in {wait:.0f}s"))
+    return scored
 
 
 def status_of(submission) -> str:
@@ -83,23 +59,24 @@ def score_line(public: str | None, cv: float | None) -> str:
     return line
 
 
-def list_submissions(competition: str | None = None, *, root=None, ledger_path=None, refresh: bool = True, api=None,
-                     retry: Retry = DEFAULT_RETRY) -> list[dict]:
-    """Print and return the latest state of every recorded submission; ask Kaggle about pending ones."""
-    ledger_path = Path(ledger_path) if ledger_path else Project.at(root).ledger
+def list_submissions(slug: str | None = None, *, root=None, refresh: bool = True,
+                     services: Services | None = None) -> list[dict]:
+    """Print and return the latest state of every recorded submission (of competition `slug`, if given);
+    ask Kaggle about pending ones."""
+    ledger_path = Project.at(root).ledger
+    services = services_or_default(services)
 
     def current() -> list[dict]:
         states = latest_states(read_rows(ledger_path))
         # Intents are bookkeeping; one still "submitting" is shown: its process was stopped mid-upload.
-        return [row for row in states if (competition is None or row["competition"] == competition)
+        return [row for row in states if (slug is None or row["competition"] == slug)
                 and (not is_intent(row) or row["status"] == "submitting")]
 
     pending = [row for row in current() if row["status"] == "pending"]
     if refresh and pending:
         try:
-            api = api or connect()
             for row in pending:
-                scored = get_submission(api, int(row["ref"]), row["competition"], retry)
+                scored = get_submission(services, int(row["ref"]), row["competition"])
                 if status_of(scored) != "pending":
                     append_row(ledger_path, {**row, "time": now_utc(), "status": status_of(scored),
                                              "public_score": scored.public_score or "",

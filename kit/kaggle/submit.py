@@ -17,14 +17,13 @@ submissions before anything new is uploaded.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import exclusive_lock, sha256_file
-from kit.kaggle.api import DEFAULT_RETRY, Retry, call_with_retry, connect, resolve_competition
+from kit.kaggle.api import Services, competition, resolve_competition, services_or_default
 from kit.kaggle.download import find_sample
 from kit.kaggle.ledger import (
     append_row,
@@ -35,7 +34,7 @@ from kit.kaggle.ledger import (
     submit_lock_path,
     unresolved_intents,
 )
-from kit.kaggle.scores import DEFAULT_POLLING, Polling, score_line, status_of, wait_for_score
+from kit.kaggle.scores import score_line, status_of, wait_for_score
 from kit.log import log
 from kit.paths import Project
 
@@ -52,45 +51,36 @@ class SubmitResult:
     error: str | None = None
 
 
-class Connection:
-    """The Kaggle client, connected on first use: a dry run with local data never connects."""
-
-    def __init__(self, api=None):
-        self._api = api
-
-    def __call__(self):
-        if self._api is None:
-            self._api = connect()
-        return self._api
+def submit(path, message: str | None = None, slug: str | None = None, **options) -> SubmitResult:
+    """Validate the file `path`, refuse a duplicate, upload it to competition `slug`, wait for the score and
+    record it in the ledger. `options`: submit_with's (sample, root, dry_run, wait, force, services)."""
+    return submit_with(create_submission, path, message, slug, **options)
 
 
-def submit(path, message: str | None = None, competition: str | None = None, *, sample=None, root=None,
-           ledger_path=None, dry_run: bool = False, wait: bool = True, force: bool = False, api=None,
-           retry: Retry = DEFAULT_RETRY, polling: Polling = DEFAULT_POLLING, sleep=time.sleep,
-           create=None) -> SubmitResult:
-    """Validate `path`, refuse a duplicate, submit it, wait for the score and record it in the ledger.
-
-    `create(api, path, message, slug, retry=, sleep=) -> ref` makes the submission (default: upload the
-    file, create_submission; submit_kernel passes a code competition's).
+def submit_with(create, path, message: str | None, slug: str | None, *, sample=None, root=None,
+                dry_run: bool = False, wait: bool = True, force: bool = False,
+                services: Services | None = None) -> SubmitResult:
+    """submit(), the submission made by `create(services, path, message, slug) -> ref` (a file upload, or a
+    code competition's kernel output: kit/kaggle/code_submission.py).
 
     Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in none of
     those cases was anything submitted or recorded. A relative `path` is read from the project root.
     """
     project = Project.at(root)
     path = project.root / path
-    ledger_path = Path(ledger_path) if ledger_path else project.ledger
-    slug = resolve_competition(competition)
+    ledger_path = project.ledger
+    slug = resolve_competition(slug)
+    services = services_or_default(services)
     if not path.is_file():
         raise SubmitError(f"{path}: no such file")
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
     cv_score = _cv_score(sidecar, sha256, path)
-    kaggle = Connection(api)
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
     # 1. an invalid file, or one made for another competition, is never uploaded
     def target_sample() -> Path:
-        return find_sample(slug, sample, sidecar, project.root, kaggle, retry)
+        return find_sample(slug, sample, sidecar, project.root, services)
 
     check_competition(path, sidecar, slug, force, target_sample)
     sample_path = target_sample()
@@ -100,18 +90,18 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
            "cv_score": "" if cv_score is None else f"{cv_score:.6f}"}
     with exclusive_lock(submit_lock_path(ledger_path)):
         # 2. nor one the ledger (or Kaggle, for an upload whose process was killed) already has
-        resolve_intents(kaggle, ledger_path, slug, retry)
+        resolve_intents(services, ledger_path, slug)
         refuse_duplicate(ledger_path, path, sha256, slug, force)
         log(f"{path}: valid against {sample_path}")
         if dry_run:
             log(f"dry run: would submit {path} to '{slug}' with message {message!r}; nothing uploaded")
             return SubmitResult("dry-run", cv_score=cv_score)
         # 3. submit, unless today's allowance is spent; recorded as pending the moment Kaggle confirms
-        check_allowance(kaggle(), slug)
-        ref = upload(kaggle(), path, row, ledger_path, retry=retry, sleep=sleep, create=create)
+        check_allowance(services, slug)
+        ref = upload(services, path, row, ledger_path, create)
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
-    return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
-                        polling=polling, retry=retry, sleep=sleep)
+    return follow_score(services, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score,
+                        wait=wait)
 
 
 def check_competition(path: Path, sidecar: dict, slug: str, force: bool, target_sample) -> None:
@@ -157,20 +147,20 @@ def refuse_duplicate(ledger_path: Path, path: Path, sha256: str, slug: str, forc
                           f"see {ledger_path}. Pass --force to submit it again")
 
 
-def check_allowance(api, slug: str) -> None:
-    limits = submission_limits(api, slug)
+def check_allowance(services: Services, slug: str) -> None:
+    limits = submission_limits(services, slug)
     if limits is not None and limits.num_allowed_now == 0 and (limits.num_today > 0 or limits.limited_by_total):
         raise KaggleFault(f"the daily submission limit of '{slug}' is reached ({limits.num_today} used today); "
                           f"stopping before the upload. Try again after midnight UTC", kind="daily_limit")
 
 
-def upload(api, path: Path, row: dict, ledger_path: Path, *, retry: Retry, sleep, create=None) -> int:
-    """The intent row, the upload (`create`, default create_submission), then the confirmed submission's
+def upload(services: Services, path: Path, row: dict, ledger_path: Path, create) -> int:
+    """The intent row, the upload (`create`), then the confirmed submission's
     pending row and the intent resolved."""
     intent = {**row, "time": now_utc(), "ref": new_intent_ref(), "status": "submitting"}
     append_row(ledger_path, intent)
     try:
-        ref = (create or create_submission)(api, path, row["message"], row["competition"], retry=retry, sleep=sleep)
+        ref = create(services, path, row["message"], row["competition"])
     except KaggleFault as fault:   # create_submission looked for a lost answer first: nothing was made
         append_row(ledger_path, {**intent, "time": now_utc(), "status": "abandoned", "error": str(fault)})
         raise
@@ -179,7 +169,7 @@ def upload(api, path: Path, row: dict, ledger_path: Path, *, retry: Retry, sleep
     return ref
 
 
-def resolve_intents(kaggle, ledger_path: Path, slug: str, retry: Retry) -> None:
+def resolve_intents(services: Services, ledger_path: Path, slug: str) -> None:
     """Settle intents left `submitting` by a killed submit: a submission Kaggle lists for that file,
     message and time is recorded (pending, so its score is fetched later); otherwise the upload never
     happened and the intent is abandoned."""
@@ -188,8 +178,7 @@ def resolve_intents(kaggle, ledger_path: Path, slug: str, retry: Retry) -> None:
     if not open_intents:
         return
     recorded = {row["ref"] for row in rows}
-    listed = call_with_retry("listing submissions", lambda: kaggle().competition_submissions(slug) or [],
-                             competition=slug, retry=retry)
+    listed = _submissions(services, slug)
     for intent in open_intents:
         since = datetime.strptime(intent["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - CLOCK_SKEW
         found = sorted((s for s in listed if str(s.ref) not in recorded and s.file_name == Path(intent["file"]).name
@@ -215,12 +204,11 @@ def _utc(moment) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, polling: Polling, retry: Retry,
-                 sleep) -> SubmitResult:
+def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, wait: bool) -> SubmitResult:
     """After the upload: today's remaining count, then (unless --no-wait) the score, recorded."""
     ref, slug = row["ref"], row["competition"]
     try:
-        limits = submission_limits(kaggle(), slug)
+        limits = submission_limits(services, slug)
     except KaggleFault:  # the submission is made and recorded; the count is only a courtesy now
         limits = None
     remaining = limits.num_allowed_now if limits is not None else None
@@ -230,7 +218,7 @@ def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, 
         log("not waiting for the score; `facekit submissions` shows it once Kaggle has it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     try:
-        scored = wait_for_score(kaggle(), ref, slug, polling=polling, retry=retry, sleep=sleep)
+        scored = wait_for_score(services, ref, slug)
     except KeyboardInterrupt:
         log(f"\nstopped waiting: submission {ref} stays recorded as pending in {ledger_path}; "
             "`facekit submissions` refreshes it")
@@ -241,7 +229,7 @@ def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, 
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     status = status_of(scored)
     if status == "pending":
-        log(f"submission {ref} is still being scored after {polling.timeout:.0f}s; it stays pending in "
+        log(f"submission {ref} is still being scored; it stays pending in "
             f"{ledger_path}; `facekit submissions` refreshes it")
         return SubmitResult("pending", ref, cv_score=cv_score, remaining_today=remaining)
     _record(ledger_path, {**row, "time": now_utc(), "status": status, "public_score": scored.public_score or "",
@@ -287,14 +275,15 @@ def _record(ledger_path: Path, row: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- Kaggle calls
-def create_submission(api, path: Path, message: str, slug: str, *, retry: Retry, sleep=time.sleep) -> int:
+def create_submission(services: Services, path: Path, message: str, slug: str) -> int:
     """Upload and create the submission through the client; return the ref Kaggle confirmed.
 
     The client reports a failed upload through the response message, not an exception, so a
     response without a ref is a failure. Before each retry the newest submissions are checked for
     this one, in case Kaggle made it and only the answer was lost: retrying then would submit twice.
     """
-    before = {s.ref for s in _submissions(api, slug, retry)}
+    api = services.client()
+    before = {s.ref for s in _submissions(services, slug)}
 
     def attempt() -> int:
         response = api.competition_submit(str(path), message, slug, quiet=True)
@@ -310,29 +299,30 @@ def create_submission(api, path: Path, message: str, slug: str, *, retry: Retry,
 
     def made_anyway() -> int | None:
         try:
-            new = [s for s in _submissions(api, slug, Retry(attempts=1)) if s.ref not in before
+            new = [s for s in _submissions(services, slug, once=True) if s.ref not in before
                    and s.file_name == path.name and (s.description or "") == message]
         except KaggleFault:
             return None
         return max(s.ref for s in new) if new else None
 
-    return call_with_retry("submitting", attempt, competition=slug, retry=retry, before_retry=made_anyway, sleep=sleep)
+    return services.call("submitting", attempt, competition(slug), before_retry=made_anyway)
 
 
-def _submissions(api, slug: str, retry: Retry) -> list:
-    return call_with_retry("listing submissions", lambda: api.competition_submissions(slug) or [],
-                           competition=slug, retry=retry)
+def _submissions(services: Services, slug: str, *, once: bool = False) -> list:
+    return services.call("listing submissions", lambda: services.client().competition_submissions(slug) or [],
+                         competition(slug), once=once)
 
 
-def submission_limits(api, slug: str):
+def submission_limits(services: Services, slug: str):
     """Kaggle's count of submissions left today, or None where it cannot say just now.
 
     Wrong credentials, a competition not joined or unknown, or rate limiting stop everything; a
     passing failure here does not, since the count is a courtesy (and the create call checks anyway).
     """
     try:
-        return call_with_retry("asking for the submission limits", lambda: api.competition_get_submission_limits(slug),
-                               competition=slug, retry=Retry(attempts=1))
+        return services.call("asking for the submission limits",
+                             lambda: services.client().competition_get_submission_limits(slug), competition(slug),
+                             once=True)
     except KaggleFault as fault:
         if fault.kind in ("auth", "forbidden", "not_found", "rate_limited"):
             raise

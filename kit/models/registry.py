@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from kit.config import check_config, flag
 from kit.errors import ConfigError
 
 MODELS: dict[str, Callable[..., FaceModel]] = {}
@@ -50,9 +51,6 @@ class FaceModel(nn.Module):
     # A frozen trunk (--frozen-trunk N): the stem and first N blocks of a backbone that can be split there
     # (the dlib networks: trunk(x, N), rest(features, N), trunk_modules(N)). Its output can be computed once
     # per image and cached, and training runs the rest of the network only.
-    def can_split(self) -> bool:
-        return all(hasattr(self.backbone, name) for name in ("trunk", "rest", "trunk_modules"))
-
     def trunk(self, x, blocks: int):
         return self.backbone.trunk(x, blocks)
 
@@ -64,6 +62,20 @@ class FaceModel(nn.Module):
 
     def trunk_parameters(self, blocks: int):
         return [p for module in self.backbone.trunk_modules(blocks) for p in module.parameters()]
+
+
+def check_model_config(cfg) -> None:
+    """A TrainConfig's whole check: kit.config.check_config's (every field; it knows no model), then what the
+    chosen model allows: its name, its smallest input, the blocks its trunk can freeze."""
+    check_config(cfg)
+    if cfg.model not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; registered models: {', '.join(sorted(MODELS))}")
+    if cfg.frozen_trunk > TRUNK_BLOCKS[cfg.model]:
+        raise ConfigError(f"{flag('frozen_trunk')} {cfg.frozen_trunk}: {cfg.model} has {TRUNK_BLOCKS[cfg.model]} "
+                          "blocks to freeze" + ("" if TRUNK_BLOCKS[cfg.model] else
+                                                " (only the dlib networks can be split)"))
+    if cfg.size < MIN_SIZE[cfg.model]:
+        raise ConfigError(f"{flag('size')} {cfg.size}: {cfg.model} needs inputs of at least {MIN_SIZE[cfg.model]} px")
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,

@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--time-limit", type=parse_duration,
                         help="wall time, e.g. 40m: no trial starts after it, a running one stops at its next epoch")
-    parser.add_argument("--timeout", dest="time_limit", type=parse_duration, help=argparse.SUPPRESS)  # earlier name
     parser.add_argument("--space", help="JSON file overriding the search space (see the printed default)")
     parser.add_argument("--pruner", choices=("median", "none"), default="median", help="(default: %(default)s)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -56,10 +55,10 @@ def worker_main() -> int:
 
 
 def main(argv=None) -> int:
-    from kit.config import check_config
     from kit.data import locate
+    from kit.models import check_model_config
     from kit.paths import Project
-    from kit.tune import tune
+    from kit.tune import Study, tune
     from kit.tune.space import load_space
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -71,15 +70,15 @@ def main(argv=None) -> int:
         cfg = config_from_args(args, model=model_from_args(args))
         space = None
         if args.space:
-            check_config(cfg)
+            check_model_config(cfg)
             _, _, is_sample = locate(cfg.data, project_root=Project.at().root)
             space = load_space(args.space, cfg.resolved(sample=is_sample))
         try:
-            result = tune(cfg, trials=args.trials, study_name=args.study, storage=args.storage,
-                          folds_per_trial=args.folds_per_trial, workers=args.workers, time_limit=args.time_limit,
-                          search_space=space, pruner=args.pruner, baseline=args.baseline,
-                          heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                          worker_index=args.worker_index)
+            study = Study(name=args.study, storage=args.storage, search_space=space, pruner=args.pruner,
+                          baseline=args.baseline, heartbeat_interval=args.heartbeat_interval,
+                          grace_period=args.grace_period, worker_index=args.worker_index)
+            result = tune(cfg, trials=args.trials, study=study, folds_per_trial=args.folds_per_trial,
+                          workers=args.workers, time_limit=args.time_limit)
         except KeyboardInterrupt:
             warn("interrupted: the study keeps every finished trial; run the command again to continue")
             return 130
@@ -89,7 +88,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from kit.__main__ import flush_denormals_before_threads, run
+    from kit.commands import run_module
 
-    flush_denormals_before_threads()
-    raise SystemExit(run(main))
+    raise SystemExit(run_module("tune", main))

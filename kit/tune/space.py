@@ -5,8 +5,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kit.config import CHOICES, TUNABLE_FIELDS, TrainConfig, check_config, value_type
+from kit.config import CHOICES, TUNABLE_FIELDS, TrainConfig, value_type
 from kit.errors import ConfigError, UserError
+from kit.models import check_model_config
 from kit.options import read_json_option
 
 # The kinds of tunable field, from TrainConfig's metadata: a choice (or a switch), an integer, a number.
@@ -97,7 +98,7 @@ def check_space(space: dict, cfg: TrainConfig, *, source: str = "search space") 
             values = [low, high]
         for value in values:  # every endpoint and choice must be a valid training option
             try:
-                check_config(dataclasses.replace(cfg, **{key: value}))
+                check_model_config(dataclasses.replace(cfg, **{key: value}))
             except (UserError, TypeError) as err:
                 raise ConfigError(f"{where}: {value!r} is not a valid value: {err}") from None
 
