@@ -85,6 +85,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
     cv_score = _cv_score(sidecar, sha256, path)
+    estimate = sidecar.get("leaderboard_estimate") if sidecar.get("sha256") == sha256 else None
     if sidecar.get("competition") not in (None, slug):
         log(f"note: {path.with_suffix('.json')} says it was made from '{sidecar['competition']}'; "
             f"submitting to '{slug}'")
@@ -110,7 +111,7 @@ def submit(path, message: str | None = None, competition: str | None = None, *, 
         ref = upload(kaggle(), path, row, ledger_path, retry=retry, sleep=sleep, create=create)
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     return follow_score(kaggle, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score, wait=wait,
-                        polling=polling, retry=retry, sleep=sleep)
+                        polling=polling, retry=retry, sleep=sleep, estimate=estimate)
 
 
 def refuse_duplicate(ledger_path: Path, path: Path, sha256: str, slug: str, force: bool) -> None:
@@ -181,8 +182,9 @@ def _utc(moment) -> datetime:
 
 
 def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, polling: Polling, retry: Retry,
-                 sleep) -> SubmitResult:
-    """After the upload: today's remaining count, then (unless --no-wait) the score, recorded."""
+                 sleep, estimate: dict | None = None) -> SubmitResult:
+    """After the upload: today's remaining count, then (unless --no-wait) the score, recorded and shown beside
+    the CV score and the leaderboard estimate."""
     ref, slug = row["ref"], row["competition"]
     try:
         limits = submission_limits(kaggle(), slug)
@@ -215,7 +217,7 @@ def follow_score(kaggle, row: dict, ledger_path: Path, *, cv_score, wait: bool, 
         log(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
         return SubmitResult("error", ref, cv_score=cv_score, remaining_today=remaining,
                             error=scored.error_description)
-    log(score_line(scored.public_score, cv_score))
+    log(score_line(scored.public_score, cv_score, estimate))
     log(f"recorded in {ledger_path}")
     return SubmitResult("complete", ref, scored.public_score, cv_score, remaining)
 
