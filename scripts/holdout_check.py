@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/holdout_check.py --data ../shared/data/utkface-age-gender.zip \
         --root /work/t23-holdout --folds 3            # build, train (resumable), report
+    ... --folds 2 --members dlib_age=3,dlib_face=3 --num-threads 1   # what a shared 2-core CPU affords
+    ... --members dlib_age=3,dlib_face=3 --skip-training             # the report alone, on finished runs
 
 A stratified quarter of train.csv becomes a pseudo test set whose labels the kit never sees: the script
 writes a competition folder (train.csv: the other three quarters; test.csv and sample_submission.csv: the
