@@ -112,10 +112,14 @@ def blend_estimate(runs: list[Run], params: blending.BlendParams, *, oof: pd.Dat
     averaging gain over the cross-fitted out-of-fold score. The blend's selection bias is its worst member's
     (a member's bias reaches the blend at most at full weight)."""
     rows = [pd.Index(run.test["id"]).get_indexer(ids) for run in runs]   # every member in `ids`' order
-    fold_prob, fold_age = zip(*(
-        blending.apply_blend(params, np.column_stack([r.fold_gender_prob[f, at] for r, at in zip(runs, rows)]),
-                             np.column_stack([r.fold_age_pred[f, at] for r, at in zip(runs, rows)]))[::2]
-        for f in range(runs[0].fold_gender_prob.shape[0])))
+
+    def fold_blend(fold: int) -> tuple[np.ndarray, np.ndarray]:
+        prob, _, age = blending.apply_blend(
+            params, np.column_stack([r.fold_gender_prob[fold, at] for r, at in zip(runs, rows)]),
+            np.column_stack([r.fold_age_pred[fold, at] for r, at in zip(runs, rows)]))
+        return prob, age
+
+    fold_prob, fold_age = zip(*(fold_blend(f) for f in range(runs[0].fold_gender_prob.shape[0])))
     return leaderboard_estimate(oof=folded(oof), scores=cv, test_prob=np.stack(fold_prob), test_age=np.stack(fold_age),
                                 threshold=params.threshold, selection_bias=max(r.selection.bias for r in runs))
 
