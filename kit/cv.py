@@ -20,6 +20,8 @@ from kit.age import head_outputs
 from kit.config import TrainConfig
 from kit.data import load_competition, locate
 from kit.device import check_device
+from kit.errors import RunError
+from kit.estimate import Estimate
 from kit.files import sha256_file
 from kit.folds import folds_for
 from kit.log import log, tagged
@@ -28,6 +30,7 @@ from kit.models import check_model_config, create_model
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
 from kit.paths import Project
 from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
+from kit.selection import Selection
 
 
 @dataclass
@@ -37,6 +40,8 @@ class RunResult:
     fold_scores: dict[int, Scores]
     seconds: float
     complete: bool
+    selection: Selection | None = None    # once every fold is done: best-epoch selection, measured
+    estimate: Estimate | None = None      # and what the folds' averaged test predictions should score
 
 
 def check_weights(cfg: TrainConfig) -> None:
@@ -209,13 +214,15 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
             fold_scores[fold] = scores or read_fold_scores(run.run_dir, fold)
 
     complete = all(fold_done_file(run.run_dir, f).is_file() for f in range(cfg.folds))
-    overall = finish_run(run.run_dir, cfg, run.comp) if complete else None
+    overall, selection, estimate = finish_run(run.run_dir, cfg, run.comp) if complete else (None, None, None)
     seconds = clock() - started
     if overall is not None:
         log(f"out-of-fold over {cfg.folds} folds: {overall}  ({seconds / 60:.1f} min)")
+        log(f"  {selection.describe(overall.score)}")
+        log(f"  {estimate}")
     else:
         log(f"folds done: {sorted(fold_scores)}; the run is complete once every fold has run")
-    return RunResult(run.run_dir, overall, fold_scores, seconds, complete)
+    return RunResult(run.run_dir, overall, fold_scores, seconds, complete, selection, estimate)
 
 
 def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
@@ -236,7 +243,9 @@ def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
     return "\n".join([
         f"wrote {shown}/: oof.csv (out-of-fold predictions), test_fold0..{cfg.folds - 1}.csv "
         "(each fold's test predictions), metrics.json, report.png",
-        f"out-of-fold: {result.scores}",
+        f"out-of-fold: {result.scores} (each fold's best epoch)",
+        f"  {result.selection.describe(result.scores.score)}",
+        f"  {result.estimate}",
         "next:", *(f"  {command:<{width}}   # {why}" for command, why in steps)])
 
 

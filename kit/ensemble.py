@@ -22,6 +22,7 @@ import pandas as pd
 
 import kit.blend as blending
 from kit.errors import RunError, SubmissionError
+from kit.estimate import Estimate, folded, leaderboard_estimate
 from kit.files import atomic_path, sha256_file, write_json
 from kit.log import log
 from kit.metric import Scores, score
@@ -44,6 +45,7 @@ class Blend:
     member_scores: list[Scores]
     submission: pd.DataFrame        # id, gender, age in sample_submission.csv order
     sample_path: Path
+    estimate: Estimate              # what the submission should score (kit/estimate.py)
 
     @property
     def labels(self) -> list[str]:
@@ -98,7 +100,27 @@ def blend(runs: list[Run], weights: str = "auto", *, tune_threshold: bool | None
         np.column_stack([t["age_pred"].to_numpy() for t in tests]))
     submission = pd.DataFrame({"id": sample["id"].to_numpy(), "gender": gender.astype(int), "age": age})
     return Blend(runs, weights, tune_threshold, params, crossed, oof, cv,
-                 [run.oof_scores() for run in runs], submission, sample_path.resolve())
+                 [run.oof_scores() for run in runs], submission, sample_path.resolve(),
+                 blend_estimate(runs, params, oof=oof, cv=cv, ids=sample["id"]))
+
+
+def blend_estimate(runs: list[Run], params: blending.BlendParams, *, oof: pd.DataFrame, cv: Scores,
+                   ids: pd.Series) -> Estimate:
+    """The leaderboard estimate of the blend: its fold-level test predictions (fold k's models of every member,
+    blended with the submission's parameters) are what the submission averages, so their spread gives the
+    averaging gain over the cross-fitted out-of-fold score. The blend's selection bias is its worst member's
+    (a member's bias reaches the blend at most at full weight)."""
+    rows = [pd.Index(run.test["id"]).get_indexer(ids) for run in runs]   # every member in `ids`' order
+
+    def fold_blend(fold: int) -> tuple[np.ndarray, np.ndarray]:
+        prob, _, age = blending.apply_blend(
+            params, np.column_stack([r.fold_gender_prob[fold, at] for r, at in zip(runs, rows)]),
+            np.column_stack([r.fold_age_pred[fold, at] for r, at in zip(runs, rows)]))
+        return prob, age
+
+    fold_prob, fold_age = zip(*(fold_blend(f) for f in range(runs[0].fold_gender_prob.shape[0])))
+    return leaderboard_estimate(oof=folded(oof), scores=cv, test_prob=np.stack(fold_prob), test_age=np.stack(fold_age),
+                                threshold=params.threshold, selection_bias=max(r.selection.bias for r in runs))
 
 
 def default_output(runs: list[Run], weights: str, root: Path | None = None) -> Path:
@@ -156,6 +178,9 @@ def write_submission(result: Blend, out, *, overwrite: bool = False) -> dict:
             "threshold": result.params.threshold,
             "age_range": [result.params.age_min, result.params.age_max],
             "cv_score": result.cv.score, "cv": result.cv.as_dict(),
+            "leaderboard_estimate": result.estimate.as_dict(),
+            "selection": {run.label: run.selection.as_dict(s.score)
+                          for run, s in zip(result.runs, result.member_scores)},
             "cross_fitted": True, "fitted_on_oof": result.fitted(), "cv_note": cv_note(result),
             "fold_params": {str(f): p.as_dict(labels) for f, p in result.cross_fit.fold_params.items()},
         }
@@ -185,6 +210,10 @@ def table(result: Blend) -> str:
                  f"to [{result.params.age_min:g}, {result.params.age_max:g}]; {result.cv.score - best:+.4f} "
                  "vs the best member")
     lines.append(cv_note(result))
+    for run, s in zip(result.runs, result.member_scores):
+        if run.selection.folds:
+            lines.append(f"{run.label}: {run.selection.describe(s.score)}")
+    lines.append(str(result.estimate))
     return "\n".join(lines)
 
 

@@ -21,10 +21,12 @@ import pandas as pd
 from kit.config import TrainConfig
 from kit.data import Competition
 from kit.errors import RunError
+from kit.estimate import Estimate, folded, leaderboard_estimate
 from kit.files import exclusive_lock, read_json, remove_stale_temporaries, write_csv, write_json
 from kit.log import log
 from kit.metric import Scores, score_probabilities
 from kit.paths import Project
+from kit.selection import Selection, measure_selection
 
 OOF_COLUMNS = ["id", "fold", "gender", "age", "gender_prob", "age_pred"]
 TEST_COLUMNS = ["id", "gender_prob", "age_pred"]
@@ -99,6 +101,26 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:
     write_json(config_path, {**record, "train": cfg.to_dict()})
 
 
+def fold_test_predictions(run_dir: Path, n_folds: int) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """(ids, gender_prob, age_pred), the last two (K, test rows): every fold model's test predictions."""
+    frames = [read_predictions(run_dir / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
+              for k in range(n_folds)]
+    for k, frame in enumerate(frames[1:], start=1):
+        if not frame["id"].equals(frames[0]["id"]):
+            raise RunError(f"{run_dir}: test_fold{k}.csv does not list the ids of test_fold0.csv in the same order")
+    return (frames[0]["id"], np.stack([f["gender_prob"].to_numpy(np.float64) for f in frames]),
+            np.stack([f["age_pred"].to_numpy(np.float64) for f in frames]))
+
+
+def run_selection(run_dir: Path, n_folds: int) -> Selection:
+    """The run's best-epoch selection from its folds' history.csv (none measured where one is missing, as in a
+    run downloaded without its fold folders)."""
+    paths = [run_dir / f"fold{k}" / "history.csv" for k in range(n_folds)]
+    if not all(p.is_file() for p in paths):
+        return Selection([])
+    return measure_selection([pd.read_csv(p) for p in paths])
+
+
 def read_fold_scores(run_dir: Path, fold: int) -> Scores:
     path = fold_done_file(run_dir, fold)
     try:
@@ -108,8 +130,9 @@ def read_fold_scores(run_dir: Path, fold: int) -> Scores:
                        "its checkpoints") from None
 
 
-def finish_run(run_dir: Path, cfg: TrainConfig, comp: Competition) -> Scores:
-    """Write oof.csv, metrics.json and report.png from the folds' outputs."""
+def finish_run(run_dir: Path, cfg: TrainConfig, comp: Competition) -> tuple[Scores, Selection, Estimate]:
+    """Write oof.csv, metrics.json and report.png from the folds' outputs; return the out-of-fold scores, the
+    best-epoch selection and the leaderboard estimate of the folds' averaged test predictions."""
     oof = pd.concat([pd.read_csv(run_dir / f"fold{f}" / "oof.csv", dtype={"id": str}) for f in range(cfg.folds)])
     order = {i: n for n, i in enumerate(comp.train["id"])}
     oof = oof.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -118,12 +141,17 @@ def finish_run(run_dir: Path, cfg: TrainConfig, comp: Competition) -> Scores:
     folds = {str(f): read_json(fold_done_file(run_dir, f)) for f in range(cfg.folds)}
     histories = [pd.read_csv(run_dir / f"fold{f}" / "history.csv") for f in range(cfg.folds)]
     throughput = pd.concat(histories)["train_images_per_s"]
-    write_json(run_dir / "metrics.json", {"overall": overall.as_dict(), "folds": folds,
+    selection = measure_selection(histories)
+    _, fold_prob, fold_age = fold_test_predictions(run_dir, cfg.folds)
+    estimate = leaderboard_estimate(oof=folded(oof), scores=overall, test_prob=fold_prob, test_age=fold_age,
+                                    selection_bias=selection.bias)
+    write_json(run_dir / "metrics.json", {"overall": overall.as_dict(), "selection": selection.as_dict(overall.score),
+                                          "leaderboard_estimate": estimate.as_dict(), "folds": folds,
                                           "train_images_per_s": float(throughput.median())})
     from kit.report import make_report
 
     make_report(run_dir / "report.png", oof, histories, title=f"{cfg.model} / {cfg.name}: {overall}")
-    return overall
+    return overall, selection, estimate
 
 
 # ----------------------------------------------------------------------------- reading a finished run
@@ -135,6 +163,9 @@ class Run:
     config: dict
     oof: pd.DataFrame      # OOF_COLUMNS, one row per training image
     test: pd.DataFrame     # id, gender_prob, age_pred: the mean over the K fold models, test.csv order
+    fold_gender_prob: np.ndarray   # (K, test rows): each fold model's, in test's row order
+    fold_age_pred: np.ndarray
+    selection: Selection   # best-epoch selection measured from the folds' history.csv
 
     @property
     def label(self) -> str:
@@ -181,17 +212,13 @@ def load_run(spec, runs_root: Path | None = None) -> Run:
         problems.append("true gender not 0/1")
     if problems:
         raise RunError(f"{path / 'oof.csv'}: {'; '.join(problems)}")
-    test_folds = [read_predictions(path / f"test_fold{k}.csv", TEST_COLUMNS, probability="gender_prob")
-                  for k in range(n_folds)]
-    for k, frame in enumerate(test_folds[1:], start=1):
-        if not frame["id"].equals(test_folds[0]["id"]):
-            raise RunError(f"{path}: test_fold{k}.csv does not list the ids of test_fold0.csv in the same order")
+    ids, fold_prob, fold_age = fold_test_predictions(path, n_folds)
     # Within a run, the K fold models' test predictions are simply averaged.
-    test = test_folds[0][["id"]].copy()
-    for column in ("gender_prob", "age_pred"):
-        test[column] = np.mean([frame[column].to_numpy(np.float64) for frame in test_folds], axis=0)
+    test = pd.DataFrame({"id": ids.to_numpy(), "gender_prob": fold_prob.mean(axis=0),
+                         "age_pred": fold_age.mean(axis=0)})
     oof[["fold", "gender"]] = oof[["fold", "gender"]].astype(int)
-    return Run(path=path, config=config, oof=oof, test=test)
+    return Run(path=path, config=config, oof=oof, test=test, fold_gender_prob=fold_prob, fold_age_pred=fold_age,
+               selection=run_selection(path, n_folds))
 
 
 def read_predictions(path: Path, columns: list[str], probability: str) -> pd.DataFrame:

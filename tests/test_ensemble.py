@@ -290,6 +290,25 @@ def test_blend_writes_validated_csv_and_sidecar(competition, two_runs, weights, 
     assert sidecar["folds_file"] == "folds/c-k3-seed42.csv"
     if weights == "equal":
         assert sidecar["threshold"] == 0.5 and sidecar["weights"]["age"]["effnet/base"] == 0.5
+    estimate = sidecar["leaderboard_estimate"]
+    assert estimate["public"][0] < estimate["score"] < estimate["public"][1]
+    assert estimate["oof_score"] == pytest.approx(sidecar["cv_score"], abs=1e-5)
+    assert f"leaderboard estimate {estimate['score']:.4f}" in printed
+
+
+def test_the_blend_estimate_comes_from_each_folds_blended_test_predictions(competition, two_runs):
+    runs = [load_run(path) for path in two_runs]
+    result = blend(runs, "equal")
+    # Fold k's blended ages: the mean of the members' fold-k ages, clipped to the training range, in the
+    # sample's row order; the estimate removes their variance across the folds from the out-of-fold MSE.
+    order = [pd.Index(run.test["id"]).get_indexer(competition["sample"]["id"]) for run in runs]
+    low, high = competition["train"]["age"].min(), competition["train"]["age"].max()
+    fold_ages = np.stack([np.clip(np.mean([run.fold_age_pred[k, at] for run, at in zip(runs, order)], axis=0),
+                                  low, high) for k in range(K)])
+    assert result.estimate.age_variance == pytest.approx(np.mean(np.var(fold_ages, axis=0)))
+    expected_rmse = np.sqrt(max(result.cv.age_rmse ** 2 - result.estimate.age_variance, 0))
+    assert result.estimate.age_rmse == pytest.approx(expected_rmse)
+    assert result.estimate.oof_score == pytest.approx(result.cv.score)
 
 
 def test_existing_submission_is_not_overwritten(competition, two_runs):

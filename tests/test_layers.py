@@ -13,7 +13,7 @@ LAYERS = {
     "foundations": ["errors", "paths", "log", "files", "processes", "device", "commands", "notebook"],
     "the problem": ["metric", "config", "options", "data", "image_cache", "folds", "sample", "submission"],
     "learning": ["models", "age", "augment", "trainer", "predict", "trunk", "inputs", "train", "throughput"],
-    "runs": ["rundir", "cv", "parallel", "pseudo", "report"],
+    "runs": ["rundir", "selection", "estimate", "cv", "parallel", "pseudo", "report"],
     "using runs": ["blend", "ensemble", "best", "tune", "bench"],
     "Kaggle": ["kaggle"],
     "the command line": ["__main__"],

@@ -589,3 +589,69 @@ def test_ledger_is_append_only_and_checks_its_header(tmp_path):
     with pytest.raises(LedgerError, match="other.csv"):
         append_row(foreign, {"ref": 2})
     assert foreign.read_text() == "a,b\n1,2\n"
+
+
+# ----------------------------------------------------------------------------- the estimate against the scores
+def with_estimate(path: Path, score: float, public: list[float], private: list[float]) -> Path:
+    """Give a submission's NAME.json a leaderboard estimate, as `ensemble` writes it."""
+    sidecar = path.with_suffix(".json")
+    content = json.loads(sidecar.read_text()) if sidecar.exists() else {"sha256": sha256_file(path)}
+    sidecar.write_text(json.dumps({**content, "leaderboard_estimate": {"score": score, "public": public,
+                                                                       "private": private}}))
+    return path
+
+
+def test_submit_prints_the_estimate_beside_the_public_score(server, competition, root, capsys):
+    sub = prediction(competition["labels"])
+    path = with_estimate(write_submission(root, sub, cv=0.8123), 0.99, [0.985, 0.995], [0.986, 0.994])
+    result = submit(path, "estimated", root=root, retry=FAST, polling=QUICK)
+    public = float(result.public_score)
+    out = capsys.readouterr().out
+    assert "leaderboard estimate 0.99000, public 95% 0.9850-0.9950" in out
+    assert f"(public - estimate = {public - 0.99:+.5f}; OUTSIDE the interval)" in out
+
+
+LEDGER = [  # name, status, public score, estimate (score, public interval, private interval) or None
+    ("a", "complete", "0.853", (0.850, [0.842, 0.858], [0.844, 0.856])),
+    ("b", "complete", "0.862", (0.849, [0.841, 0.857], [0.838, 0.856])),   # wide low end: a selection bias
+    ("c", "complete", "0.846", (0.848, [0.840, 0.856], [0.841, 0.855])),
+    ("d", "complete", "0.870", None),                                       # the best public score, no estimate
+    ("e", "error", "", (0.900, [0.892, 0.908], [0.894, 0.906])),           # Kaggle could not score it
+]
+
+
+def test_submissions_compare_public_with_estimate_and_propose_the_finals(root, capsys):
+    ledger = root / "submissions" / "ledger.csv"
+    for ref, (name, status, public, estimate) in enumerate(LEDGER, start=1):
+        path = write_submission(root, pd.DataFrame({"id": [ref], "gender": [1], "age": [30.0]}), name=name)
+        if estimate is not None:
+            with_estimate(path, *estimate)
+        append_row(ledger, {"time": "2026-12-03T10:00:00Z", "file": str(path), "sha256": sha256_file(path),
+                            "ref": ref, "competition": DEFAULT_COMPETITION, "status": status, "public_score": public})
+    rows = list_submissions(root=root, refresh=False, final=True)
+    out = capsys.readouterr().out
+    assert len(rows) == 5
+    # public minus estimate over a, b and c: +0.003, +0.013, -0.002
+    assert "public minus estimate over 3 submission(s): mean +0.0047, spread (sd) 0.0076" in out
+    assert "OUTSIDE its public interval: 2" in out                      # b's 0.862 is above 0.857
+    table = out.split("public minus estimate")[0]
+    assert "0.8410-0.8570 OUTSIDE" in table and "0.8420-0.8580 OUTSIDE" not in table
+    # The finals: a (the highest estimate), then c (the highest private low end of the others, though b's
+    # estimate is higher); never d, whose public score is the best but which has no estimate, nor the error.
+    finals = out.split("final selections")[1]
+    assert "1. 1 " in finals and "the highest estimate, 0.8500" in finals
+    assert "2. 3 " in finals and "highest low end of the private interval, 0.8410" in finals
+    assert "within the private split's noise" in finals and "public scores are not used" in finals
+    assert "d.csv" not in finals and "e.csv" not in finals
+
+
+def test_submissions_final_command_line_without_estimates(root, monkeypatch, capsys):
+    monkeypatch.setenv("FACEKIT_ROOT", str(root))
+    path = write_submission(root, pd.DataFrame({"id": [1], "gender": [1], "age": [30.0]}), name="old")
+    append_row(root / "submissions" / "ledger.csv", {"file": str(path), "sha256": sha256_file(path), "ref": 7,
+                                                     "competition": DEFAULT_COMPETITION, "status": "complete",
+                                                     "public_score": "0.84"})
+    assert main(["submissions", "--no-refresh", "--final"]) == 0
+    out = capsys.readouterr().out
+    assert "no scored submission has a leaderboard estimate yet" in out
+    assert "no scored submission has a leaderboard estimate (its NAME.json" in out

@@ -72,10 +72,17 @@ def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options, caplo
     assert list(history["epoch"]) == list(range(cfg.epochs))
 
 
-def test_bins_learn_ages_within_the_bins_range(tmp_path):
+def test_bins_learn_the_ages_the_images_show(tmp_path):
+    # The expected age over bins 0..120 always lies in that range, so a range check cannot fail. This one can:
+    # the ages are drawn in the red channel, and three epochs of bins must follow them (measured: correlation
+    # 0.95, RMSE 14.9 against 24.2 for the training mean) rather than collapse towards a constant.
     cfg = TrainConfig(**{**FAST, "epochs": 3, "age_target": "bins"}).resolved(sample=True)
-    result = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path)
-    assert result.oof["age_pred"].between(0, 120).all() and result.test["age_pred"].between(0, 120).all()
+    data = fold_data()
+    result = fit_fold(cfg, fold=0, data=data, fold_dir=tmp_path)
+    truth, predicted = result.oof["age"].to_numpy(float), result.oof["age_pred"].to_numpy(float)
+    constant = np.sqrt(np.mean((truth - data.train["age"].mean()) ** 2))
+    assert np.corrcoef(truth, predicted)[0, 1] > 0.8
+    assert np.sqrt(np.mean((truth - predicted) ** 2)) < 0.8 * constant
 
 
 @pytest.mark.parametrize("switch", ["function", "command line"])

@@ -298,11 +298,12 @@ def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overw
     publish_submission(out, blended.sample_path)  # a Kaggle notebook: also /kaggle/working/submission.csv
     timeline.mark("blend and write the submission", blend_started)
     total = clock() - started
-    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}")
+    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}\n{blended.estimate}")
     log(f"where the time went ({total / 60:.1f} of {time_limit / 60:.1f} min):")
     for what, seconds in timeline.phases:
         log(f"  {what:<44} {seconds / 60:6.1f} min")
-    return {"submission": str(out), "cv": blended.cv.as_dict(), "seconds": total, "time_limit": time_limit,
+    return {"submission": str(out), "cv": blended.cv.as_dict(), "leaderboard_estimate": blended.estimate.as_dict(),
+            "seconds": total, "time_limit": time_limit,
             "members": {f"{r.run_dir.parent.name}/{r.run_dir.name}": r.scores.as_dict() for r in complete},
             "epochs": {p.label: p.trained for p in schedule.plans if p.trained}, "timeline": timeline.phases,
             "plans": [(p.label, p.estimate_s(), p.share_s) for p in schedule.plans]}

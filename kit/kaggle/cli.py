@@ -68,8 +68,11 @@ def submissions_main(argv=None) -> int:
                                      "asking Kaggle for the scores of pending submissions.")
     parser.add_argument("--competition", help="only this competition's submissions")
     parser.add_argument("--no-refresh", action="store_true", help="do not ask Kaggle about pending submissions")
+    parser.add_argument("--final", action="store_true",
+                        help="propose the two final selections from the leaderboard estimates (never the public "
+                             "scores), and say why")
     args = parser.parse_args(argv)
-    list_submissions(args.competition, refresh=not args.no_refresh)
+    list_submissions(args.competition, refresh=not args.no_refresh, final=args.final)
     return 0
 
 

@@ -76,6 +76,7 @@ def submit_with(create, path, message: str | None, slug: str | None, *, sample=N
     sha256 = sha256_file(path)
     sidecar = _read_sidecar(path)
     cv_score = _cv_score(sidecar, sha256, path)
+    estimate = sidecar.get("leaderboard_estimate") if sidecar.get("sha256") == sha256 else None
     from kit.submission import validate_submission_file  # imported here: it brings in pandas, slow to load
 
     # 1. an invalid file, or one made for another competition, is never uploaded
@@ -101,7 +102,7 @@ def submit_with(create, path, message: str | None, slug: str | None, *, sample=N
         ref = upload(services, path, row, ledger_path, create)
     log(f"Kaggle confirmed submission {ref} of {path} to '{slug}'")
     return follow_score(services, {**row, "ref": ref, "status": "pending"}, ledger_path, cv_score=cv_score,
-                        wait=wait)
+                        wait=wait, estimate=estimate)
 
 
 def check_competition(path: Path, sidecar: dict, slug: str, force: bool, target_sample) -> None:
@@ -204,8 +205,10 @@ def _utc(moment) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, wait: bool) -> SubmitResult:
-    """After the upload: today's remaining count, then (unless --no-wait) the score, recorded."""
+def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, wait: bool,
+                 estimate: dict | None = None) -> SubmitResult:
+    """After the upload: today's remaining count, then (unless --no-wait) the score, recorded and shown beside
+    the CV score and the leaderboard estimate."""
     ref, slug = row["ref"], row["competition"]
     try:
         limits = submission_limits(services, slug)
@@ -238,7 +241,7 @@ def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, 
         log(f"Kaggle could not score submission {ref}: {scored.error_description or 'no reason given'}")
         return SubmitResult("error", ref, cv_score=cv_score, remaining_today=remaining,
                             error=scored.error_description)
-    log(score_line(scored.public_score, cv_score))
+    log(score_line(scored.public_score, cv_score, estimate))
     log(f"recorded in {ledger_path}")
     return SubmitResult("complete", ref, scored.public_score, cv_score, remaining)
 
