@@ -20,7 +20,6 @@ from kit.age import head_outputs
 from kit.config import TrainConfig
 from kit.data import load_competition, locate
 from kit.device import check_device
-from kit.errors import RunError
 from kit.estimate import Estimate
 from kit.files import sha256_file
 from kit.folds import folds_for

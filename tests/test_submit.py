@@ -604,7 +604,7 @@ def with_estimate(path: Path, score: float, public: list[float], private: list[f
 def test_submit_prints_the_estimate_beside_the_public_score(server, competition, root, capsys):
     sub = prediction(competition["labels"])
     path = with_estimate(write_submission(root, sub, cv=0.8123), 0.99, [0.985, 0.995], [0.986, 0.994])
-    result = submit(path, "estimated", root=root, retry=FAST, polling=QUICK)
+    result = submit(path, "estimated", root=root, services=fast())
     public = float(result.public_score)
     out = capsys.readouterr().out
     assert "leaderboard estimate 0.99000, public 95% 0.9850-0.9950" in out
