@@ -434,3 +434,19 @@ def test_a_limit_spent_before_training_stops_at_once(tiny_competition, project):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=60, models=["scratch"],
              root=project, planning=Planning(clock=clock))
     assert not (project / "runs").exists()                   # nothing measured, nothing trained
+
+
+def test_a_short_limit_trains_the_member_that_fits_without_the_margin_rather_than_refuse(caplog):
+    """Seen at 5 minutes on the real data: one epoch of dlib_age's 5 folds fit, but not with the 15% margin,
+    and the command refused. The wall inside each fold makes the margin unnecessary for the last resort."""
+    from kit.best import first_plan
+
+    slow, fast = plan_of("slow", 300), plan_of("fast", 60)
+    fits_bare = 5 * (60 + 10) + 5                      # one epoch and the predictions of 5 folds, not * 1.15
+    schedule = first_plan([slow, fast], [], fits_bare, folds=5, max_epochs=40, min_epochs=4, spent_s=0,
+                          time_limit=fits_bare + 30)
+    assert [(p.label, p.epochs) for p in schedule.plans] == [("fast", 1)]
+    assert "only fast fits" in caplog.text and "no safety margin" in caplog.text
+    with pytest.raises(BudgetError, match="too short"):
+        first_plan([plan_of("slow", 300)], [], fits_bare, folds=5, max_epochs=40, min_epochs=4, spent_s=0,
+                   time_limit=fits_bare + 30)

@@ -132,11 +132,17 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
     measured = plans + spares
     kept, left_out = allot(plans + spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     finished = [p for p in measured if p.folds_left <= 0]   # by an earlier command: a blend is there already
-    if kept[0].epochs < 1 and not finished:   # the first member does not fit: the first one that does, alone
+    # The first member does not fit: the first one that does, alone; failing that, without the safety
+    # margin, since the wall inside each fold (kit/train.py) stops one that runs late, never past the limit.
+    for margin in (None, 1.0):
+        if kept[0].epochs >= 1 or finished:
+            break
         for plan in measured:
+            plan.margin = margin or plan.margin
             alone, rest = allot([plan], available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
             if alone[0].epochs >= 1:
-                log(f"plan: only {plan.label} fits in --time-limit {time_limit / 60:.1f}m")
+                log(f"plan: only {plan.label} fits in --time-limit {time_limit / 60:.1f}m"
+                    + (" (with no safety margin: a fold that runs late is stopped by the limit)" if margin else ""))
                 kept, left_out = alone, [p for p in measured if p is not plan]
                 break
     if kept[0].epochs < 1 and not finished:
