@@ -103,6 +103,10 @@ class Wall:
                      else train_image_s / INFERENCE_SPEEDUP)
         return per_image * (self.n_valid + (self.n_valid + self.n_test) * self.views)
 
+    def fits(self, now: float, training_s: float, history: list[dict], train_image_s: float = 0.0) -> bool:
+        """Whether `training_s` more of training, then scoring and the final predictions, end by the deadline."""
+        return now + training_s + self.reserve_s(history, train_image_s) <= self.deadline
+
     def planned_epochs(self, now: float, epochs: int, epoch_s: float | None) -> int:
         """The epochs the fold's schedule runs over: all of them, or as many as an estimate of one epoch
         (`epoch_s`, training and scoring) says fit before the deadline with the final predictions."""
@@ -167,7 +171,11 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
 
     cut_at = None
     for epoch in range(progress.next_epoch, progress.planned_epochs):
-        if wall is not None and progress.history and not fits_another_epoch(wall, progress.history, clock()):
+        last = progress.history[-1] if progress.history else None
+        # One more epoch like the last one: its time scaled up if the wall stopped it partway (histories
+        # written before the wall have no fraction: their epochs were whole).
+        next_epoch_s = last and last["seconds"] / max(last.get("epoch_fraction", 1.0), 1e-6)
+        if wall is not None and last and not wall.fits(clock(), next_epoch_s, progress.history):
             cut_at = epoch
             log(f"fold {fold}: time limit: stopping before epoch {epoch} (best epoch {progress.best_epoch} kept)")
             break
@@ -187,13 +195,6 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
                 f"{progress.best_epoch} kept)")
             break
     return final_predictions(trainer, data, inputs, fold=fold, fold_dir=fold_dir, progress=progress, cut_at=cut_at)
-
-
-def fits_another_epoch(wall: Wall, history: list[dict], now: float) -> bool:
-    """Whether one more epoch like the last one, and the final predictions, end before the deadline."""
-    last = history[-1]
-    return now + last["seconds"] / max(last.get("epoch_fraction", 1.0), 1e-6) + wall.reserve_s(history, 0.0) \
-        <= wall.deadline
 
 
 def training_rows(data: FoldData):
@@ -237,9 +238,9 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
     steps_done = steps_per_epoch
     for step in bar:
         if wall is not None and step and step % WALL_CHECK_STEPS == 0:
-            per_step = (clock() - started) / step
-            if clock() + per_step * (steps_per_epoch - step) + wall.reserve_s(history or [], per_step / batch_size) \
-                    > wall.deadline:
+            now = clock()
+            per_step = (now - started) / step
+            if not wall.fits(now, per_step * (steps_per_epoch - step), history or [], per_step / batch_size):
                 steps_done = step
                 break
         factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, total_steps, warmup_steps)

@@ -138,8 +138,9 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
         if kept[0].epochs >= 1 or finished:
             break
         for plan in measured:
-            plan.margin = margin or plan.margin
+            kept_margin, plan.margin = plan.margin, margin or plan.margin
             alone, rest = allot([plan], available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+            plan.margin = plan.margin if alone[0].epochs >= 1 else kept_margin   # only the chosen one goes bare
             if alone[0].epochs >= 1:
                 log(f"plan: only {plan.label} fits in --time-limit {time_limit / 60:.1f}m"
                     + (" (with no safety margin: a fold that runs late is stopped by the limit)" if margin else ""))
@@ -170,7 +171,7 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
         if plan.folds_done == plan.cfg.folds:   # finished by an earlier command
             plan.cfg = dataclasses.replace(plan.cfg, epochs=plan.run_epochs)
             results.append(run_cv(plan.cfg, root=project.root, clock=clock))
-            plan.trained = [epochs_trained(results[-1].run_dir, f, plan.cfg.epochs) for f in range(plan.cfg.folds)]
+            plan.trained = trained_per_fold(plan, results[-1].run_dir)
     while (plan := schedule.next_plan()) is not None:
         if deadline - clock() - BLEND_RESERVE_S <= 0:
             break
@@ -185,7 +186,7 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
         if result is None:
             timeline.mark(f"cv {plan.label} (unfinished)", run_started)
             break
-        plan.trained = [epochs_trained(result.run_dir, f, plan.cfg.epochs) for f in range(plan.cfg.folds)]
+        plan.trained = trained_per_fold(plan, result.run_dir)
         timeline.mark(f"cv {plan.label} ({'/'.join(map(str, plan.trained))} epochs in its folds)", run_started)
         results.append(result)
     left_s = deadline - clock() - BLEND_RESERVE_S
@@ -195,6 +196,10 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
                "and no spare is waiting (--spares)")
         log(f"{left_s / 60:.1f} min of the limit are given back: {why}")
     return results
+
+
+def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[int]:
+    return [epochs_trained(run_dir, fold, plan.cfg.epochs) for fold in range(plan.cfg.folds)]
 
 
 def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, project: Project,

@@ -159,7 +159,7 @@ class Schedule:
         return min(todo, key=lambda p: (not p.resumed, p.second_round, p.epochs < p.max_epochs), default=None)
 
     def start(self, plan: ModelPlan) -> None:
-        plan.resumed = True   # from now on it is finished, never left out
+        plan.resumed = True   # from now on its run is to be finished: never left out
 
     def observe(self, plan: ModelPlan, seconds: float, *, epochs: int | None = None) -> None:
         """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features).
