@@ -123,7 +123,7 @@ def run_on_devices(run: Prepared, project: Project, deadline: float | None, cloc
 
 
 def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock,
-               fold_epochs: int | None = None, epoch_s: float | None = None):
+               fold_epochs: float | None = None, epoch_s: float | None = None):
     """Train one fold under its lock; None when another process holds it (or has just finished it)."""
     from kit.train import FoldData, fit_fold  # imports torch's training code: after the cheap checks
 
@@ -163,7 +163,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
            clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True,
-           fold_epochs: int | None = None, epoch_s: float | None = None) -> RunResult:
+           fold_epochs: float | None = None, epoch_s: float | None = None) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
 
     `fold_epochs`: the epochs the folds trained now run (at most cfg.epochs; best decides them fold by fold).

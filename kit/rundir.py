@@ -50,12 +50,16 @@ def write_fold(run_dir: Path, result) -> None:
     write_json(fold_done_file(run_dir, result.fold), {"fold": result.fold, "best_epoch": result.best_epoch,
                                                       "scores": result.scores.as_dict(),
                                                       "cut_at_epoch": result.cut_at_epoch,
-                                                      "planned_epochs": result.planned_epochs})
+                                                      "planned_epochs": result.planned_epochs,
+                                                      "epochs_trained": result.epochs_trained})
 
 
-def epochs_trained(run_dir: Path, fold: int, epochs: int) -> int:
-    """The epochs a finished fold trained: --epochs, unless a time limit planned fewer or cut it short."""
+def epochs_trained(run_dir: Path, fold: int, epochs: int) -> float:
+    """The epochs a finished fold trained: --epochs, unless a time limit planned fewer or cut it short (parts
+    of an epoch count as such; folds finished before they were recorded count whole epochs)."""
     record = read_json(fold_done_file(run_dir, fold))
+    if record.get("epochs_trained") is not None:
+        return record["epochs_trained"]
     planned = record.get("planned_epochs") or epochs
     return min(planned, record.get("cut_at_epoch") or planned)
 

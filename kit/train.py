@@ -11,6 +11,7 @@ uninterrupted one would.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from kit.trainer import Trainer, epoch_seed, lr_factor
 from kit.trunk import cacheable, trunk_features
 
 WALL_CHECK_STEPS = 4   # how often (in batches) an epoch checks whether its rest still fits before the deadline
+# The shortest fold a deadline may plan, in epochs: a fold's length is in steps (Li, Yumer and Ramanan,
+# "Budgeted Training", ICLR 2020: a schedule that anneals over the steps that fit beats one cut partway), so a
+# short limit trains part of an epoch, its learning rate annealed, rather than refusing or being cut.
+MIN_FOLD_EPOCHS = 0.1
 
 
 @dataclass
@@ -58,7 +63,8 @@ class FoldResult:
     test: pd.DataFrame           # id, gender_prob, age_pred
     history: list[dict]
     cut_at_epoch: int | None = None   # set when a time limit stopped training early
-    planned_epochs: int | None = None  # the schedule's length, when a time limit made it shorter than --epochs
+    planned_epochs: float | None = None  # the schedule's length, when a time limit made it other than --epochs
+    epochs_trained: float | None = None  # what it trained, in epochs (parts of one when planned or cut so)
 
 
 def fold_inputs(trainer: Trainer, data: FoldData):
@@ -78,7 +84,7 @@ class Progress:
     best_score: float = -1.0
     best_epoch: int = -1
     next_epoch: int = 0
-    planned_epochs: int | None = None   # the learning-rate schedule's length, fixed when the fold starts
+    planned_epochs: float | None = None   # the learning-rate schedule's length, fixed when the fold starts
 
 
 # Inference runs several times faster than training per image (no backward pass, larger batches): 3x is the
@@ -107,14 +113,32 @@ class Wall:
         """Whether `training_s` more of training, then scoring and the final predictions, end by the deadline."""
         return now + training_s + self.reserve_s(history, train_image_s) <= self.deadline
 
-    def planned_epochs(self, now: float, epochs: int, epoch_s: float | None) -> int:
-        """The epochs the fold's schedule runs over: all of them, or as many as an estimate of one epoch
-        (`epoch_s`, training and scoring) says fit before the deadline with the final predictions."""
+    def planned_epochs(self, now: float, epochs: float, epoch_s: float | None) -> float:
+        """The epochs the fold's schedule runs over: all of them, or as many (in hundredths of an epoch) as an
+        estimate of one epoch (`epoch_s`, training and scoring) says fit before the deadline with the final
+        predictions."""
         if not epoch_s:
             return epochs
         final_s = epoch_s * (self.n_valid + self.n_test) * self.views / (self.n_train * INFERENCE_SPEEDUP)
-        fits = int((self.deadline - now - final_s) // epoch_s)
-        return max(1, min(epochs, fits))
+        fits = math.floor(100 * (self.deadline - now - final_s) / epoch_s) / 100
+        return max(MIN_FOLD_EPOCHS, min(epochs, fits))
+
+
+def total_steps(steps_per_epoch: int, planned_epochs: float) -> int:
+    return max(1, round(steps_per_epoch * planned_epochs))
+
+
+def epoch_steps(steps_per_epoch: int, planned_epochs: float, epoch: int) -> int:
+    """The steps epoch `epoch` trains when the fold's schedule runs over `planned_epochs` (the last epoch of a
+    fractional plan trains part of the rows)."""
+    return max(0, min(steps_per_epoch, total_steps(steps_per_epoch, planned_epochs) - epoch * steps_per_epoch))
+
+
+def batches(cfg: TrainConfig, data: FoldData) -> tuple[int, int]:
+    """(batch size, steps per epoch) of a fold: the training rows, pseudo-labelled test images included."""
+    n_rows = len(data.train) + (0 if data.pseudo is None else len(data.pseudo))
+    batch_size = min(cfg.batch_size, n_rows)
+    return batch_size, n_rows // batch_size
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -170,26 +194,29 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
                 "learning-rate schedule runs over those")
 
     cut_at = None
-    for epoch in range(progress.next_epoch, progress.planned_epochs):
+    steps_per_epoch = batches(cfg, data)[1]
+    epochs_to_run = math.ceil(total_steps(steps_per_epoch, progress.planned_epochs) / steps_per_epoch)
+    for epoch in range(progress.next_epoch, epochs_to_run):
         last = progress.history[-1] if progress.history else None
-        # One more epoch like the last one: its time scaled up if the wall stopped it partway (histories
-        # written before the wall have no fraction: their epochs were whole).
-        next_epoch_s = last and last["seconds"] / max(last.get("epoch_fraction", 1.0), 1e-6)
+        # One more epoch like the last one, or the part of one the plan has left: its time scaled from the
+        # last one's fraction (histories written before the wall have no fraction: their epochs were whole).
+        part = min(1.0, progress.planned_epochs - epoch)
+        next_epoch_s = last and last["seconds"] * part / max(last.get("epoch_fraction", 1.0), 1e-6)
         if wall is not None and last and not wall.fits(clock(), next_epoch_s, progress.history):
             cut_at = epoch
             log(f"fold {fold}: time limit: stopping before epoch {epoch} (best epoch {progress.best_epoch} kept)")
             break
         started = clock()
-        loss, frozen, images_per_s, done = train_epoch(trainer, data, inputs, fold=fold, epoch=epoch, clock=clock,
-                                                       planned_epochs=progress.planned_epochs, wall=wall,
-                                                       history=progress.history)
+        loss, frozen, images_per_s, done, cut = train_epoch(trainer, data, inputs, fold=fold, epoch=epoch,
+                                                            clock=clock, planned_epochs=progress.planned_epochs,
+                                                            wall=wall, history=progress.history)
         record = {"fold": fold, "epoch": epoch, "train_loss": loss, "frozen": frozen,
                   "train_images_per_s": images_per_s, "epoch_fraction": done}
         scores = score_and_checkpoint(trainer, data, inputs, progress, fold_dir, epoch=epoch, record=record,
                                       started=started, clock=clock)
         if on_epoch is not None:
             on_epoch(fold, epoch, scores)
-        if done < 1.0:
+        if cut:
             cut_at = epoch + 1
             log(f"fold {fold}: time limit: epoch {epoch} stopped after {done:.0%} of its batches (best epoch "
                 f"{progress.best_epoch} kept)")
@@ -214,16 +241,17 @@ def training_rows(data: FoldData):
 
 
 def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: int, clock: Callable[[], float],
-                planned_epochs: int | None = None, wall: Wall | None = None,
-                history: list[dict] | None = None) -> tuple[float, bool, float, float]:
-    """One pass over the training rows: (mean loss, whether the backbone was frozen, images per second, the
-    fraction of the batches trained: below 1 when `wall` stopped it so that scoring and the final predictions
-    still fit)."""
+                planned_epochs: float | None = None, wall: Wall | None = None,
+                history: list[dict] | None = None) -> tuple[float, bool, float, float, bool]:
+    """One pass over the training rows, or the part of one the fold's plan gives its last epoch: (mean loss,
+    whether the backbone was frozen, images per second, the fraction of the epoch's batches trained, whether
+    `wall` stopped it before the plan's end so that scoring and the final predictions still fit)."""
     cfg, device = trainer.cfg, trainer.device
     train_rows, gender, ages, weights = training_rows(data)
-    batch_size = min(cfg.batch_size, len(train_rows))
-    steps_per_epoch = len(train_rows) // batch_size
-    total_steps = steps_per_epoch * (planned_epochs or cfg.epochs)
+    batch_size, steps_per_epoch = batches(cfg, data)
+    planned_epochs = planned_epochs or cfg.epochs
+    schedule_steps, steps_planned = total_steps(steps_per_epoch, planned_epochs), epoch_steps(steps_per_epoch,
+                                                                                              planned_epochs, epoch)
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
     started = clock()
@@ -234,16 +262,16 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
     trainer.model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     frozen = False
-    bar = tqdm(range(steps_per_epoch), desc=f"fold {fold} epoch {epoch}", leave=False, disable=None)
-    steps_done = steps_per_epoch
+    bar = tqdm(range(steps_planned), desc=f"fold {fold} epoch {epoch}", leave=False, disable=None)
+    steps_done = steps_planned
     for step in bar:
         if wall is not None and step and step % WALL_CHECK_STEPS == 0:
             now = clock()
             per_step = (now - started) / step
-            if not wall.fits(now, per_step * (steps_per_epoch - step), history or [], per_step / batch_size):
+            if not wall.fits(now, per_step * (steps_planned - step), history or [], per_step / batch_size):
                 steps_done = step
                 break
-        factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, total_steps, warmup_steps)
+        factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, schedule_steps, warmup_steps)
         frozen = trainer.set_phase(epoch, factor)
         picked = order[step * batch_size:(step + 1) * batch_size]
         x = inputs.training(train_rows[picked], cfg.augment, generator)
@@ -253,7 +281,7 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
     seconds = clock() - started
     return (loss_sum.item() / max(1, steps_done), frozen, steps_done * batch_size / max(seconds, 1e-9),
-            steps_done / max(1, steps_per_epoch))
+            steps_done / max(1, steps_per_epoch), steps_done < steps_planned)
 
 
 def prediction_options(trainer: Trainer, *, tta: bool) -> dict:
@@ -304,4 +332,5 @@ def final_predictions(trainer: Trainer, data: FoldData, inputs, *, fold: int, fo
     test = pd.DataFrame({"id": data.test["id"].to_numpy(), "gender_prob": test_prob, "age_pred": test_age})
     scores = score_probabilities(oof["gender"], oof["gender_prob"], oof["age"], oof["age_pred"])
     planned = progress.planned_epochs if progress.planned_epochs != trainer.cfg.epochs else None
-    return FoldResult(fold, progress.best_epoch, scores, oof, test, progress.history, cut_at, planned)
+    trained = round(sum(h.get("epoch_fraction", 1.0) for h in progress.history), 4)
+    return FoldResult(fold, progress.best_epoch, scores, oof, test, progress.history, cut_at, planned, trained)

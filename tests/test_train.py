@@ -137,12 +137,14 @@ def test_the_epochs_that_fit_are_decided_at_the_fold_s_start_and_kept_when_it_re
                                                                                         caplog):
     clock = StepClock(monkeypatch)
     cfg = TrainConfig(**{**FAST, "epochs": 3}).resolved(sample=True)
-    # 40 s an epoch, the final predictions about 10 s: 2 of the 3 epochs fit in 100 s, and the schedule
-    # (one-cycle) runs over those 2.
+    # 40 s an epoch, the final predictions about 10 s: 2.25 of the 3 epochs fit in 100 s, and the schedule
+    # (one-cycle) runs over those 2.25: two whole epochs and a quarter of one, its learning rate annealed.
     whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole", deadline=100.0, epoch_s=40.0,
                      clock=clock)
-    assert whole.planned_epochs == 2 and len(whole.history) == 2 and whole.cut_at_epoch is None
-    assert "2 of 3 epoch(s) fit before the time limit" in caplog.text
+    assert whole.planned_epochs == 2.25 and len(whole.history) == 3 and whole.cut_at_epoch is None
+    assert whole.history[-1]["epoch_fraction"] == pytest.approx(0.25) and whole.epochs_trained == 2.25
+    assert whole.history[-1]["lr"] < 0.1 * whole.history[0]["lr"] and clock() <= 100.0   # annealed, not cut
+    assert "2.25 of 3 epoch(s) fit before the time limit" in caplog.text
 
     def crash_after_first_epoch(fold, epoch, scores):
         raise KeyboardInterrupt
@@ -152,5 +154,5 @@ def test_the_epochs_that_fit_are_decided_at_the_fold_s_start_and_kept_when_it_re
         fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", deadline=100.0, epoch_s=40.0,
                  on_epoch=crash_after_first_epoch, clock=clock)
     resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", clock=clock)  # no limit now
-    assert resumed.planned_epochs == 2 and len(resumed.history) == 2
+    assert resumed.planned_epochs == 2.25 and len(resumed.history) == 3
     pd.testing.assert_frame_equal(whole.oof, resumed.oof)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kit.best.measure import measure_members
 from kit.best.members import DEFAULT_MODELS, DEFAULT_SPARES, EPOCH_CAPS, member_config, parse_model_spec
-from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, parse_shares
+from kit.best.plan import ModelPlan, Schedule, allot, parse_shares
 from kit.config import INSTALLED_WEIGHTS, TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
@@ -46,8 +46,9 @@ from kit.options import add_config_arguments, config_from_args, given_fields, pa
 from kit.paths import Project
 from kit.rundir import epochs_trained, fold_done_file, load_run
 from kit.submission import publish_submission
+from kit.train import MIN_FOLD_EPOCHS
 
-BLEND_RESERVE_S = 30   # blending and writing the submission
+BLEND_RESERVE_S = 10   # blending and writing the submission (2-3 s for two members on the real data)
 MEASURING_SHARE = 0.25  # past this share of the limit spent preparing and measuring, spares are not measured
 
 
@@ -127,38 +128,56 @@ def stop_if_spent(left_s: float, time_limit: float, timeline: Timeline) -> None:
                       "or give more time")
 
 
+def last_resort(measured: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int, min_epochs: int,
+                time_limit: float) -> tuple[list[ModelPlan], list[ModelPlan]] | None:
+    """When the first member does not get one epoch: the first member that does, alone; failing that, without
+    the safety margin, since the wall inside each fold (kit/train.py) stops one that runs late, never past the
+    limit; failing that too, part of an epoch per fold of the member that trains the most of one (its
+    schedule anneals over the steps that fit). None when not even MIN_FOLD_EPOCHS fit."""
+    def alone(plan: ModelPlan, margin: float | None) -> list[ModelPlan]:
+        kept_margin, plan.margin = plan.margin, margin or plan.margin
+        kept = allot([plan], available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)[0]
+        plan.margin = kept_margin
+        return kept
+
+    for least, margin in ((1.0, None), (1.0, 1.0), (MIN_FOLD_EPOCHS, 1.0)):
+        fitting = [(plan, alone(plan, margin)[0].epochs) for plan in measured]
+        fitting = [(plan, epochs) for plan, epochs in fitting if epochs >= least]
+        if not fitting:
+            continue
+        chosen = fitting[0][0] if least >= 1 else max(fitting, key=lambda pair: pair[1])[0]
+        chosen.margin = margin or chosen.margin   # only the chosen one goes bare
+        kept = alone(chosen, None)
+        log(f"plan: only {chosen.label} fits in --time-limit {time_limit / 60:.1f}m"
+            + (" (with no safety margin: a fold that runs late is stopped by the limit)" if margin else "")
+            + (f", {chosen.epochs:g} of an epoch per fold" if chosen.epochs < 1 else ""))
+        return kept, [p for p in measured if p is not chosen]
+    return None
+
+
 def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
                min_epochs: int, spent_s: float, time_limit: float) -> Schedule:
     measured = plans + spares
     kept, left_out = allot(plans + spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     finished = [p for p in measured if p.folds_left <= 0]   # by an earlier command: a blend is there already
-    # The first member does not fit: the first one that does, alone; failing that, without the safety
-    # margin, since the wall inside each fold (kit/train.py) stops one that runs late, never past the limit.
-    for margin in (None, 1.0):
-        if kept[0].epochs >= 1 or finished:
-            break
-        for plan in measured:
-            kept_margin, plan.margin = plan.margin, margin or plan.margin
-            alone, rest = allot([plan], available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
-            plan.margin = plan.margin if alone[0].epochs >= 1 else kept_margin   # only the chosen one goes bare
-            if alone[0].epochs >= 1:
-                log(f"plan: only {plan.label} fits in --time-limit {time_limit / 60:.1f}m"
-                    + (" (with no safety margin: a fold that runs late is stopped by the limit)" if margin else ""))
-                kept, left_out = alone, [p for p in measured if p is not plan]
-                break
     if kept[0].epochs < 1 and not finished:
-        need = min((folds * (p.epoch_s + p.fixed_s) + p.setup_s) * SAFETY for p in measured) + spent_s \
-            + BLEND_RESERVE_S
-        raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: one epoch on {folds} folds of the "
-                          f"fastest model needs about {need / 60:.1f} min here. Give more time, fewer --folds or "
-                          "a smaller --size.")
+        fallback = last_resort(measured, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs,
+                               time_limit=time_limit)
+        if fallback is None:
+            need = min(folds * (MIN_FOLD_EPOCHS * p.epoch_s + p.fixed_s) + p.setup_s for p in measured) \
+                + spent_s + BLEND_RESERVE_S
+            raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: the least that makes a "
+                              f"submission, {MIN_FOLD_EPOCHS:g} of an epoch on each of {folds} folds of the fastest "
+                              f"model, needs about {need / 60:.1f} min here. Give more time, fewer --folds or a "
+                              "smaller --size.")
+        kept, left_out = fallback
     for plan in left_out:
         if plan not in spares:
             log(f"plan: {plan.label} left out for now: with it, a member would get fewer than {min_epochs} "
                 f"epoch(s) per fold; it joins if the time turns out to be there")
     for plan in kept:
         log(f"plan: {plan.label}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
-            f"img/s -> {plan.epochs} epoch(s) x {folds} folds, about {plan.estimate_s() / 60:.1f} of "
+            f"img/s -> {plan.epochs:g} epoch(s) x {folds} folds, about {plan.estimate_s() / 60:.1f} of "
             f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
     return Schedule(kept, left_out, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
 
@@ -187,7 +206,7 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
             timeline.mark(f"cv {plan.label} (unfinished)", run_started)
             break
         plan.trained = trained_per_fold(plan, result.run_dir)
-        timeline.mark(f"cv {plan.label} ({'/'.join(map(str, plan.trained))} epochs in its folds)", run_started)
+        timeline.mark(f"cv {plan.label} ({'/'.join(f'{e:g}' for e in plan.trained)} epochs in its folds)", run_started)
         results.append(result)
     left_s = deadline - clock() - BLEND_RESERVE_S
     if left_s > 60:
@@ -198,7 +217,7 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
     return results
 
 
-def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[int]:
+def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[float]:
     return [epochs_trained(run_dir, fold, plan.cfg.epochs) for fold in range(plan.cfg.folds)]
 
 
@@ -213,15 +232,19 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
         trained_before = fold_done_file(run_dir, fold).is_file()
         budget = schedule.fold_budget(plan, deadline - clock() - BLEND_RESERVE_S)
         setup_s = plan.setup_s * plan.speed if plan.folds_done == 0 else 0.0
-        if not trained_before and budget < plan.fold_s(1) + setup_s:
-            log(f"{plan.label}: no time left for fold {fold} (it needs about {plan.fold_s(1) / 60:.1f} min for one "
-                f"epoch and its predictions, {max(budget, 0) / 60:.1f} min are left); stopping here")
+        # A fold gets at least half of what its plan gave the others (of one epoch at most): a fold much
+        # shorter than its member's others would drag the member's blend down instead of lifting it.
+        least = max(MIN_FOLD_EPOCHS, min(1.0, plan.epochs) / 2)
+        if not trained_before and budget < plan.fold_s(least) + setup_s:
+            log(f"{plan.label}: no time left for fold {fold} (it needs about {plan.fold_s(least) / 60:.1f} min for "
+                f"{least:g} epoch and its predictions, {max(budget, 0) / 60:.1f} min are left); stopping here")
             return None
         fold_started = clock()
+        fold_epochs = max(MIN_FOLD_EPOCHS, plan.epochs)
         if not trained_before:
-            log(f"{plan.label} fold {fold}: {max(1, plan.epochs)} epoch(s), at most {budget / 60:.1f} min")
+            log(f"{plan.label} fold {fold}: {fold_epochs:g} epoch(s), at most {budget / 60:.1f} min")
         result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold], time_limit=max(1.0, budget)),
-                        root=project.root, clock=clock, fold_epochs=max(1, plan.epochs),
+                        root=project.root, clock=clock, fold_epochs=fold_epochs,
                         epoch_s=plan.epoch_s * plan.speed)
         if trained_before:
             continue

@@ -17,6 +17,8 @@ from kit.errors import ConfigError
 
 SAFETY = 1.15          # sustained training can run slower than the timed bursts: the 5 folds of two 60-minute
                        # runs here took 0.99 and 1.15 of their estimates without the margin
+EPOCH_STEP = 0.1       # plans are in tenths of an epoch: a fold's schedule runs over its steps (kit/train.py), so
+                       # the time between two whole epochs is trained, not left idle
 
 
 @dataclass
@@ -27,7 +29,7 @@ class ModelPlan:
     infer_images_per_s: float
     epoch_s: float                 # estimated seconds of one epoch of one fold (training + held-out scoring)
     fixed_s: float                 # estimated seconds per fold outside the epochs (final predictions)
-    epochs: int
+    epochs: float                  # per fold, in tenths of an epoch
     share: float = 1.0             # relative share of the time (--shares)
     label: str = ""                # the --models entry (model name, and its overrides if any)
     resumed: bool = False          # started (in this command or an earlier one): never left out any more
@@ -38,11 +40,11 @@ class ModelPlan:
     setup_s: float = 0.0           # once, before the first fold: a frozen trunk's features (kit/trunk.py)
     second_round: bool = False     # learns from the first round's pseudo-labels: trains after it
     run_epochs: int | None = None  # the --epochs of its run when an earlier command made it
-    trained: list[int] | None = None   # the epochs each of its folds trained, once all are done
+    trained: list[float] | None = None   # the epochs each of its folds trained, once all are done
     seen_s: float = 0.0            # seconds its folds took in this command
     timed_s: float = 0.0           # what the measurement estimated for those same folds
 
-    def fold_s(self, epochs: int | None = None) -> float:
+    def fold_s(self, epochs: float | None = None) -> float:
         """The estimate of one fold of `epochs` (default: the planned ones), without the margin."""
         return ((self.epochs if epochs is None else epochs) * self.epoch_s + self.fixed_s) * self.speed
 
@@ -76,10 +78,12 @@ def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float
 
 
 def plan_epochs(share_s: float, folds: int, epoch_s: float, fixed_s: float, max_epochs: int, *,
-                margin: float = SAFETY, speed: float = 1.0) -> int:
-    """The most epochs per fold (at most max_epochs) whose estimated cost, with the margin, fits share_s."""
+                margin: float = SAFETY, speed: float = 1.0) -> float:
+    """The most epochs per fold, in tenths (at most max_epochs), whose estimated cost, with the margin, fits
+    share_s."""
     per_fold = share_s / margin / speed / max(1, folds) - fixed_s
-    return max(0, min(max_epochs, math.floor(per_fold / epoch_s)))
+    tenths = math.floor(round(per_fold / epoch_s / EPOCH_STEP, 6))
+    return max(0.0, min(float(max_epochs), round(tenths * EPOCH_STEP, 1)))
 
 
 def allot(plans: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
@@ -161,7 +165,7 @@ class Schedule:
     def start(self, plan: ModelPlan) -> None:
         plan.resumed = True   # from now on its run is to be finished: never left out
 
-    def observe(self, plan: ModelPlan, seconds: float, *, epochs: int | None = None) -> None:
+    def observe(self, plan: ModelPlan, seconds: float, *, epochs: float | None = None) -> None:
         """A fold of `plan` was trained in `seconds` (its first fold with the setup: a frozen trunk's features).
         `epochs`: those it trained, when the time limit cut it short; a cut fold is as fast as the epochs it
         ran, not a sign of a fast machine (which would then cut the next folds shorter still)."""
@@ -195,9 +199,10 @@ class Schedule:
         self.plans = done + kept
         self.waiting = left_out
         after = {p.label: p.epochs for p in self.plans if p.folds_left > 0}
-        changes = [f"{label}: {before[label]} -> {epochs} epoch(s)" for label, epochs in after.items()
+        changes = [f"{label}: {before[label]:g} -> {epochs:g} epoch(s)" for label, epochs in after.items()
                    if label in before and before[label] != epochs]
-        changes += [f"{label}: joins with {epochs} epoch(s)" for label, epochs in after.items() if label not in before]
+        changes += [f"{label}: joins with {epochs:g} epoch(s)" for label, epochs in after.items()
+                    if label not in before]
         changes += [f"{label}: left out (no time for it)" for label in before if label not in after]
         if changes:
             timed = [f"{p.label} {1 / p.speed:.2f}x" for p in self.plans if p.timed_s]
