@@ -51,7 +51,8 @@ def write_fold(run_dir: Path, result) -> None:
                                                       "scores": result.scores.as_dict(),
                                                       "cut_at_epoch": result.cut_at_epoch,
                                                       "planned_epochs": result.planned_epochs,
-                                                      "epochs_trained": result.epochs_trained})
+                                                      "epochs_trained": result.epochs_trained,
+                                                      "setup_seconds": result.setup_seconds})
 
 
 def epochs_trained(run_dir: Path, fold: int, epochs: int) -> float:
@@ -62,6 +63,11 @@ def epochs_trained(run_dir: Path, fold: int, epochs: int) -> float:
         return record["epochs_trained"]
     planned = record.get("planned_epochs") or epochs
     return min(planned, record.get("cut_at_epoch") or planned)
+
+
+def setup_seconds(run_dir: Path, fold: int) -> float | None:
+    """What a finished fold spent before its first epoch (a frozen trunk's features); None if not recorded."""
+    return read_json(fold_done_file(run_dir, fold)).get("setup_seconds")
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, record: dict) -> None:

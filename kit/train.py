@@ -65,6 +65,7 @@ class FoldResult:
     cut_at_epoch: int | None = None   # set when a time limit stopped training early
     planned_epochs: float | None = None  # the schedule's length, when a time limit made it other than --epochs
     epochs_trained: float | None = None  # what it trained, in epochs (parts of one when planned or cut so)
+    setup_seconds: float = 0.0     # before the first epoch: a frozen trunk's features (0 when this process had them)
 
 
 def fold_inputs(trainer: Trainer, data: FoldData):
@@ -182,7 +183,9 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     flush_denormals_to_zero(device)
     age_target = AgeTarget.for_training(cfg.age_target, cfg.age_loss, data.train["age"])
     trainer = Trainer(cfg, device, age_target, init_seed=epoch_seed(cfg.seed, fold, -1))
+    setup_started = clock()
     inputs = fold_inputs(trainer, data)
+    setup_seconds = clock() - setup_started
     progress = resume(trainer, fold, fold_dir, device)
     wall = None if deadline is None else Wall(deadline, len(data.train), len(data.valid), len(data.test),
                                               2 if cfg.tta else 1)
@@ -221,7 +224,9 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
             log(f"fold {fold}: time limit: epoch {epoch} stopped after {done:.0%} of its batches (best epoch "
                 f"{progress.best_epoch} kept)")
             break
-    return final_predictions(trainer, data, inputs, fold=fold, fold_dir=fold_dir, progress=progress, cut_at=cut_at)
+    result = final_predictions(trainer, data, inputs, fold=fold, fold_dir=fold_dir, progress=progress, cut_at=cut_at)
+    result.setup_seconds = setup_seconds
+    return result
 
 
 def training_rows(data: FoldData):

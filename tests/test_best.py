@@ -274,6 +274,28 @@ def test_a_first_fold_that_computes_a_frozen_trunk_is_not_taken_for_a_slow_machi
     assert a.speed == pytest.approx(1.0)
 
 
+def test_a_frozen_trunk_slower_than_timed_is_not_taken_for_a_slow_machine():
+    """Seen at 5 minutes on the real data: dlib_age's trunk took 80 s where its first batches promised 49; read
+    as the folds' speed (0.43x), the re-plan gave the other folds no epoch at all and the command gave up."""
+    a, b = plan_of("a", 60), plan_of("b", 60)
+    a.setup_s = 50.0
+    schedule = Schedule(*allot([a, b], 3600, folds=5, max_epochs=40, min_epochs=2), folds=5, max_epochs=40,
+                        min_epochs=2)
+    schedule.start(a)
+    schedule.observe(a, a.fold_s() + 80.0, setup_s=80.0)   # the epochs as estimated, the trunk 1.6x
+    assert a.speed == pytest.approx(1.0)
+    schedule.observe(a, a.fold_s() * 1.2, setup_s=0.0)     # later folds: the features are there already
+    assert a.speed == pytest.approx(1.1)
+
+
+def test_the_last_resort_takes_a_member_before_a_spare_of_the_same_speed(caplog):
+    from kit.best import first_plan
+
+    member, spare = plan_of("member", 300), plan_of("member:seed=1", 300)
+    schedule = first_plan([member], [spare], 355, folds=5, max_epochs=40, min_epochs=4, spent_s=0, time_limit=385)
+    assert [(p.label, p.epochs) for p in schedule.plans] == [("member", 0.2)]
+
+
 def test_a_fold_cut_by_the_time_limit_is_not_taken_for_a_fast_machine():
     """Seen in a 60-minute run: dlib_age's fold 0 stopped one epoch early, the re-plan read its short time as
     a machine 1.08x faster than measured, shrank the later folds' budgets, and every fold was cut."""

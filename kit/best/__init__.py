@@ -44,7 +44,7 @@ from kit.folds import folds_for
 from kit.log import log
 from kit.options import add_config_arguments, config_from_args, given_fields, parse_duration
 from kit.paths import Project
-from kit.rundir import epochs_trained, fold_done_file, load_run
+from kit.rundir import epochs_trained, fold_done_file, load_run, setup_seconds
 from kit.submission import publish_submission
 from kit.train import MIN_FOLD_EPOCHS
 
@@ -145,6 +145,7 @@ def last_resort(measured: list[ModelPlan], available_s: float, *, folds: int, ma
         fitting = [(plan, epochs) for plan, epochs in fitting if epochs >= least]
         if not fitting:
             continue
+        # The first that fits (members come before spares); of parts of an epoch, the largest (the first of equals).
         chosen = fitting[0][0] if least >= 1 else max(fitting, key=lambda pair: pair[1])[0]
         chosen.margin = margin or chosen.margin   # only the chosen one goes bare
         kept = alone(chosen, None)
@@ -248,7 +249,8 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
                         epoch_s=plan.epoch_s * plan.speed)
         if trained_before:
             continue
-        schedule.observe(plan, clock() - fold_started, epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs))
+        schedule.observe(plan, clock() - fold_started, epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs),
+                         setup_s=setup_seconds(result.run_dir, fold))
         for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
             log(f"re-plan after {plan.label} fold {fold}: {change}")
     return result
@@ -299,7 +301,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
     stop_if_spent(deadline - now, time_limit, timeline)
 
     measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
-                   max_epochs=max_epochs, measure_steps=planning.measure_steps, caps=EPOCH_CAPS)
+                   max_epochs=max_epochs, measure_steps=planning.measure_steps, caps=EPOCH_CAPS, measured={})
     plans = measure_members(members, shares, **measure)
     stop_if_spent(deadline - clock(), time_limit, timeline)
     if extra and clock() - started > MEASURING_SHARE * time_limit:

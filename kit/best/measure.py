@@ -52,10 +52,11 @@ def speed_key(cfg: TrainConfig) -> tuple:
 
 def measure_members(members: list, shares: list[float], *, cfg: TrainConfig, comp, images, project: Project,
                     given: set[str], is_sample: bool, max_epochs: int, measure_steps: int,
-                    caps: dict[str, int]) -> list[ModelPlan]:
+                    caps: dict[str, int], measured: dict | None = None) -> list[ModelPlan]:
     """A plan per member, with its measured speed; a member whose run exists keeps its epochs and
-    precision, and counts its finished folds."""
-    plans, measured = [], {}
+    precision, and counts its finished folds. `measured` (speed key -> precision and figures) carries the
+    timings over from an earlier call: a spare that differs from a member only by its seed is not timed again."""
+    plans, measured = [], {} if measured is None else measured
     for member, share in zip(members, shares):
         member_cfg = dataclasses.replace(member.cfg, overwrite=False)
         saved = project.run_dir(member_cfg.model, member_cfg.name) / "config.json"
