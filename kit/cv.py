@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kit.age import head_outputs
 from kit.config import TrainConfig
@@ -30,6 +31,9 @@ from kit.options import add_config_arguments, add_model_argument, config_from_ar
 from kit.paths import Project
 from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
 from kit.selection import Selection
+
+if TYPE_CHECKING:
+    from kit.train import FoldPlan
 
 
 @dataclass
@@ -123,9 +127,9 @@ def run_on_devices(run: Prepared, project: Project, deadline: float | None, cloc
 
 
 def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock,
-               fold_epochs: float | None = None, epoch_s: float | None = None):
+               fold_plan: FoldPlan | None = None):
     """Train one fold under its lock; None when another process holds it (or has just finished it)."""
-    from kit.train import FoldData, fit_fold  # imports torch's training code: after the cheap checks
+    from kit.train import FoldData, FoldPlan, fit_fold  # imports torch's training code: after the cheap checks
 
     cfg, run_dir, comp = run.cfg, run.run_dir, run.comp
     with fold_lock(run_dir, fold) as mine:
@@ -143,7 +147,7 @@ def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float |
             remaining = [f for f in wanted if f >= fold and not fold_done_file(run_dir, f).is_file()]
             fold_deadline = clock() + (deadline - clock()) / len(remaining)
         result = fit_fold(cfg, fold=fold, data=data, fold_dir=run_dir / f"fold{fold}", on_epoch=on_epoch,
-                          deadline=fold_deadline, epochs=fold_epochs, epoch_s=epoch_s, clock=clock)
+                          deadline=fold_deadline, plan=fold_plan or FoldPlan(), clock=clock)
         write_fold(run_dir, result)
     log(f"fold {fold} done: best epoch {result.best_epoch}  {result.scores}")
     return result.scores
@@ -163,12 +167,12 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
            clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True,
-           fold_epochs: float | None = None, epoch_s: float | None = None) -> RunResult:
+           fold_plan: FoldPlan | None = None) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
 
-    `fold_epochs`: the epochs the folds trained now run (at most cfg.epochs; best decides them fold by fold).
-    With --time-limit, `epoch_s` (an estimate of one epoch) lets a fold that starts short of time run its
-    learning-rate schedule over the epochs that fit (kit/train.py fit_fold).
+    `fold_plan` (kit.train.FoldPlan): the epochs the folds trained now run (at most cfg.epochs; best decides
+    them fold by fold), and with --time-limit its estimates of an epoch and of inference, with which a fold
+    that starts short of time runs its learning-rate schedule over the epochs that fit (kit/train.py fit_fold).
 
     The run lives in `run_dir` (default runs/<model>/<name>). `on_epoch(fold, epoch, scores)` and
     `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there).
@@ -190,7 +194,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
             log(f"fold {fold}: done earlier ({fold_scores[fold]})")
             continue
         scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock,
-                            fold_epochs=fold_epochs, epoch_s=epoch_s)
+                            fold_plan=fold_plan)
         if scores is None:
             if fold_done_file(run.run_dir, fold).is_file():
                 fold_scores[fold] = read_fold_scores(run.run_dir, fold)
@@ -208,7 +212,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
         if not wait_for_fold(run.run_dir, fold, deadline=deadline, clock=clock):
             break
         scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock,
-                            fold_epochs=fold_epochs, epoch_s=epoch_s)
+                            fold_plan=fold_plan)
         if fold_done_file(run.run_dir, fold).is_file():
             fold_scores[fold] = scores or read_fold_scores(run.run_dir, fold)
 

@@ -93,6 +93,17 @@ class Progress:
 INFERENCE_SPEEDUP = 3.0
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """What a time budget's planner (best) tells a fold: the epochs its schedule runs over (at most --epochs),
+    and its estimates of one epoch (training and scoring) and of inferring one image, from its measurements
+    and the folds seen so far. Without them, a fold under a deadline trains --epochs and guesses its
+    predictions' time from its training speed."""
+    epochs: float | None = None
+    epoch_s: float | None = None
+    infer_image_s: float | None = None
+
+
 @dataclass
 class Wall:
     """A fold's deadline, and what must still fit before it once training stops: scoring the epoch on the
@@ -102,12 +113,14 @@ class Wall:
     n_valid: int
     n_test: int
     views: int
+    infer_image_s: float | None = None   # the planner's estimate, until the fold has scored an epoch
 
     def reserve_s(self, history: list[dict], train_image_s: float) -> float:
-        """Seconds of inference still to come: timed on the last scored epoch, else guessed from training."""
+        """Seconds of inference still to come: timed on the last scored epoch, else the planner's estimate,
+        else guessed from training (3x too slow for a cached trunk: a 1-epoch fold was cut at 4% by it)."""
         scored = [h for h in history if h.get("score_seconds")]
         per_image = (scored[-1]["score_seconds"] / self.n_valid if scored
-                     else train_image_s / INFERENCE_SPEEDUP)
+                     else self.infer_image_s or train_image_s / INFERENCE_SPEEDUP)
         return per_image * (self.n_valid + (self.n_valid + self.n_test) * self.views)
 
     def fits(self, now: float, training_s: float, history: list[dict], train_image_s: float = 0.0) -> bool:
@@ -120,7 +133,8 @@ class Wall:
         predictions."""
         if not epoch_s:
             return epochs
-        final_s = epoch_s * (self.n_valid + self.n_test) * self.views / (self.n_train * INFERENCE_SPEEDUP)
+        final_s = (self.infer_image_s * (self.n_valid + self.n_test) * self.views if self.infer_image_s
+                   else epoch_s * (self.n_valid + self.n_test) * self.views / (self.n_train * INFERENCE_SPEEDUP))
         fits = math.floor(100 * (self.deadline - now - final_s) / epoch_s) / 100
         return max(MIN_FOLD_EPOCHS, min(epochs, fits))
 
@@ -167,14 +181,14 @@ def resume(trainer: Trainer, fold: int, fold_dir: Path, device: torch.device) ->
 
 def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
              on_epoch: Callable[[int, int, Scores], None] | None = None,
-             deadline: float | None = None, epochs: int | None = None, epoch_s: float | None = None,
+             deadline: float | None = None, plan: FoldPlan = FoldPlan(),
              clock: Callable[[], float] = time.monotonic) -> FoldResult:
     """Train fold `fold` (resuming from fold_dir/last.pt), then predict its held-out rows and the test set.
 
     `deadline` is a `clock()` time by which the fold ends, its final predictions included: training stops
     between batches when the rest of the epoch would not fit. The fold's length is decided when it starts,
-    and kept in last.pt so that a resumed fold runs the same schedule: `epochs` (at most --epochs; best
-    passes what its plan gives this fold), shortened with `epoch_s` (an estimate of one epoch) to the
+    and kept in last.pt so that a resumed fold runs the same schedule: `plan.epochs` (at most --epochs; best
+    passes what its plan gives this fold), shortened with `plan.epoch_s` (an estimate of one epoch) to the
     epochs that fit before the deadline, so that a slow machine ends the fold with the learning rate
     annealed rather than cut while it is high."""
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -188,10 +202,10 @@ def fit_fold(cfg: TrainConfig, *, fold: int, data: FoldData, fold_dir: Path,
     setup_seconds = clock() - setup_started
     progress = resume(trainer, fold, fold_dir, device)
     wall = None if deadline is None else Wall(deadline, len(data.train), len(data.valid), len(data.test),
-                                              2 if cfg.tta else 1)
+                                              2 if cfg.tta else 1, plan.infer_image_s)
     if progress.planned_epochs is None:
-        wanted = min(epochs or cfg.epochs, cfg.epochs)
-        progress.planned_epochs = wanted if wall is None else wall.planned_epochs(clock(), wanted, epoch_s)
+        wanted = min(plan.epochs or cfg.epochs, cfg.epochs)
+        progress.planned_epochs = wanted if wall is None else wall.planned_epochs(clock(), wanted, plan.epoch_s)
         if progress.planned_epochs < wanted:
             log(f"fold {fold}: {progress.planned_epochs} of {wanted} epoch(s) fit before the time limit; the "
                 "learning-rate schedule runs over those")
@@ -268,11 +282,11 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     frozen = False
     bar = tqdm(range(steps_planned), desc=f"fold {fold} epoch {epoch}", leave=False, disable=None)
-    steps_done = steps_planned
+    steps_done, first_done = steps_planned, started
     for step in bar:
         if wall is not None and step and step % WALL_CHECK_STEPS == 0:
             now = clock()
-            per_step = (now - started) / step
+            per_step = (now - first_done) / (step - 1)   # the first step's one-time costs left out
             if not wall.fits(now, per_step * (steps_planned - step), history or [], per_step / batch_size):
                 steps_done = step
                 break
@@ -282,6 +296,8 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
         x = inputs.training(train_rows[picked], cfg.augment, generator)
         loss_sum += trainer.step(x, gender[picked].to(device), ages[picked].to(device),
                                  None if weights is None else weights[picked].to(device))
+        if step == 0:
+            first_done = clock()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
     seconds = clock() - started

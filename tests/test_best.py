@@ -387,7 +387,7 @@ class FakeMachine:
         slow = self.slow_phase is not None and self.slow_phase[0] <= self.now / self.limit < self.slow_phase[1]
         return factor * (2 if slow else 1)
 
-    def run_cv(self, cfg, *, root, clock, fold_epochs, epoch_s):
+    def run_cv(self, cfg, *, root, clock, fold_plan):
         from kit.cv import RunResult
         from kit.metric import Scores
         from kit.paths import Project
@@ -397,7 +397,8 @@ class FakeMachine:
         plan = next(p for p in self.plans if p.label == cfg.name)
         fold, deadline = cfg.only_folds[0], self.now + cfg.time_limit
         # 800 / 200 / 200 rows: the wall's guess of the final predictions is the plan's fixed_s at 60 s an epoch.
-        planned = Wall(deadline, 800, 200, 200, 1).planned_epochs(self.now, min(fold_epochs, cfg.epochs), epoch_s)
+        planned = Wall(deadline, 800, 200, 200, 1).planned_epochs(self.now, min(fold_plan.epochs, cfg.epochs),
+                                                                  fold_plan.epoch_s)
         cut, last_s, trained = None, 0.0, 0.0
         for epoch in range(math.ceil(planned)):
             part = min(1.0, planned - epoch)            # the last epoch of a fractional plan: part of one

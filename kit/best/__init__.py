@@ -46,7 +46,7 @@ from kit.options import add_config_arguments, config_from_args, given_fields, pa
 from kit.paths import Project
 from kit.rundir import epochs_trained, fold_done_file, load_run, setup_seconds
 from kit.submission import publish_submission
-from kit.train import MIN_FOLD_EPOCHS
+from kit.train import MIN_FOLD_EPOCHS, FoldPlan
 
 BLEND_RESERVE_S = 10   # blending and writing the submission (2-3 s for two members on the real data)
 MEASURING_SHARE = 0.25  # past this share of the limit spent preparing and measuring, spares are not measured
@@ -245,8 +245,9 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
         if not trained_before:
             log(f"{plan.label} fold {fold}: {fold_epochs:g} epoch(s), at most {budget / 60:.1f} min")
         result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold], time_limit=max(1.0, budget)),
-                        root=project.root, clock=clock, fold_epochs=fold_epochs,
-                        epoch_s=plan.epoch_s * plan.speed)
+                        root=project.root, clock=clock,
+                        fold_plan=FoldPlan(fold_epochs, plan.epoch_s * plan.speed,
+                                           plan.speed / plan.infer_images_per_s))
         if trained_before:
             continue
         schedule.observe(plan, clock() - fold_started, epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs),
