@@ -207,7 +207,8 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
             timeline.mark(f"cv {plan.label} (unfinished)", run_started)
             break
         plan.trained = trained_per_fold(plan, result.run_dir)
-        timeline.mark(f"cv {plan.label} ({'/'.join(f'{e:g}' for e in plan.trained)} epochs in its folds)", run_started)
+        epochs = "/".join(f"{round(e, 2):g}" for e in plan.trained)
+        timeline.mark(f"cv {plan.label} ({epochs} epochs in its folds)", run_started)
         results.append(result)
     left_s = deadline - clock() - BLEND_RESERVE_S
     if left_s > 60:
