@@ -452,6 +452,15 @@ def test_the_limit_is_a_wall_and_the_time_is_used(project, monkeypatch, caplog, 
         assert [p.trained for p in plans] == [[6] * 5] * 2 and "given back: every member trained to its" in caplog.text
 
 
+def test_time_given_back_says_what_each_waiting_member_would_have_trained_in_it():
+    from kit.best import waiting_reasons
+
+    schedule = Schedule([], [plan_of("dlib_age:seed=1", 60, max_epochs=6)], folds=5, max_epochs=40, min_epochs=4)
+    # 1000 s: (1000 / 1.15 / 5 - 10) / 60 = 2.7 epochs per fold, under --min-epochs 4.
+    assert waiting_reasons(schedule, 1000) == ("dlib_age:seed=1 would train 2.7 of its 6 epochs per fold in it, "
+                                               "fewer than --min-epochs 4")
+
+
 def test_a_limit_spent_before_training_stops_at_once(tiny_competition, project):
     """Seen on a loaded 2-core machine: a cold cache's decoding and the measuring took 28 minutes of a 15-minute
     limit before the plan refused it. The limit is checked as soon as the data is prepared."""

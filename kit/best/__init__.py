@@ -212,11 +212,22 @@ def cross_validate(schedule: Schedule, *, members: dict[str, Member], deadline: 
         results.append(result)
     left_s = deadline - clock() - BLEND_RESERVE_S
     if left_s > 60:
-        why = (f"{', '.join(p.label for p in schedule.waiting)} would not fit in it" if schedule.waiting else
+        why = (waiting_reasons(schedule, left_s) if schedule.waiting else
                "every member trained to its epoch cap (past it, it overfits: kit/best/members.py EPOCH_CAPS) "
                "and no spare is waiting (--spares)")
         log(f"{left_s / 60:.1f} min of the limit are given back: {why}")
     return results
+
+
+def waiting_reasons(schedule: Schedule, left_s: float) -> str:
+    """Why each waiting member does not use the time left: what it would train in it, alone."""
+    reasons = []
+    for plan in schedule.waiting:
+        alone = allot([plan], left_s, folds=schedule.folds, max_epochs=schedule.max_epochs,
+                      min_epochs=schedule.min_epochs)[0][0]
+        reasons.append(f"{plan.label} would train {alone.epochs:g} of its {plan.max_epochs:g} epochs per fold in it, "
+                       f"fewer than --min-epochs {schedule.min_epochs}")
+    return "; ".join(reasons)
 
 
 def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[float]:
