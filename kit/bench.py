@@ -29,12 +29,13 @@ import torch
 
 from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
 from kit.config import TrainConfig
+from kit.cv import config_from_command
 from kit.data import load_competition, locate
 from kit.device import check_device, describe_cpu, set_threads
 from kit.errors import ConfigError
 from kit.log import log
 from kit.models import check_model_config
-from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
+from kit.options import add_config_arguments, add_model_argument
 from kit.paths import Project
 from kit.predict import predict_batch, predict_views
 from kit.throughput import KitSteps
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--{option} {getattr(args, option)}: must be at least {1 if option == 'steps' else 0}")
     if args.reference_workers is not None and args.reference_workers < 0:
         raise ConfigError(f"--reference-workers {args.reference_workers}: must be >= 0")
-    cfg = config_from_args(args, model=model_from_args(args))
+    cfg = config_from_command(args, Project.at())
     summary = benchmark(cfg, steps=args.steps, warmup=args.warmup, reference_workers=args.reference_workers)
     print_table(summary)
     log(json.dumps(summary))

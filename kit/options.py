@@ -13,12 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
+from kit import cards
 from kit.config import FIELDS, TrainConfig, check_types, flag, value_type
 from kit.errors import ConfigError
 from kit.log import warn
-
-MODEL_HELP = ("registered model: scratch, resnet18, dlib_age, dlib_face or dlib_face_emb (docs/usage.md, "
-              "\"Models\"; default: resnet18)")
 
 
 def parse_duration(text: str) -> float:
@@ -71,7 +69,8 @@ def shown_default(name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, skip=()) -> None:
     """Every TrainConfig field but `model` and those in `skip` as an option, and --params."""
-    group = parser.add_argument_group("training (defaults < --params file < options given)")
+    group = parser.add_argument_group("training (defaults < --params file < options given; cv, bench and best "
+                                      "put the model card's recipe over these defaults: docs/usage.md, \"Models\")")
     for name, f in FIELDS.items():
         if name == "model" or name in skip:
             continue
@@ -140,10 +139,11 @@ def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
 
 
 def add_model_argument(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
-    """--model, and where the command has always taken it so, the model as its first word too."""
+    """--model, and where the command has always taken it so, the model as its first word too; their help lists
+    the registered models from their cards."""
     if positional:
-        parser.add_argument("model_word", nargs="?", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("--model", help=MODEL_HELP)
+        parser.add_argument("model_word", nargs="?", metavar="MODEL", help=cards.listing())
+    parser.add_argument("--model", help=cards.listing())
 
 
 def model_from_args(args: argparse.Namespace) -> str | None:

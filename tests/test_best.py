@@ -95,7 +95,7 @@ def test_recipe_fills_only_what_the_user_left_open():
         "resnet18", "onecycle", "adamw", "none", 2e-3)
     pretrained = recipe_config(TrainConfig(pretrained=True), "resnet18", given={"pretrained"})
     assert pretrained.lr_backbone is None and pretrained.schedule == "onecycle"   # pretrained rates stay
-    # dlib_age starts from its installed weights with its own measured rates (config.PRETRAINED_DEFAULTS).
+    # dlib_age starts from its installed weights with their own measured rates (its card's).
     dlib = recipe_config(TrainConfig(), "dlib_age", set(), sample=True)
     assert dlib.lr_backbone is None and dlib.augment == "flip" and dlib.resolved(sample=True).lr_backbone == 2.5e-4
     # No --no-pretrained: ImageNet weights on real data (pretrained rates), random init on the sample.

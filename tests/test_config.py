@@ -14,6 +14,7 @@ from kit.config import (
     check_types,
 )
 from kit.errors import ConfigError, UserError
+from kit.models import check_model_config  # noqa: F401  (loads the model cards resolved() reads: kit/cards.py)
 
 
 def test_defaults_switch_with_the_starting_weights():
@@ -33,6 +34,22 @@ def test_the_sample_demo_trains_fewer_epochs_unless_told():
     assert TrainConfig(epochs=9).resolved(sample=True).epochs == 9
 
 
+def test_a_model_with_an_epoch_cap_trains_that_many_unless_told():
+    assert TrainConfig(model="dlib_age").resolved(sample=False).epochs == 6
+    assert TrainConfig(model="dlib_face").resolved(sample=False).epochs == 7
+    assert TrainConfig(model="dlib_face", epochs=10).resolved(sample=False).epochs == 10
+    assert TrainConfig(model="dlib_face").resolved(sample=True).epochs == 4
+
+
+def test_pretrained_by_default_where_the_weights_can_be_had():
+    """Installed with a package: everywhere. Downloadable (torchvision's): on real data, not in the demo."""
+    for model, on_sample in (("dlib_face", True), ("torchvision.convnext_tiny", False), ("scratch", False)):
+        assert TrainConfig(model=model).resolved(sample=True).pretrained is on_sample
+        assert TrainConfig(model=model).resolved(sample=False).pretrained is (model != "scratch")
+    imagenet = TrainConfig(model="torchvision.convnext_tiny", epochs=10).resolved(sample=False)
+    assert (imagenet.lr_head, imagenet.lr_backbone, imagenet.unfreeze_epoch) == (1e-3, 1e-4, 1)
+
+
 def test_metadata_derives_the_field_lists():
     assert set(RESULT_FIELDS) == set(FIELDS) - {"name", "data", "only_folds", "device", "devices", "compile",
                                                  "num_threads", "time_limit", "overwrite"}
@@ -46,7 +63,6 @@ def test_metadata_derives_the_field_lists():
 
 @pytest.mark.parametrize("values, message", [
     (dict(ema_decay=1.0), r"--ema-decay 1.0: must be in \[0, 1\)"),
-    (dict(model="scratch", stem="small"), "--stem 'small': only resnet18"),
     (dict(age_target="histogram"), "--age-target 'histogram': must be one of regression, bins"),
     (dict(age_loss="huber"), "--age-loss 'huber': must be one of l1, mse"),
     (dict(folds=1), "--folds 1: must be >= 2"),
@@ -68,11 +84,15 @@ def test_bad_values_are_refused_naming_the_option(values, message):
         check_config(TrainConfig(**values))
 
 
-def test_an_unknown_model_is_refused_by_the_models_check():
-    from kit.models import check_model_config
-
-    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
-        check_model_config(TrainConfig(model="vgg"))
+@pytest.mark.parametrize("values, message", [
+    (dict(model="vgg"), "unknown model 'vgg'"),
+    (dict(model="scratch", stem="small"), "--stem small: only resnet18 has a stem to change"),
+    (dict(model="dlib_face"), "--size 64: dlib_face needs inputs of at least 103 px"),
+    (dict(model="dlib_age", frozen_trunk=6), "--frozen-trunk 6: dlib_age has 5 blocks to freeze"),
+])
+def test_what_a_model_allows_is_its_card_s_to_check(values, message):
+    with pytest.raises(ConfigError, match=message):
+        check_model_config(TrainConfig(**values))
 
 
 def test_types_are_checked_before_a_config_is_made():

@@ -94,11 +94,52 @@ def test_bad_options_are_refused_before_any_work(tiny_competition, project, fiel
     assert not (project / "runs").exists() and not (project / ".cache").exists()
 
 
+def command_config(project, *argv) -> TrainConfig:
+    """The configuration `cv ARGV` trains."""
+    import argparse
+
+    from kit.cv import config_from_command
+    from kit.options import add_config_arguments, add_model_argument
+    from kit.paths import Project
+
+    parser = argparse.ArgumentParser()
+    add_model_argument(parser, positional=True)
+    add_config_arguments(parser)
+    return config_from_command(parser.parse_args(list(argv)), Project.at(project))
+
+
+def test_a_model_typed_with_no_options_trains_its_card_as_best_s_member_does(competition_copy, project):
+    """`cv dlib_face` as the README's table names it: its card's size (not 64, which it cannot take), recipe,
+    frozen trunk and epoch cap, the very configuration of best's dlib_face member; options given still win."""
+    import dataclasses
+
+    from kit.best.members import member_config
+    from kit.models import check_model_config
+
+    (competition_copy / ".synthetic").unlink()   # real data
+    data = str(competition_copy)
+    for model, size, frozen, epochs in (("dlib_face", 112, 7, 7), ("dlib_age", 64, 1, 6)):
+        cfg = command_config(project, model, "--data", data)
+        check_model_config(cfg)
+        assert (cfg.size, cfg.frozen_trunk, cfg.resolved(sample=False).epochs) == (size, frozen, epochs)
+        assert (cfg.optimizer, cfg.schedule, cfg.augment, cfg.age_loss, cfg.age_target, cfg.tta) == (
+            "adamw", "onecycle", "flip", "mse", "bins", True)
+        member = member_config(TrainConfig(data=data), model, {}, given={"data"}, name="x", sample=False)
+        assert dataclasses.replace(member, name=None) == cfg
+    given = command_config(project, "dlib_face", "--data", data, "--size", "120", "--frozen-trunk", "3",
+                           "--optimizer", "adam")
+    assert (given.size, given.frozen_trunk, given.optimizer, given.schedule) == (120, 3, "adam", "onecycle")
+    random_init = command_config(project, "dlib_face", "--data", data, "--no-pretrained")
+    assert random_init.frozen_trunk == 0 and random_init.resolved(sample=False).lr_backbone == 1e-3
+    assert command_config(project, "torchvision.convnext_tiny", "--data", data, "--size", "64").size == 64
+    assert command_config(project, "torchvision.convnext_tiny", "--data", data).size == 224
+
+
 def test_offline_pretrained_stops_before_decoding(tiny_competition, project, monkeypatch, tmp_path):
     from kit.errors import WeightsError
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr("kit.models.weights.imagenet_state_dict",
-                        lambda: (_ for _ in ()).throw(WeightsError("offline: no weights")))
+                        lambda *args: (_ for _ in ()).throw(WeightsError("offline: no weights")))
     cfg = TrainConfig(data=str(tiny_competition), **{**FAST, "model": "resnet18", "pretrained": True})
     with pytest.raises(WeightsError, match="offline"):
         run_cv(cfg, root=project)

@@ -11,7 +11,7 @@ KIT = Path(__file__).parents[1] / "kit"
 # same modules in the same rows (test_the_design_table_names_the_same_layers).
 LAYERS = {
     "foundations": ["errors", "paths", "log", "files", "processes", "device", "commands", "notebook"],
-    "the problem": ["metric", "config", "options", "data", "image_cache", "folds", "sample", "submission"],
+    "the problem": ["metric", "cards", "config", "options", "data", "image_cache", "folds", "sample", "submission"],
     "learning": ["models", "age", "augment", "trainer", "predict", "trunk", "inputs", "train", "throughput"],
     "runs": ["rundir", "selection", "estimate", "cv", "parallel", "pseudo", "report"],
     "using runs": ["blend", "ensemble", "best", "tune", "bench"],

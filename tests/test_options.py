@@ -6,6 +6,7 @@ import pytest
 
 from kit.config import FIELDS, flag
 from kit.errors import ConfigError
+from kit.models import CARDS  # noqa: F401  (loads the model cards the model option lists: kit/cards.py)
 from kit.options import (
     add_config_arguments,
     add_model_argument,

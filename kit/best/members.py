@@ -1,11 +1,12 @@
-"""The members `best` blends: each a model with its measured recipe, and options of its own.
+"""The members `best` blends: each a model with its card's recipe, and options of its own.
 
     parse_model_spec("dlib_age:lr_backbone=1e-3")  -> ("dlib_age", {"lr_backbone": 0.001})
     member_config(cfg, "dlib_age", {"lr_backbone": 0.001}, given=set(), name="best-60m", sample=False)
 
-Each model starts from its RECIPE (measured by cross-validation here, docs/experiments.md); options the
-user gave override it, and a --models entry MODEL:FIELD=VALUE overrides it for that member only, so one
-model can join the blend twice, differently trained.
+Each model starts from its card (kit/models/card.py: its input size, the recipe measured by cross-validation
+here, its weights' frozen trunk); options the user gave override it, and a --models entry MODEL:FIELD=VALUE
+overrides it for that member only, so one model can join the blend twice, differently trained. The default
+members are the cards ranked for the device at hand.
 """
 from __future__ import annotations
 
@@ -13,39 +14,24 @@ import dataclasses
 import re
 
 from kit.config import MEMBER_FIELDS, TrainConfig, check_types, value_type
+from kit.device import pick_device
 from kit.errors import ConfigError
-from kit.models import check_model_config
+from kit.models import CARDS, card, check_model_config, default_members, recipe_config
 
-# Each recipe is the best one measured on the real data; the figures behind every choice are in
-# docs/experiments.md, "The figures behind the code's defaults".
-RECIPES = {
-    "resnet18": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=2e-3,
-                     augment="flip", age_loss="mse", age_target="bins", tta=True),
-    "scratch": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", lr_backbone=3e-3,
-                    augment="light", tta=True),
-    # dlib's pretrained age network: its learning rates are config.PRETRAINED_DEFAULTS'. Its stem and first
-    # block are frozen and cached: the same score, trained faster.
-    "dlib_age": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
-                     age_target="bins", tta=True, frozen_trunk=1),
-    # dlib's face-recognition network: dlib_age's recipe at 112 px, its stem and first 7 of 14 blocks frozen
-    # and cached: a better score than trained whole, and faster.
-    "dlib_face": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
-                      age_target="bins", tta=True, size=112, frozen_trunk=7),
-    "dlib_face_emb": dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
-                          age_target="bins", tta=True, size=112),
-}
-# Epochs past which a model's held-out score stops rising (it overfits, on any machine; the figures are in
-# docs/experiments.md): time a capped model does not need goes to the other members and the spares, never
-# to more epochs.
-EPOCH_CAPS = {"dlib_age": 6, "dlib_face": 7}
-# Two networks that saw faces for different tasks (identity, age) blend better than either alone. The
-# strongest comes first: if the time is short, the last member is the one left out.
-DEFAULT_MODELS = "dlib_face,dlib_age"
-# Members that join only when the plan finds the time for them, once the members are at their caps: a second
-# seed of each (a second dlib_age seed added 0.002 to the blend on fold 0). The cheaper comes first: when
-# only one fits, it is the one kept.
-DEFAULT_SPARES = "dlib_age:seed=1,dlib_face:seed=1"
-LEARNING_RATE_FIELDS = ("lr_head", "lr_backbone", "unfreeze_epoch")
+# Epochs past which a model's held-out score stops rising (it overfits, on any machine): its card's epoch cap.
+# Time a capped model does not need goes to the other members and the spares, never to more epochs.
+EPOCH_CAPS = {name: c.epoch_cap for name, c in CARDS.items() if c.epoch_cap}
+# The cards ranked for this machine's device. On a CPU: dlib_face then dlib_age, two networks that saw faces for
+# different tasks (identity, age), which blend better than either alone; the strongest comes first, so that
+# if the time is short, the last member is the one left out. On a GPU: the ImageNet backbones its cards rank
+# (kit/models/torchvision_models.py says why).
+DEVICE_TYPE = pick_device("auto").type
+DEFAULT_MODELS = ",".join(default_members(DEVICE_TYPE))
+# Members that join only when the plan finds the time for them, once the members are at their caps, the cheaper
+# first (when only one fits, it is the one kept). On a CPU a second seed of each default member (a second
+# dlib_age seed added 0.002 to the blend on fold 0); on a GPU the CPU's members, face-pretrained and installed.
+CPU_MODELS = sorted(default_members("cpu"), key=lambda name: card(name).gmac)
+DEFAULT_SPARES = ",".join(f"{name}:seed=1" for name in CPU_MODELS) if DEVICE_TYPE == "cpu" else ",".join(CPU_MODELS)
 # What the plan decides, never a member's own: its epochs (from the time), and what every member shares.
 PER_MEMBER = tuple(name for name in MEMBER_FIELDS if name != "epochs")
 
@@ -86,18 +72,6 @@ def member_name(name: str, overrides: dict) -> str:
     """The run name of a blend member: the submission's name, plus its overrides if it has any (made safe
     for a folder name: a weights path's slashes become underscores)."""
     return "-".join([name, *(re.sub(r"[^A-Za-z0-9._-]", "_", f"{field}{value}") for field, value in overrides.items())])
-
-
-def recipe_config(cfg: TrainConfig, model: str, given: set[str], *, sample: bool = False) -> TrainConfig:
-    """`cfg` for `model` with the model's recipe filled in where the user gave nothing.
-
-    The recipe's learning rates were measured from random init; from pretrained weights the
-    pretrained defaults (TrainConfig.resolved) apply instead."""
-    recipe = dict(RECIPES.get(model, {}))
-    resolved = dataclasses.replace(cfg, model=model).resolved(sample=sample)
-    if resolved.starts_pretrained():
-        recipe = {k: v for k, v in recipe.items() if k not in LEARNING_RATE_FIELDS}
-    return dataclasses.replace(cfg, model=model, **{k: v for k, v in recipe.items() if k not in given})
 
 
 def member_config(cfg: TrainConfig, model: str, overrides: dict, *, given: set[str], name: str,

