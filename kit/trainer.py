@@ -65,6 +65,11 @@ def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.Aver
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=update, use_buffers=True)
 
 
+def loss_scaler(device: torch.device, amp_dtype) -> torch.amp.GradScaler:
+    """fp16's gradients underflow without scaling; bf16 and fp32 need none (the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 class Trainer:
     """A model on its device with its optimizer, loss scaler and (optional) moving average."""
 
@@ -77,7 +82,7 @@ class Trainer:
         self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last
                               else torch.contiguous_format)
         self.optimizer = make_optimizer(cfg, self.model)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = loss_scaler(device, self.amp_dtype)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
         # --frozen-trunk: those weights never train; with their outputs cached (kit/trunk.py, which sets
@@ -134,10 +139,15 @@ class Trainer:
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "average": self.average.state_dict() if self.average is not None else None}
+                "average": self.average.state_dict() if self.average is not None else None,
+                # fp16's loss scale, grown over thousands of steps: a resumed fold goes on from it, as an
+                # uninterrupted one would, instead of skipping steps to find it again
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.average is not None:
             self.average.load_state_dict(state["average"])
+        if self.scaler.is_enabled() and state.get("scaler"):   # last.pt of an earlier kit has none
+            self.scaler.load_state_dict(state["scaler"])
