@@ -40,7 +40,11 @@ def pick_device(name: str) -> torch.device:
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if not arch_supported(gpu(index).capability):
+        try:
+            supported = arch_supported(gpu(index).capability)
+        except RuntimeError as err:   # the child that reads the GPUs' properties failed: say how
+            raise ConfigError(f"--device {name}: {err}") from None
+        if not supported:
             raise ConfigError(f"--device {name}: {cuda_problem()}")
     return torch.device(name)
 

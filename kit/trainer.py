@@ -55,14 +55,17 @@ def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.Aver
     """An exponential moving average of `model`'s weights and BatchNorm statistics.
 
     The decay warms up as (1 + n) / (10 + n) over the first updates (as TensorFlow's and timm's EMA do):
-    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps."""
-    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():  # BatchNorm's step counter
-            return current
-        n = int(num_averaged)
-        return torch.lerp(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps. The weight is
+    computed where the counter lives and applied to all tensors at once: reading the counter back per tensor
+    made a GPU wait for the host a hundred times a step."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's step counters (grouped by dtype): copied
+            torch._foreach_copy_(averaged, current)
+            return
+        weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
+        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
 
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=update, use_buffers=True)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def loss_scaler(device: torch.device, amp_dtype) -> torch.amp.GradScaler:
@@ -75,6 +78,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, age_target: AgeTarget, *, init_seed: int):
         self.cfg, self.device, self.age_target = cfg, device, age_target
+        if device.type == "cuda":   # a run's batches have one shape: cuDNN's fastest algorithms, timed once
+            torch.backends.cudnn.benchmark = True
         self.amp_dtype = pick_amp_dtype(cfg.precision, device)
         torch.manual_seed(init_seed)
         model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,

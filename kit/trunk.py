@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit.augment import prepare, to_device
+from kit.augment import host_to_device, prepare, to_device
 from kit.config import TrainConfig
 from kit.device import autocast
 from kit.errors import ConfigError
@@ -66,14 +66,14 @@ class TrunkFeatures:
 
     def rows(self, split: str, rows: np.ndarray, flipped: bool) -> torch.Tensor:
         views = self.train if split == "train" else self.test
-        return views[int(flipped)][torch.tensor(rows, device=self.storage)].to(self.device).float()
+        return views[int(flipped)][host_to_device(torch.tensor(rows), self.storage)].to(self.device).float()
 
     def batch(self, rows: np.ndarray, flipped: torch.Tensor | None) -> torch.Tensor:
         """Training rows (those from n_train on are test images: pseudo-labels), each mirrored where `flipped`;
         in fp32 on the device whatever the storage (an fp32 model takes no fp16 input)."""
-        rows = torch.tensor(rows, device=self.storage)
+        rows = host_to_device(torch.tensor(rows), self.storage)
         flipped = (torch.zeros(len(rows), dtype=torch.bool, device=self.storage) if flipped is None
-                   else flipped.to(self.storage))
+                   else host_to_device(flipped, self.storage))
         out = torch.empty((len(rows), *self.train[0].shape[1:]), dtype=self.train[0].dtype, device=self.storage)
         in_train = rows < self.n_train
         for views, mask, offset in ((self.train, in_train, 0), (self.test, ~in_train, self.n_train)):

@@ -49,7 +49,7 @@ if [ "$mode" = gpu ]; then
     fi
 else   # the same steps on a CPU, shortened: small synthetic images, one epoch, a short budget and one member
     data=$FACEKIT_ROOT/sample
-    size=48 face_size=104 folds=5 epochs=1 best_limit=90s best_models=(--models resnet18 --spares "")
+    size=48 face_size=104 folds=5 epochs=1 best_limit=3m best_models=(--models resnet18 --spares "")
     bench_steps=(--steps 2 --warmup 1 --reference-workers 0)
     devices=cpu,cpu
 fi
@@ -65,12 +65,16 @@ step() {   # step NAME COMMAND...: print it, run it (unless --dry-run) with its 
     local seconds=$((SECONDS - started))
     summary+=("$name: exit $code, ${seconds}s wall")
     case $name in
-        device) summary+=("  $(grep -m1 -E '^devices?: ' "$log" || true)") ;;
-        bench-*) summary+=("  $(grep -E '^(kit|ceiling|reference) ' "$log" | tr -s ' ' | paste -sd ';' -)") ;;
-        cv-*) summary+=("  $(grep -E 'out-of-fold over|img/s' "$log" | tail -n 2 | paste -sd ';' -)"
+        device) summary+=("  $(lines '^devices?: ' "$log")") ;;
+        bench-*) summary+=("  $(lines '^(kit|ceiling|reference) ' "$log" | tr -s ' ')") ;;
+        cv-*) summary+=("  $(lines 'out-of-fold over' "$log")"
                         "  images/s over the run: $(images_per_s "$log" "$seconds")") ;;
-        best) summary+=("  $(grep -E 'cross-validated|where the time went' "$log" | paste -sd ';' -)") ;;
+        best) summary+=("  $(lines '^(wrote|cross-validated|where the time went)' "$log")") ;;
     esac
+}
+
+lines() {   # lines PATTERN FILE: the lines that match, joined by ';' (none is no failure)
+    grep -E "$1" "$2" | paste -sd ';' - || true
 }
 
 images_per_s() {   # training images per wall second: the epochs' img/s lines say how many images each trained

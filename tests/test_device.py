@@ -150,3 +150,16 @@ def test_nothing_here_initialises_cuda_for_a_parent_of_workers(monkeypatch, capl
 def test_the_child_probe_reads_this_torch(monkeypatch):
     """The real child process, on this machine: no GPU gives an empty list (and no error)."""
     assert kit.gpus.probe() == [] or all(isinstance(gpu, Gpu) for gpu in kit.gpus.probe())
+
+
+def test_a_gpu_whose_properties_cannot_be_read_is_named_not_a_traceback(monkeypatch):
+    fake_cuda(monkeypatch, (8, 0))
+
+    def broken():
+        raise RuntimeError("reading the GPUs' properties failed: CUDA error: unknown error")
+
+    monkeypatch.setattr(kit.gpus, "probe", broken)
+    with pytest.raises(ConfigError, match="--device cuda:0: reading the GPUs' properties failed: CUDA error"):
+        pick_device("cuda:0")
+    assert pick_device("auto").type == "cpu"
+    assert "torch finds a GPU but cannot use it" in cuda_problem()

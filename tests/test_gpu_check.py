@@ -32,7 +32,7 @@ def test_the_gpu_run_is_the_one_the_issue_asks_for():
 def test_the_cpu_run_is_the_same_steps_shortened():
     steps = dry_run("--cpu")
     assert "--epochs 1" in steps["cv-resnet18"] and "--devices cpu,cpu" in steps["cv-devices"]
-    assert "--time-limit 90s" in steps["best"] and "--steps 2" in steps["bench-resnet18"]
+    assert "--time-limit 3m" in steps["best"] and "--steps 2" in steps["bench-resnet18"]
 
 
 def test_unknown_options_are_refused():
