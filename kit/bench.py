@@ -31,7 +31,7 @@ from kit.augment import IMAGENET_MEAN, IMAGENET_STD, prepare
 from kit.config import TrainConfig
 from kit.cv import config_from_command
 from kit.data import load_competition, locate
-from kit.device import check_device, describe_cpu, set_threads
+from kit.device import announce_device, check_device, describe_device, dtype_name, set_threads
 from kit.errors import ConfigError
 from kit.log import log
 from kit.models import check_model_config
@@ -147,7 +147,7 @@ def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_w
     _, _, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
     check_model_config(cfg)
-    check_device(cfg.device, cfg.precision)
+    check_device(cfg.device, cfg.precision, compile=cfg.compile)
     set_threads(cfg.num_threads)
     comp, train_images, _ = load_competition(cfg.data, project_root=project.root, size=cfg.size)
     train = comp.train
@@ -201,15 +201,16 @@ def benchmark(cfg: TrainConfig, *, steps: int = 30, warmup: int = 3, reference_w
     return {
         "model": cfg.model, "size": cfg.size, "batch_size": kit.batch_size, "infer_batch_size": kit.infer_batch,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_cpu(),
-        "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+        "device_name": describe_device(device),
+        "precision": dtype_name(trainer.amp_dtype),
         "channels_last": cfg.channels_last, "threads": torch.get_num_threads(), "reference_workers": workers,
         "steps": steps, "images_per_s": {k: {m: round(v, 1) for m, v in d.items()} for k, d in results.items()},
         "kit_over_ceiling": {m: None if faults and r > SOUND_RATIO else round(r, 3) for m, r in ratios.items()},
         "measurement_faults": faults,
         "kit_over_reference": {m: round(results["kit"][m] / results["reference"][m], 3) for m in ("train", "infer")},
         "peak_rss_mib": round(peak / 2**20, 1),
-        "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None,
+        # the device it ran on: with --device cuda:1, GPU 0's figure would be another process's (or nothing)
+        "peak_cuda_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "cache_mib": round(train_images.nbytes / 2**20, 1),
         "cache_resident_over_array": round(cache_ratio, 3),
     }
@@ -226,6 +227,8 @@ def print_table(summary: dict) -> None:
         log(f"{key:<20} {shown}")
     for fault in summary["measurement_faults"]:
         log(f"measurement fault: {fault}")
+    if summary["peak_cuda_mib"] is not None:
+        log(f"peak GPU memory on {summary['device']}: {summary['peak_cuda_mib']} MiB allocated")
     log(f"peak RSS {summary['peak_rss_mib']} MiB; cache {summary['cache_mib']} MiB, resident after a full "
         f"pass {summary['cache_resident_over_array']:.2f} x its size")
 
@@ -247,6 +250,7 @@ def main(argv=None) -> int:
     if args.reference_workers is not None and args.reference_workers < 0:
         raise ConfigError(f"--reference-workers {args.reference_workers}: must be >= 0")
     cfg = config_from_command(args, Project.at())
+    announce_device(cfg.device, None, cfg.precision, cfg.num_threads)
     summary = benchmark(cfg, steps=args.steps, warmup=args.warmup, reference_workers=args.reference_workers)
     print_table(summary)
     log(json.dumps(summary))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from kit.age import head_outputs
 from kit.config import TrainConfig
 from kit.data import load_competition, locate
-from kit.device import check_device
+from kit.device import announce_device, check_device, default_devices
 from kit.estimate import Estimate
 from kit.files import sha256_file
 from kit.folds import folds_for
@@ -76,9 +77,9 @@ def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
         log(f"data: SYNTHETIC sample competition in {folder} (pass --data for real data)")
     check_weights(cfg)
     for device in cfg.devices or [cfg.device]:
-        check_device(device, cfg.precision)
-    if cfg.devices is not None and len(cfg.devices) == 1:   # one device: no worker process needed
-        cfg = dataclasses.replace(cfg, device=cfg.devices[0], devices=None)
+        check_device(device, cfg.precision, compile=cfg.compile)
+    if cfg.devices == ["cpu"]:   # no worker process needed; a lone GPU still gets one, so that this process
+        cfg = dataclasses.replace(cfg, device="cpu", devices=None)   # makes no CUDA context beside it
     return dataclasses.replace(cfg, name=cfg.name or competition_name)
 
 
@@ -106,13 +107,15 @@ def prepare(cfg: TrainConfig, project: Project, run_dir: Path) -> Prepared:
     return Prepared(cfg, run_dir, comp, train_images, test_images, fold_of, pseudo)
 
 
-def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock) -> None:
+def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock,
+                   fold_plan: FoldPlan | None = None) -> None:
     """--devices: one worker process per device trains the folds (kit/parallel.py), this one waits."""
     from kit.parallel import train_in_workers
 
     cfg = run.cfg
     codes = train_in_workers(cfg, root=project.root, run_dir=run.run_dir,
-                             time_limit=None if deadline is None else max(1.0, deadline - clock()))
+                             time_limit=None if deadline is None else max(1.0, deadline - clock()),
+                             fold_plan=None if fold_plan is None else dataclasses.asdict(fold_plan))
     failed = [i for i, code in enumerate(codes) if code]
     if not failed:
         return
@@ -127,8 +130,9 @@ def run_on_devices(run: Prepared, project: Project, deadline: float | None, cloc
 
 
 def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float | None, on_epoch, clock,
-               fold_plan: FoldPlan | None = None):
-    """Train one fold under its lock; None when another process holds it (or has just finished it)."""
+               fold_plan: FoldPlan | None = None, workers: int = 1):
+    """Train one fold under its lock; None when another process holds it (or has just finished it).
+    `workers`: the processes training the run's folds at once (--devices), each taking the next free one."""
     from kit.train import FoldData, FoldPlan, fit_fold  # imports torch's training code: after the cheap checks
 
     cfg, run_dir, comp = run.cfg, run.run_dir, run.comp
@@ -143,9 +147,10 @@ def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float |
                         train_images=run.train_images, test_images=run.test_images, pseudo=run.pseudo.get(fold),
                         pseudo_weight=cfg.pseudo_weight)
         fold_deadline = None
-        if deadline is not None:  # share what is left equally among the folds still to run
+        if deadline is not None:  # share what is left equally among the folds this process still runs: with
+            # several workers taking folds in order, about 1 in `workers` of those not done from this one on
             remaining = [f for f in wanted if f >= fold and not fold_done_file(run_dir, f).is_file()]
-            fold_deadline = clock() + (deadline - clock()) / len(remaining)
+            fold_deadline = clock() + (deadline - clock()) / math.ceil(len(remaining) / workers)
         result = fit_fold(cfg, fold=fold, data=data, fold_dir=run_dir / f"fold{fold}", on_epoch=on_epoch,
                           deadline=fold_deadline, plan=fold_plan or FoldPlan(), clock=clock)
         write_fold(run_dir, result)
@@ -167,7 +172,7 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
            clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True,
-           fold_plan: FoldPlan | None = None) -> RunResult:
+           fold_plan: FoldPlan | None = None, workers: int = 1, worker: int = 0) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
 
     `fold_plan` (kit.train.FoldPlan): the epochs the folds trained now run (at most cfg.epochs; best decides
@@ -175,26 +180,29 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
     that starts short of time runs its learning-rate schedule over the epochs that fit (kit/train.py fit_fold).
 
     The run lives in `run_dir` (default runs/<model>/<name>). `on_epoch(fold, epoch, scores)` and
-    `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there).
+    `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there). In a --devices
+    worker, `workers` train the run's folds at once and this is number `worker`: it tries its own folds first
+    (every `workers`-th from its number: with two workers, 0, 2, 4 and 1, 3), then any the others left free,
+    and its time limit counts only its own share of the folds.
     """
     started = clock()
     project = Project.at(root)
     cfg = checked_config(cfg, project)
     run = prepare(cfg, project, Path(run_dir or project.run_dir(cfg.model, cfg.name)))
     deadline = started + cfg.time_limit if cfg.time_limit else None
-    if cfg.devices:
-        run_on_devices(run, project, deadline, clock)
-
     wanted = cfg.only_folds if cfg.only_folds is not None else list(range(cfg.folds))
+    if cfg.devices and not all(fold_done_file(run.run_dir, fold).is_file() for fold in wanted):
+        run_on_devices(run, project, deadline, clock, fold_plan)
     fold_scores: dict[int, Scores] = {}
     taken_elsewhere = []
-    for fold in wanted:
+    own = wanted[worker::workers]
+    for fold in own + [f for f in wanted if f not in own]:
         if fold_done_file(run.run_dir, fold).is_file():
             fold_scores[fold] = read_fold_scores(run.run_dir, fold)
             log(f"fold {fold}: done earlier ({fold_scores[fold]})")
             continue
         scores = train_fold(run, fold, wanted=wanted, deadline=deadline, on_epoch=on_epoch, clock=clock,
-                            fold_plan=fold_plan)
+                            fold_plan=fold_plan, workers=workers)
         if scores is None:
             if fold_done_file(run.run_dir, fold).is_file():
                 fold_scores[fold] = read_fold_scores(run.run_dir, fold)
@@ -268,6 +276,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     project = Project.at()
     cfg = config_from_command(args, project)
+    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # several GPUs: all of them
+    announce_device(cfg.device, cfg.devices, cfg.precision, cfg.num_threads)
     result = run_cv(cfg, root=project.root)
     log(summary(result, cfg, project))
     return 0 if result.fold_scores else 1
@@ -279,13 +289,16 @@ def worker_main() -> int:
     import os
 
     from kit.parallel import WORKER_ENV
-    from kit.processes import die_with_parent
+    from kit.processes import die_with_parent, sigterm_raises_terminated
+    from kit.train import FoldPlan
 
     spec = json.loads(os.environ[WORKER_ENV])
     die_with_parent(spec["parent"])   # a parent killed with -9 takes its workers along
     cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
-    with tagged(f"worker {spec['index']} {cfg.device}"):
-        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False)
+    fold_plan = FoldPlan(**spec["fold_plan"]) if spec.get("fold_plan") else None
+    with tagged(f"worker {spec['index']} {spec.get('device', cfg.device)}"), sigterm_raises_terminated():
+        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False,
+               fold_plan=fold_plan, workers=spec.get("workers", 1), worker=spec["index"])
     return 0
 
 

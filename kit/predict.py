@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from kit.age import AgeTarget
-from kit.augment import prepare, to_device
+from kit.augment import host_to_device, prepare, to_device
 from kit.device import autocast
 
 MIN_INFERENCE_BATCH = 256  # inference keeps no activations: large batches amortise per-call overhead
@@ -37,7 +37,7 @@ class ImageSource:
 
     def batch(self, rows: np.ndarray) -> torch.Tensor:
         if self.on_device is not None:
-            x = self.on_device[torch.as_tensor(rows, device=self.device)]
+            x = self.on_device[host_to_device(torch.as_tensor(rows), self.device)]
             return x if self.channels_last else x.contiguous()
         return to_device(self.images[rows], self.device, self.channels_last)
 

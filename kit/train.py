@@ -278,6 +278,10 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed).permutation(len(train_rows))
+    # The targets and the epoch's order on the device once: each step indexes them there, with no host copy.
+    gender, ages = gender.to(device), ages.to(device)
+    weights = None if weights is None else weights.to(device)
+    order_on_device = torch.from_numpy(order).to(device)
     trainer.model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     frozen = False
@@ -293,9 +297,9 @@ def train_epoch(trainer: Trainer, data: FoldData, inputs, *, fold: int, epoch: i
         factor = lr_factor(cfg.schedule, epoch * steps_per_epoch + step, schedule_steps, warmup_steps)
         frozen = trainer.set_phase(epoch, factor)
         picked = order[step * batch_size:(step + 1) * batch_size]
+        on_device = order_on_device[step * batch_size:(step + 1) * batch_size]
         x = inputs.training(train_rows[picked], cfg.augment, generator)
-        loss_sum += trainer.step(x, gender[picked].to(device), ages[picked].to(device),
-                                 None if weights is None else weights[picked].to(device))
+        loss_sum += trainer.step(x, gender[on_device], ages[on_device], None if weights is None else weights[on_device])
         if step == 0:
             first_done = clock()
         if step % 50 == 0:

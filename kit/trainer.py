@@ -55,14 +55,22 @@ def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.Aver
     """An exponential moving average of `model`'s weights and BatchNorm statistics.
 
     The decay warms up as (1 + n) / (10 + n) over the first updates (as TensorFlow's and timm's EMA do):
-    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps."""
-    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():  # BatchNorm's step counter
-            return current
-        n = int(num_averaged)
-        return torch.lerp(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps. The weight is
+    computed where the counter lives and applied to all tensors at once: reading the counter back per tensor
+    made a GPU wait for the host a hundred times a step."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's step counters (grouped by dtype): copied
+            torch._foreach_copy_(averaged, current)
+            return
+        weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
+        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
 
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=update, use_buffers=True)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def loss_scaler(device: torch.device, amp_dtype) -> torch.amp.GradScaler:
+    """fp16's gradients underflow without scaling; bf16 and fp32 need none (the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 class Trainer:
@@ -70,6 +78,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, age_target: AgeTarget, *, init_seed: int):
         self.cfg, self.device, self.age_target = cfg, device, age_target
+        if device.type == "cuda":   # a run's batches have one shape: cuDNN's fastest algorithms, timed once
+            torch.backends.cudnn.benchmark = True
         self.amp_dtype = pick_amp_dtype(cfg.precision, device)
         torch.manual_seed(init_seed)
         model = create_model(cfg.model, pretrained=bool(cfg.pretrained), weights=cfg.weights,
@@ -77,7 +87,7 @@ class Trainer:
         self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last
                               else torch.contiguous_format)
         self.optimizer = make_optimizer(cfg, self.model)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = loss_scaler(device, self.amp_dtype)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
         # --frozen-trunk: those weights never train; with their outputs cached (kit/trunk.py, which sets
@@ -134,10 +144,15 @@ class Trainer:
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "average": self.average.state_dict() if self.average is not None else None}
+                "average": self.average.state_dict() if self.average is not None else None,
+                # fp16's loss scale, grown over thousands of steps: a resumed fold goes on from it, as an
+                # uninterrupted one would, instead of skipping steps to find it again
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.average is not None:
             self.average.load_state_dict(state["average"])
+        if self.scaler.is_enabled() and state.get("scaler"):   # last.pt of an earlier kit has none
+            self.scaler.load_state_dict(state["scaler"])

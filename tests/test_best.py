@@ -509,3 +509,16 @@ def test_a_short_limit_trains_the_member_that_fits_without_the_margin_rather_tha
         first_plan([plan_of("slow", 300)], [], 150, folds=5, max_epochs=40, min_epochs=4, spent_s=0, time_limit=180)
 
 
+
+
+def test_best_on_two_cpu_workers_trains_two_folds_at_once(tiny_competition, project, caplog, capfd):
+    """`best --devices cpu,cpu`: a member's folds go two at a time, one to each worker, and the plan counts
+    both workers' time."""
+    cfg = TrainConfig(data=str(tiny_competition), pretrained=False, devices=["cpu", "cpu"],
+                      **{**SMALL, "folds": 2})
+    result = best(cfg, time_limit=120, models=["scratch"], root=project,
+                  planning=Planning(measure_steps=3, max_epochs=2, min_epochs=1))
+    assert "scratch folds 0, 1 side by side" in caplog.text
+    workers = capfd.readouterr().out        # the workers' lines, tagged with their number and device
+    assert "[worker 0 cpu] fold 0 done" in workers and "[worker 1 cpu] fold 1 done" in workers
+    assert result["seconds"] <= 120 and len(result["epochs"]["scratch"]) == 2

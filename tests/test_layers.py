@@ -10,7 +10,8 @@ KIT = Path(__file__).parents[1] / "kit"
 # Each module's layer, lowest first; a package's name covers its modules. docs/design.md's table lists the
 # same modules in the same rows (test_the_design_table_names_the_same_layers).
 LAYERS = {
-    "foundations": ["errors", "paths", "log", "files", "processes", "device", "commands", "notebook"],
+    "foundations": ["errors", "paths", "log", "files", "processes", "gpus", "device", "launch", "commands",
+                    "notebook"],
     "the problem": ["metric", "cards", "config", "options", "data", "image_cache", "folds", "sample", "submission"],
     "learning": ["models", "age", "augment", "trainer", "predict", "trunk", "inputs", "train", "throughput"],
     "runs": ["rundir", "selection", "estimate", "cv", "parallel", "pseudo", "report"],

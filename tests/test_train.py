@@ -171,3 +171,38 @@ def test_the_epochs_that_fit_are_decided_at_the_fold_s_start_and_kept_when_it_re
     resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", clock=clock)  # no limit now
     assert resumed.planned_epochs == 2.25 and len(resumed.history) == 3
     pd.testing.assert_frame_equal(whole.oof, resumed.oof)
+
+
+def test_a_resumed_fp16_fold_goes_on_from_its_loss_scale(tmp_path, monkeypatch):
+    """fp16 needs a GPU; its GradScaler's state goes into last.pt and back the same way on the CPU's own
+    scaler, enabled here with a scale that grows every 3 steps (4 steps an epoch)."""
+    import kit.trainer
+
+    scalers = []
+
+    def growing_scaler(device, amp_dtype):
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3))
+        return scalers[-1]
+
+    monkeypatch.setattr(kit.trainer, "loss_scaler", growing_scaler)
+    cfg = TrainConfig(**FAST).resolved(sample=True)
+    whole = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "whole")
+    grown = scalers[-1].state_dict()
+    assert grown["scale"] == 2.0**12 and grown["_growth_tracker"] == 2   # 8 steps: grown twice, 2 towards a third
+
+    def crash_after_first_epoch(fold, epoch, scores):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed", on_epoch=crash_after_first_epoch)
+    saved = torch.load(tmp_path / "resumed/last.pt", weights_only=False)["scaler"]
+    assert saved["scale"] == 2.0**11 and saved["_growth_tracker"] == 1
+    resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed")
+    assert scalers[-1].state_dict() == grown        # not restarted from 2**10
+    pd.testing.assert_frame_equal(whole.oof, resumed.oof)
+
+
+def test_without_fp16_last_pt_holds_no_scaler(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1}).resolved(sample=True)
+    fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["scaler"] is None

@@ -68,3 +68,53 @@ def test_training_on_the_cached_trunk_is_training_with_the_trunk_frozen(tmp_path
 def test_a_trunk_that_cannot_be_frozen_is_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         check_model_config(TrainConfig(**values))
+
+
+def test_a_trunk_cache_larger_than_memory_is_refused_before_it_is_computed(monkeypatch):
+    import kit.trunk
+
+    model = create_model("dlib_age", pretrained=True).eval()
+    seen, trunk = [], model.trunk
+    monkeypatch.setattr(model, "trunk", lambda x, blocks: seen.append(len(x)) or trunk(x, blocks))
+    monkeypatch.setattr(kit.trunk, "host_available", lambda: 2**20)   # 1 MiB available
+    data = fold_data()
+    cfg = TrainConfig(**FAST).resolved(sample=True)
+    # At 64 px, dlib_age's stem and 2 blocks give 128 x 7 x 7 floats an image: 24.5 KiB, x 88 images x 2 views.
+    with pytest.raises(ConfigError, match=r"--frozen-trunk 2: dlib_age's cached trunk features of 88 images x 2 "
+                                          r"view\(s\) at 64 px take 4.2 MiB \(fp32\), and there are 1.0 MiB available"
+                                          r".*refused before computing them.*--size.*--augment none without --tta"):
+        trunk_features(model, cfg, data.train_images, data.test_images, device=torch.device("cpu"), amp_dtype=None)
+    assert seen == [2]   # the trunk ran on the probe batch only
+
+
+@pytest.mark.parametrize("gpu_free, host, where", [
+    (8 * 2**30, 64 * 2**30, ("cuda", torch.float16)),     # fits in half of the GPU's free memory: kept there
+    (2 * 2**30, 64 * 2**30, ("cpu", torch.float16)),      # not on the GPU: fp16 in host memory
+    (2 * 2**30, 4 * 2**30, None),                         # nowhere: refused, naming both
+])
+def test_a_gpu_keeps_the_features_in_fp16_where_they_fit(monkeypatch, gpu_free, host, where):
+    import kit.trunk
+    from kit.trunk import choose_storage
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (gpu_free, 16 * 2**30))
+    monkeypatch.setattr(kit.trunk, "host_available", lambda: host)
+    cfg = TrainConfig(**{**FAST, "size": 224, "frozen_trunk": 1})
+    nbytes_fp32 = 6 * 2**30   # 3 GiB in fp16
+    if where is None:
+        with pytest.raises(ConfigError, match=r"take 3.0 GiB \(fp16\), and there are 2.0 GiB free on cuda \(they may "
+                                              r"take 50%\), 4.0 GiB available in host memory"):
+            choose_storage(nbytes_fp32, torch.device("cuda"), cfg, 1000)
+    else:
+        storage = choose_storage(nbytes_fp32, torch.device("cuda"), cfg, 1000)
+        assert (storage.device.type, storage.dtype) == where
+    assert choose_storage(2**20, torch.device("cpu"), cfg, 10).dtype == torch.float32   # the CPU's stays fp32
+
+
+def test_without_flips_one_view_is_computed(monkeypatch):
+    model = create_model("dlib_age", pretrained=True).eval()
+    data = fold_data()
+    cfg = TrainConfig(**{**FAST, "augment": "none", "tta": False}).resolved(sample=True)
+    features = trunk_features(model, cfg, data.train_images, data.test_images, device=torch.device("cpu"),
+                              amp_dtype=None)
+    assert len(features.train) == len(features.test) == 1
+    assert features.batch(np.arange(3), None).shape[0] == 3

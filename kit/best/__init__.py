@@ -38,7 +38,7 @@ from kit.best.plan import ModelPlan, Schedule, allot, parse_shares
 from kit.config import INSTALLED_WEIGHTS, TrainConfig
 from kit.cv import check_weights, run_cv
 from kit.data import load_competition, locate
-from kit.device import pick_device
+from kit.device import announce_device, default_devices, pick_device
 from kit.ensemble import blend, check_output, table, write_submission
 from kit.errors import BudgetError, ConfigError, WeightsError
 from kit.folds import folds_for
@@ -235,38 +235,57 @@ def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[float]:
     return [epochs_trained(run_dir, fold, plan.cfg.epochs) for fold in range(plan.cfg.folds)]
 
 
+def lanes(cfg: TrainConfig) -> int:
+    """Folds trained side by side: one per --devices worker (every GPU by default where there are several).
+    The plan counts in worker-seconds: the wall time left times the lanes."""
+    return max(1, len(cfg.devices or []))
+
+
 def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, project: Project,
                        clock: Callable[[], float]):
-    """Train a started member's folds one by one, each with the time its budget gives it; re-plan after each.
-    None when the deadline leaves no room for the next fold (its last epoch and predictions included): the
-    member stays unfinished, to be resumed by rerunning the command, and the blend uses the others."""
-    result = None
-    for fold in range(plan.cfg.folds):
-        run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
-        trained_before = fold_done_file(run_dir, fold).is_file()
-        budget = schedule.fold_budget(plan, deadline - clock() - BLEND_RESERVE_S)
+    """Train a started member's folds, each with the time its budget gives it, one at a time or, with --devices,
+    one per worker side by side; re-plan after each fold or group of folds. None when the deadline leaves no
+    room for the next fold (its last epoch and predictions included): the member stays unfinished, to be
+    resumed by rerunning the command, and the blend uses the others."""
+    devices, width = plan.cfg.devices or [], lanes(plan.cfg)
+    run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
+    result, folds = None, list(range(plan.cfg.folds))
+    while folds:
+        group = [folds.pop(0)]
+        trained_before = fold_done_file(run_dir, group[0]).is_file()
+        while not trained_before and folds and len(group) < width and not fold_done_file(run_dir, folds[0]).is_file():
+            group.append(folds.pop(0))
+        shown = f"fold {group[0]}" if len(group) == 1 else f"folds {', '.join(map(str, group))} side by side"
+        # The group's folds run at once, one per worker: what the plan leaves the first, in worker-seconds,
+        # and the planned time of the others, spread over the workers (width 1: the fold's own budget).
+        budget = (schedule.fold_budget(plan, (deadline - clock() - BLEND_RESERVE_S) * width)
+                  + (len(group) - 1) * plan.fold_s()) / width
         setup_s = plan.setup_s * plan.speed if plan.folds_done == 0 else 0.0
         # A fold gets at least half of what its plan gave the others (of one epoch at most): a fold much
         # shorter than its member's others would drag the member's blend down instead of lifting it.
         least = max(MIN_FOLD_EPOCHS, min(1.0, plan.epochs) / 2)
         if not trained_before and budget < plan.fold_s(least) + setup_s:
-            log(f"{plan.label}: no time left for fold {fold} (it needs about {plan.fold_s(least) / 60:.1f} min for "
+            log(f"{plan.label}: no time left for {shown} (it needs about {plan.fold_s(least) / 60:.1f} min for "
                 f"{least:g} epoch and its predictions, {max(budget, 0) / 60:.1f} min are left); stopping here")
             return None
         fold_started = clock()
         fold_epochs = max(MIN_FOLD_EPOCHS, plan.epochs)
         if not trained_before:
-            log(f"{plan.label} fold {fold}: {fold_epochs:g} epoch(s), at most {budget / 60:.1f} min")
-        result = run_cv(dataclasses.replace(plan.cfg, only_folds=[fold], time_limit=max(1.0, budget)),
+            log(f"{plan.label} {shown}: {fold_epochs:g} epoch(s), at most {budget / 60:.1f} min")
+        result = run_cv(dataclasses.replace(plan.cfg, only_folds=group, time_limit=max(1.0, budget),
+                                            devices=devices[:len(group)] or None),
                         root=project.root, clock=clock,
                         fold_plan=FoldPlan(fold_epochs, plan.epoch_s * plan.speed,
                                            plan.speed / plan.infer_images_per_s))
         if trained_before:
             continue
-        schedule.observe(plan, clock() - fold_started, epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs),
-                         setup_s=setup_seconds(result.run_dir, fold))
-        for change in schedule.replan(deadline - clock() - BLEND_RESERVE_S):
-            log(f"re-plan after {plan.label} fold {fold}: {change}")
+        seconds = clock() - fold_started
+        for fold in group:   # each worker computed its own setup (a frozen trunk's features): not the epochs' speed
+            setup = setup_seconds(result.run_dir, fold)
+            schedule.observe(plan, seconds - (setup or 0.0) if plan.folds_done and width > 1 else seconds,
+                             epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs), setup_s=setup)
+        for change in schedule.replan((deadline - clock() - BLEND_RESERVE_S) * width):
+            log(f"re-plan after {plan.label} {shown}: {change}")
     return result
 
 
@@ -325,7 +344,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
     spare_plans = measure_members(extra, [1.0] * len(extra), **measure)
     now = timeline.mark("measure throughput", now)
     stop_if_spent(deadline - now, time_limit, timeline)
-    schedule = first_plan(plans, spare_plans, deadline - now - BLEND_RESERVE_S, folds=cfg.folds,
+    schedule = first_plan(plans, spare_plans, (deadline - now - BLEND_RESERVE_S) * lanes(cfg), folds=cfg.folds,
                           max_epochs=max_epochs, min_epochs=min_epochs, spent_s=now - started, time_limit=time_limit)
     by_label = {m.label: m for m in members + extra}
     results = cross_validate(schedule, members=by_label, deadline=deadline, project=project, timeline=timeline,
@@ -396,6 +415,8 @@ def main(argv=None) -> int:
     add_config_arguments(parser, skip={"name", "time_limit", "overwrite", "only_folds"})
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # several GPUs: all of them
+    announce_device(cfg.device, cfg.devices, cfg.precision, cfg.num_threads, timed_precisions=True)
     default_members, default_spares = default_models(pick_device(cfg.device).type,
                                                       lambda model: weights_found(cfg, model))
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else default_members

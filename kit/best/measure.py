@@ -9,6 +9,7 @@ from kit.data import load_competition
 from kit.device import cpu_has_native_bf16, pick_device
 from kit.files import read_json
 from kit.log import log
+from kit.parallel import worker_configs
 from kit.paths import Project
 from kit.rundir import fold_done_file
 
@@ -30,6 +31,8 @@ def measure_throughput(cfg: TrainConfig, comp, images, *, is_sample: bool, steps
     from kit.throughput import KitSteps
 
     resolved = cfg.resolved(sample=is_sample)
+    if cfg.devices:   # timed as one of its --devices workers trains: on such a device, with its share of the cores
+        resolved = worker_configs(resolved, cfg.devices)[0]
     choices = [cfg.precision]
     if choose_precision and cfg.precision == "auto" and pick_device(cfg.device).type == "cpu" and cpu_has_native_bf16():
         choices = ["fp32", "bf16"]

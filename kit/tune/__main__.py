@@ -9,7 +9,7 @@ import sys
 
 from kit.log import tagged, warn
 from kit.options import add_config_arguments, add_model_argument, config_from_args, model_from_args, parse_duration
-from kit.tune.workers import WORKER_ENV, run_worker, stop_on_sigterm
+from kit.tune.workers import WORKER_ENV, run_worker, stop_on_sigterm, worker_devices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,7 @@ def worker_main() -> int:
 
 def main(argv=None) -> int:
     from kit.data import locate
+    from kit.device import announce_device
     from kit.models import check_model_config
     from kit.paths import Project
     from kit.tune import Study, tune
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
             return worker_main()
         args = build_parser().parse_args(argv)
         cfg = config_from_args(args, model=model_from_args(args))
+        announce_device(cfg.device, worker_devices(cfg.device, args.workers) if args.workers > 1 else None,
+                        cfg.precision, cfg.num_threads)
         space = None
         if args.space:
             check_model_config(cfg)

@@ -2,21 +2,23 @@
 
     run_worker(spec)                  # trials in this process (each worker process runs this)
     spawn_workers(spec, 2, trials=10) # two processes: `python -m kit.tune --run-worker` with the spec in
-                                      # the environment; several GPUs: one each; CPUs: the cores divided
+                                      # the environment (kit/launch.py); GPUs: one each, in turn; CPUs: the
+                                      # cores divided
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 from kit.config import TrainConfig
+from kit.device import worker_threads
+from kit.gpus import usable_gpus
+from kit.launch import Worker, gpu_of, run_workers
 from kit.log import log
+from kit.processes import Terminated
 from kit.tune.objective import make_objective
 from kit.tune.storage import fail_dead_trials, open_storage
 
@@ -25,13 +27,10 @@ WORKER_ENV = "FACEKIT_TUNE_WORKER"         # the JSON spec a worker process runs
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a batch scheduler, `timeout`): handled like Ctrl-C, so Optuna marks the running
-    trial failed at once instead of leaving it RUNNING until its heartbeat goes stale."""
-
-
 def stop_on_sigterm():
-    """Install the SIGTERM handler; returns the previous one (main() puts it back when it returns)."""
+    """Install the SIGTERM handler; returns the previous one (main() puts it back when it returns). SIGTERM
+    (`kill`, a batch scheduler, `timeout`) is handled like Ctrl-C, so Optuna marks the running trial failed
+    at once instead of leaving it RUNNING until its heartbeat goes stale."""
     def handler(signum, frame):
         raise Terminated(f"signal {signum}")
 
@@ -117,50 +116,34 @@ def run_worker(spec: dict, *, storage_obj=None, train=None, clock=time.time) -> 
     return 1 if len(failures) >= MAX_CONSECUTIVE_FAILURES and all(failures[-MAX_CONSECUTIVE_FAILURES:]) else 0
 
 
-def spawn_workers(spec: dict, workers: int, trials: int, *, storage: str | None) -> int:
-    """Start `workers` local processes on the study, `trials` split among them. Several GPUs: one each."""
-    gpus = visible_gpus()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    kit_parent = str(Path(__file__).resolve().parents[2])
-    processes = []
-    for i in range(workers):
+def worker_devices(device: str, workers: int) -> list[str]:
+    """The device of each of `workers` trial workers: with --device auto (or cuda) the usable GPUs in turn
+    (two workers on one GPU share it), else the CPU; --device cpu or cuda:N keeps them all there."""
+    if device == "cpu" or device.startswith("cuda:"):
+        return [device] * workers
+    gpus = usable_gpus()
+    return [f"cuda:{gpus[i % len(gpus)].index}" if gpus else "cpu" for i in range(workers)]
+
+
+def trial_workers(spec: dict, workers: int, trials: int, *, storage: str | None) -> list[Worker]:
+    """`workers` trial workers on the study, `trials` split among them, each with its device (a GPU worker
+    sees only its GPU, as cuda) and its share of the cores."""
+    launched = []
+    for i, device in enumerate(worker_devices(spec["cfg"]["device"], workers)):
         share = trials // workers + (i < trials % workers)
-        cfg = dict(spec["cfg"])
-        if cfg.get("num_threads") is None and not gpus:
-            cfg["num_threads"] = max(1, cores // workers)   # the CPU cores, divided
-        env = {**os.environ, WORKER_ENV: json.dumps({**spec, "cfg": cfg, "worker_index": i, "n_trials": share}),
-               "PYTHONPATH": os.pathsep.join(filter(None, [kit_parent, os.environ.get("PYTHONPATH")])),
-               "TQDM_DISABLE": "1"}
-        if storage:
-            env[STORAGE_ENV] = storage
-        if len(gpus) > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        log(f"worker {i}: {share} trial(s)" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")
-            + (f", {cfg['num_threads']} thread(s)" if cfg.get("num_threads") else ""))
-        processes.append(subprocess.Popen([sys.executable, "-m", "kit.tune", "--run-worker"], env=env))
-    codes = []
-    for process in processes:
-        while True:
-            try:
-                codes.append(process.wait())
-                break
-            except Terminated:  # a SIGTERM reaches only this process: pass it on, then wait for them
-                for running in processes:
-                    if running.poll() is None:
-                        running.terminate()
-            except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them fail their trials and exit
-                continue
+        cfg = {**spec["cfg"], "device": "cpu" if device == "cpu" else "cuda",
+               "num_threads": worker_threads(workers, spec["cfg"].get("num_threads"))}
+        launched.append(Worker("kit.tune", WORKER_ENV, {**spec, "cfg": cfg, "worker_index": i, "n_trials": share},
+                               gpu=gpu_of(device), args=("--run-worker",),
+                               label=f"worker {i}: {share} trial(s) on {device}, {cfg['num_threads']} thread(s)",
+                               env={STORAGE_ENV: storage} if storage else {}))
+    return launched
+
+
+def spawn_workers(spec: dict, workers: int, trials: int, *, storage: str | None) -> int:
+    """Start `workers` local processes on the study, `trials` split among them, and wait for them."""
+    codes = run_workers(trial_workers(spec, workers, trials, storage=storage))
     failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:
         log(f"worker(s) {failed} exited with {[codes[i] for i in failed]}")
     return 1 if failed else 0
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use (CUDA_VISIBLE_DEVICES' names where it is set). A CUDA that is there
-    but broken raises here rather than passing for "no GPUs"."""
-    import torch
-
-    count = torch.cuda.device_count()
-    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]

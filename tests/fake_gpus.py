@@ -1,0 +1,49 @@
+"""GPUs faked for tests: torch.cuda as it would be on a machine with GPUs of given capabilities (no GPU is
+needed: the kit's decisions are tested, not the silicon), with CUDA's initialisation refused."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import kit.gpus
+
+CUDA13_ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]   # torch 2.14.1+cu130's
+CUDA126_ARCHES = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]   # a cu126 wheel's: a P100 runs
+NAMES = {(6, 0): "Tesla P100-PCIE-16GB", (7, 5): "Tesla T4", (8, 0): "NVIDIA A100-SXM4-40GB", (9, 0): "NVIDIA H100"}
+
+
+class CudaInitialised(AssertionError):
+    pass
+
+
+def refuse_cuda_init(*args, **kwargs):
+    raise CudaInitialised("this process initialised CUDA")
+
+
+def fake_cuda(monkeypatch, *capabilities, arch_list=CUDA13_ARCHES, cuda="13.0", driver=(580, 65, 6), pci=None):
+    """torch.cuda as it would be with GPUs of `capabilities` (none: no usable GPU), bf16 reported as supported
+    everywhere (torch counts emulation), and CUDA's initialisation refused: the kit must read the GPUs'
+    properties in a child process (here: the faked torch.cuda read in-process, as that child would)."""
+    properties = [SimpleNamespace(name=NAMES.get(tuple(c), "GPU"), total_memory=16 * 2**30) for c in capabilities]
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(capabilities))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties[index])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: tuple(capabilities[index or 0]))
+    monkeypatch.setattr(torch.cuda, "init", refuse_cuda_init)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", refuse_cuda_init)
+    monkeypatch.setattr(kit.gpus, "probe", kit.gpus.read_gpus)
+    monkeypatch.setattr(kit.gpus, "driver_version", lambda: driver)
+    monkeypatch.setattr(kit.gpus, "nvidia_pci_devices", lambda: len(capabilities) if pci is None else pci)
+    kit.gpus.visible_gpus.cache_clear()
+
+
+@pytest.fixture
+def fresh_gpu_cache():
+    """visible_gpus() is read once per process: each test starts and ends with it unread."""
+    kit.gpus.visible_gpus.cache_clear()
+    yield
+    kit.gpus.visible_gpus.cache_clear()
