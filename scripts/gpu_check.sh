@@ -105,7 +105,7 @@ step cv-resnet18 "${kit[@]}" cv resnet18 "${common[@]}" --no-pretrained --folds 
     --device "${devices%%,*}" --name "$name"
 step cv-devices "${kit[@]}" cv resnet18 "${common[@]}" --no-pretrained --folds "$folds" --epochs 2 \
     --devices "$devices" --name "$name-devices"
-step best "${kit[@]}" best --time-limit "$best_limit" "${common[@]}" "${best_models[@]}" --name "$name"
+step best "${kit[@]}" best --time-limit "$best_limit" "${common[@]}" "${best_models[@]}" --name "$name-best"
 
 [ "$dry" = 1 ] && exit 0
 echo
