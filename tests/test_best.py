@@ -483,6 +483,11 @@ def test_a_limit_spent_before_training_stops_at_once(tiny_competition, project):
         best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=60, models=["scratch"],
              root=project, planning=Planning(clock=clock))
     assert not (project / "runs").exists()                   # nothing measured, nothing trained
+    # Measuring that runs the time out is said too (it was left out of the message: "prepare ... 0.0 min").
+    times = iter([0.0, 10.0])
+    with pytest.raises(BudgetError, match=r"\(prepare data and folds 0.2 min, measure throughput 16.5 min\)"):
+        best(TrainConfig(data=str(tiny_competition), pretrained=False, **SMALL), time_limit=60, models=["scratch"],
+             root=project, planning=Planning(clock=clock, measure_steps=2))
 
 
 def test_a_short_limit_trains_the_member_that_fits_without_the_margin_rather_than_refuse(caplog):

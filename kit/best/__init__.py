@@ -118,12 +118,15 @@ def with_reachable_weights(members: list[Member], cfg: TrainConfig, *, given: se
             member.cfg = dataclasses.replace(fallback, name=member.cfg.name)
 
 
-def stop_if_spent(left_s: float, time_limit: float, timeline: Timeline) -> None:
+def stop_if_spent(left_s: float, time_limit: float, timeline: Timeline,
+                  running: tuple[str, float] | None = None) -> None:
     """Stop at once when preparing (a cold cache's decoding) and measuring have left no time to train: the
-    limit is a wall, and what they did is kept for the next command (decoded images are cached)."""
+    limit is a wall, and what they did is kept for the next command (decoded images are cached). `running`:
+    the phase still under way (its name and start), said with the finished ones."""
     if left_s - BLEND_RESERVE_S > 0:
         return
-    spent = ", ".join(f"{what} {seconds / 60:.1f} min" for what, seconds in timeline.phases)
+    phases = timeline.phases + ([(running[0], timeline.clock() - running[1])] if running else [])
+    spent = ", ".join(f"{what} {seconds / 60:.1f} min" for what, seconds in phases)
     raise BudgetError(f"--time-limit {time_limit / 60:.1f}m is too short: it is spent before any training "
                       f"({spent}); the decoded images are cached, so the same command starts faster next time; "
                       "or give more time")
@@ -336,7 +339,7 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
     measure = dict(cfg=cfg, comp=comp, images=train_images, project=project, given=given, is_sample=is_sample,
                    max_epochs=max_epochs, measure_steps=planning.measure_steps, caps=EPOCH_CAPS, measured={})
     plans = measure_members(members, shares, **measure)
-    stop_if_spent(deadline - clock(), time_limit, timeline)
+    stop_if_spent(deadline - clock(), time_limit, timeline, running=("measure throughput", now))
     if extra and clock() - started > MEASURING_SHARE * time_limit:
         log(f"plan: no spares this time: preparing and measuring took {(clock() - started) / 60:.1f} of the "
             f"{time_limit / 60:.1f} min")
