@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 
 import kit.best
+import kit.best.run
 from kit.__main__ import main as facekit
-from kit.best import BLEND_RESERVE_S, Planning, best, cross_validate
+from kit.best import Planning, best
 from kit.best.measure import measure_throughput
 from kit.best.members import CPU_MODELS, member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
+from kit.best.run import BLEND_RESERVE_S, cross_validate
 from kit.config import TrainConfig
 from kit.errors import BudgetError, UserError, WeightsError
 from kit.submission import validate_submission_file
@@ -301,7 +303,7 @@ def test_a_frozen_trunk_slower_than_timed_is_not_taken_for_a_slow_machine():
 
 
 def test_the_last_resort_takes_a_member_before_a_spare_of_the_same_speed(caplog):
-    from kit.best import first_plan
+    from kit.best.run import first_plan
 
     member, spare = plan_of("member", 300), plan_of("member:seed=1", 300)
     schedule = first_plan([member], [spare], 355, folds=5, max_epochs=40, min_epochs=4, spent_s=0, time_limit=385)
@@ -450,11 +452,11 @@ def test_the_limit_is_a_wall_and_the_time_is_used(project, monkeypatch, caplog, 
     limit = 3600.0
     plans = [plan_of("a", 60, max_epochs=caps[0]), plan_of("b", 45, max_epochs=caps[1])]
     machine = FakeMachine(plans, limit=limit, factor=factor, noise=noise, slow_phase=slow_phase)
-    monkeypatch.setattr(kit.best, "run_cv", machine.run_cv)
+    monkeypatch.setattr(kit.best.run, "run_cv", machine.run_cv)
     schedule = Schedule(*allot(plans, limit - BLEND_RESERVE_S, folds=5, max_epochs=40, min_epochs=2), folds=5,
                         max_epochs=40, min_epochs=2)
     results = cross_validate(schedule, members={p.label: SimpleNamespace(pseudo=False) for p in plans},
-                             deadline=limit, project=Project.at(project), timeline=kit.best.Timeline(machine.clock),
+                             deadline=limit, project=Project.at(project), timeline=kit.best.run.Timeline(machine.clock),
                              clock=machine.clock)
     assert machine.now <= limit - BLEND_RESERVE_S                        # the blend's time is still there
     assert len(results) == 2 and all(r.complete for r in results)
@@ -465,7 +467,7 @@ def test_the_limit_is_a_wall_and_the_time_is_used(project, monkeypatch, caplog, 
 
 
 def test_time_given_back_says_what_each_waiting_member_would_have_trained_in_it():
-    from kit.best import waiting_reasons
+    from kit.best.run import waiting_reasons
 
     schedule = Schedule([], [plan_of("dlib_age:seed=1", 60, max_epochs=6)], folds=5, max_epochs=40, min_epochs=4)
     # 1000 s: (1000 / 1.15 / 5 - 10) / 60 = 2.7 epochs per fold, under --min-epochs 4.
@@ -494,7 +496,7 @@ def test_a_short_limit_trains_the_member_that_fits_without_the_margin_rather_tha
     """Seen at 5 minutes on the real data: one epoch of dlib_age's 5 folds fit, but not with the 15% margin,
     and the command refused. The wall inside each fold makes the margin unnecessary for the last resort; and
     where not even one epoch fits, part of one does (its schedule annealed over the steps that fit)."""
-    from kit.best import first_plan
+    from kit.best.run import first_plan
 
     slow, fast = plan_of("slow", 300), plan_of("fast", 60)
     fits_bare = 5 * (60 + 10) + 5                      # one epoch and the predictions of 5 folds, not * 1.15
