@@ -111,7 +111,8 @@ def host_available() -> int | None:
 def output_shape(model, images: np.ndarray, blocks: int, *, device: torch.device, amp_dtype,
                  channels_last: bool) -> tuple[int, ...]:
     """The trunk's output shape for one image, from a batch of PROBE_IMAGES."""
-    x = prepare(to_device(images[:PROBE_IMAGES], device, channels_last), channels_last=channels_last)
+    # A copy: the images may be a read-only memmap of the cache, which torch.from_numpy warns of.
+    x = prepare(to_device(np.array(images[:PROBE_IMAGES]), device, channels_last), channels_last=channels_last)
     with autocast(device, amp_dtype):
         return tuple(model.trunk(x, blocks).shape[1:])
 
