@@ -11,7 +11,8 @@
 # (root needed) with a Python that has only what Kaggle's image has (tests/kaggle_sandbox.py). Everything is
 # written under $WORK (default: a new /tmp/kaggle-acceptance.XXXX); the server's log is $WORK/server.log.
 # Environment: PYTHON (default .venv/bin/python), PORT (8765), ZIP, WORK, FIND_LINKS (a folder of wheels for
-# the bundle, to avoid downloading them).
+# the bundle, to avoid downloading them), NEWEST_IMAGE=1 (the kernels' Python has today's releases of numpy,
+# pandas, scikit-learn, scipy, pillow, matplotlib and tqdm from the index: an image that has moved on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -62,8 +63,11 @@ EOF
     POLL=(--poll-interval 1s --poll-timeout 20m)
 fi
 
-IMAGE_PY=$("$PY" tests/kaggle_sandbox.py image-python "$WORK/image")
-echo "+ the kernels' Python (what Kaggle's image has, nothing else): $IMAGE_PY"
+NEWEST=()
+[ "${NEWEST_IMAGE:-}" = 1 ] && NEWEST=(--newest)
+IMAGE_PY=$("$PY" tests/kaggle_sandbox.py image-python "$WORK/image" "${NEWEST[@]}")
+echo "+ the kernels' Python (what Kaggle's image has, nothing else${NEWEST:+, today's releases first}): $IMAGE_PY"
+step "$IMAGE_PY" -c "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in ('torch', 'numpy', 'pandas', 'scikit-learn', 'scipy', 'pillow', 'matplotlib', 'tqdm')))"
 echo "+ $PY tests/kaggle_server.py --port $PORT --data-zip $WORK/competition/competition.zip --labels ... &"
 "$PY" tests/kaggle_server.py --port "$PORT" --data-zip "$WORK/competition/competition.zip" \
     --labels "$WORK/competition/labels.csv" --sandbox-python "$IMAGE_PY" --kernel-timeout 7200 \

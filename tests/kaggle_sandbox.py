@@ -15,7 +15,8 @@ The image Python: a venv without packages of its own whose site-packages has a .
 symlinks to the installed files of kit.kaggle.wheels.KAGGLE_IMAGE_PACKAGES and everything they need
 (torch, numpy, pandas, ..., pip), so `pip install --no-index` has to bring every other package itself.
 
-From a shell (for scripts/kaggle_acceptance.sh):  python tests/kaggle_sandbox.py image-python FOLDER
+From a shell (for scripts/kaggle_acceptance.sh):  python tests/kaggle_sandbox.py image-python FOLDER [--newest]
+(--newest: numpy, pandas, scikit-learn, scipy, pillow, matplotlib and tqdm at today's releases, from the index).
 """
 from __future__ import annotations
 
@@ -74,10 +75,12 @@ def fresh_venv(template: Path, dest: Path) -> Path:
     return python
 
 
-def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,)) -> Path:
-    """A venv at folder/venv seeing only `packages` and their closure (symlinks in folder/image)."""
+def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,), newest=()) -> Path:
+    """A venv at folder/venv seeing only `packages` and their closure (symlinks in folder/image). `newest`:
+    packages installed at today's releases from the index into folder/newest (with what they need), which
+    comes first on the path: an image that has moved on from the versions the kit was built against."""
     folder = Path(folder)
-    venv, image = folder / "venv", folder / "image"
+    venv, image, newer = folder / "venv", folder / "image", folder / "newest"
     python = venv / "bin" / "python"
     if python.exists():
         return python
@@ -94,8 +97,19 @@ def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,)) -> Path:
                 link.symlink_to(Path(dist.dist.locate_file(top)).resolve())
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
-    (site_packages(python) / "kaggle-image.pth").write_text(f"{image}\n")
+    if newest:
+        # --target implies --ignore-installed: every dependency lands in the folder, at its newest release.
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:", "--target",
+                        str(newer), *newest], check=True)
+    # One .pth, its lines in order: the newer folder's packages shadow the image's.
+    (site_packages(python) / "kaggle-image.pth").write_text("".join(f"{p}\n" for p in (newer, image) if p.exists()))
     return python
+
+
+def newest_releases() -> list[str]:
+    """Kaggle's usual packages whose newest release an image would have moved to: all but torch and torchvision
+    (the installed ones are today's; their CUDA builds are what an image pins) and the tools."""
+    return [p for p in KAGGLE_IMAGE_PACKAGES if p not in ("torch", "torchvision", "pip", "requests")]
 
 
 # ----------------------------------------------------------------------------- wheels, offline
@@ -227,10 +241,12 @@ class SandboxRunner:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    newest = "--newest" in argv
+    argv = [a for a in argv if a != "--newest"]
     if len(argv) != 2 or argv[0] != "image-python":
         print(__doc__)
         return 2
-    print(image_python(Path(argv[1])))
+    print(image_python(Path(argv[1]), newest=newest_releases() if newest else ()))
     return 0
 
 

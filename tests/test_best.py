@@ -68,7 +68,8 @@ def test_default_members_follow_the_device_and_the_weights_at_hand():
     from kit.best.members import default_models
 
     assert default_models("cpu", lambda model: True) == (["dlib_face", "dlib_age"],
-                                                         ["dlib_age:seed=1", "dlib_face:seed=1"])
+                                                         ["dlib_age:seed=1", "dlib_face:seed=1",
+                                                          "dlib_age:seed=2", "dlib_face:seed=2"])
     gpu_members, gpu_spares = default_models("cuda", lambda model: True)
     assert all(m.startswith("torchvision.") for m in gpu_members) and gpu_spares == ["dlib_age", "dlib_face"]
     # An offline GPU (a Kaggle kernel without internet): ImageNet backbones from random init would lose to the
