@@ -197,7 +197,7 @@ def blend_and_write(results: list, schedule: Schedule, *, comp, out: Path, overw
     publish_submission(out, blended.sample_path)  # a Kaggle notebook: also /kaggle/working/submission.csv
     timeline.mark("blend and write the submission", blend_started)
     total = clock() - started
-    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}\n{blended.estimate}")
+    log(f"wrote {out} ({sidecar['rows']} rows); cross-validated {blended.cv}")  # the estimate: in the table
     log(f"where the time went ({total / 60:.1f} of {time_limit / 60:.1f} min):")
     for what, seconds in timeline.phases:
         log(f"  {what:<44} {seconds / 60:6.1f} min")
