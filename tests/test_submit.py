@@ -506,35 +506,92 @@ def test_sample_submission_is_fetched_when_not_local(server, competition, root):
 
 
 # ----------------------------------------------------------------------------- download
-def test_download_extracts_once_and_again_when_changed(server, competition, root, tmp_path, capsys):
+def test_download_extracts_once_then_the_clients_check_finds_it_unchanged(server, competition, root, capsys):
     result = download(root=root, services=fast())
-    folder = root / "data" / DEFAULT_COMPETITION
+    folder, archive = root / "data" / DEFAULT_COMPETITION, root / "data" / f"{DEFAULT_COMPETITION}.zip"
     assert result.downloaded and result.files == 4
     assert (folder / "face_dataset" / "sample_submission.csv").read_text() == competition["sample"].read_text()
+    assert archive.read_bytes() == competition["zip"].read_bytes()  # kept where the client puts it
+    assert sorted(p.name for p in (root / "data").iterdir()) == [DEFAULT_COMPETITION, archive.name]  # no staging
 
-    extracted = (folder / "face_dataset" / "train.csv").stat()
+    kept, extracted = archive.stat(), (folder / "face_dataset" / "train.csv").stat()
     again = download(root=root, services=fast())
-    assert not again.downloaded and "nothing to do" in capsys.readouterr().out
+    assert not again.downloaded and again.files == 4 and "nothing to do" in capsys.readouterr().out
+    assert archive.stat().st_ino == kept.st_ino  # not downloaded again: a download renames a new file in
     assert (folder / "face_dataset" / "train.csv").stat().st_ino == extracted.st_ino  # not extracted again
-
-    (folder / "face_dataset" / "test.csv").unlink()  # a damaged copy is repaired
-    assert download(root=root, services=fast()).downloaded and (folder / "face_dataset" / "test.csv").is_file()
-
-    changed = tmp_path / "changed.zip"
-    write_zip(changed, {"face_dataset/train.csv": "id,full_path,gender,age\n", "face_dataset/NEW.txt": "new"})
-    server.data_zip = changed
-    assert download(root=root, services=fast()).downloaded
-    assert (folder / "face_dataset" / "NEW.txt").is_file() and not (folder / "face_dataset" / "test.csv").exists()
+    assert server.count("DownloadDataFiles") == 2  # Kaggle asked once a call
 
     from kit.data import locate  # `./run.sh cv MODEL` finds the download without --data
     assert locate(None, project_root=root) == (folder / "face_dataset", DEFAULT_COMPETITION, False)
 
 
+def test_download_repairs_the_extracted_files_from_the_archive(server, competition, root, capsys):
+    download(root=root, services=fast())
+    folder, archive = root / "data" / DEFAULT_COMPETITION, root / "data" / f"{DEFAULT_COMPETITION}.zip"
+    kept, train = archive.stat(), (folder / "face_dataset" / "train.csv").read_text()
+    (folder / "face_dataset" / "test.csv").unlink()
+    (folder / "face_dataset" / "train.csv").write_text("cut short")
+    result = download(root=root, services=fast())
+    assert not result.downloaded and archive.stat().st_ino == kept.st_ino
+    assert "4 files extracted" in capsys.readouterr().out
+    assert (folder / "face_dataset" / "test.csv").is_file()
+    assert (folder / "face_dataset" / "train.csv").read_text() == train
+
+
+def test_download_again_when_the_archive_changed_on_kaggle(server, competition, root, tmp_path):
+    download(root=root, services=fast())
+    changed = tmp_path / "changed.zip"
+    write_zip(changed, {"face_dataset/train.csv": "id,full_path,gender,age\n", "face_dataset/NEW.txt": "new"})
+    later = competition["zip"].stat().st_mtime + 60  # Last-Modified counts whole seconds: a new archive is later
+    os.utime(changed, (later, later))
+    server.data_zip = changed
+    result = download(root=root, services=fast())
+    folder = root / "data" / DEFAULT_COMPETITION
+    assert result.downloaded and result.files == 2  # though smaller than the archive here
+    assert (folder / "face_dataset" / "NEW.txt").is_file() and not (folder / "face_dataset" / "test.csv").exists()
+    assert (root / "data" / f"{DEFAULT_COMPETITION}.zip").read_bytes() == changed.read_bytes()
+
+
+def test_download_again_over_a_truncated_archive(server, competition, root):
+    download(root=root, services=fast())
+    archive = root / "data" / f"{DEFAULT_COMPETITION}.zip"
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[: len(whole) // 2])  # newer than Kaggle's, but smaller than its Content-Length
+    assert download(root=root, services=fast()).downloaded and archive.read_bytes() == whole
+
+
+def test_a_download_cut_short_leaves_no_archive(server, competition, root):
+    from kit.kaggle.api import connect
+
+    api = connect()
+
+    def cut_short(response, outfile, *args, **kwargs):  # the client writes in place; then Ctrl-C
+        Path(outfile).write_bytes(competition["zip"].read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    api.download_file = cut_short
+    with pytest.raises(KeyboardInterrupt):
+        download(root=root, services=fast(api=api))
+    assert list((root / "data").iterdir()) == []  # no archive the client's check could take, no staging
+    assert download(root=root, services=fast()).downloaded
+
+
 def test_download_leaves_a_folder_it_did_not_make(server, root):
-    (root / "data" / DEFAULT_COMPETITION).mkdir(parents=True)
+    folder = root / "data" / DEFAULT_COMPETITION
+    folder.mkdir(parents=True)
+    (folder / "mine.txt").write_text("mine")
     with pytest.raises(SubmitError, match="not made by `download`"):
         download(root=root, services=fast())
-    assert server.calls == []
+    assert server.calls == [] and (folder / "mine.txt").is_file()
+    assert download(root=root, force=True, services=fast()).downloaded and not (folder / "mine.txt").exists()
+
+
+def test_download_takes_over_a_folder_an_earlier_version_made(server, root):
+    folder = root / "data" / DEFAULT_COMPETITION
+    folder.mkdir(parents=True)
+    (folder / ".kaggle-download.json").write_text("{}")  # its manifest of the remote headers, now unused
+    assert download(root=root, services=fast()).downloaded
+    assert (folder / "face_dataset" / "train.csv").is_file() and not (folder / ".kaggle-download.json").exists()
 
 
 # ----------------------------------------------------------------------------- credentials

@@ -2,13 +2,14 @@
 
     ./run.sh download [--competition SLUG] [--dest DIR] [--force]
 
-A second call asks Kaggle once and does nothing when the archive is unchanged and the extracted
-files are intact; afterwards `./run.sh cv MODEL` finds the data without --data.
+The archive is kept beside the folder (data/<slug>.zip, the client's own name for it), so that a second
+call leaves the client to decide whether it changed on Kaggle. Afterwards `./run.sh cv MODEL` finds the
+data without --data.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import exclusive_lock, sha256_file, write_json
+from kit.files import exclusive_lock
 from kit.kaggle.api import (
     Services,
     add_competition_argument,
@@ -27,34 +28,34 @@ from kit.kaggle.api import (
     resolve_competition,
     services_or_default,
 )
-from kit.kaggle.ledger import now_utc
 from kit.log import log
 from kit.paths import Project
 
 MAX_FILE_LIST_PAGES = 200                 # x 200 files a page, when looking for sample_submission.csv
-MANIFEST_NAME = ".kaggle-download.json"   # inside data/<slug>/: what was downloaded, to skip a re-download
+LEGACY_MANIFEST = ".kaggle-download.json"  # what an earlier version left in the folders it made
 
 
 @dataclass
 class DownloadResult:
     folder: Path
-    downloaded: bool   # False when the files were already there and unchanged on Kaggle
+    downloaded: bool   # False when the archive here was already Kaggle's current one
     files: int
 
 
 def download(slug: str | None = None, dest=None, *, root=None, force: bool = False, progress: bool = False,
              services: Services | None = None) -> DownloadResult:
-    """Download and extract the competition's files into `dest` (default root/data/<slug>/).
+    """Download the competition's archive beside `dest` (default root/data/<slug>/) and extract it there.
 
-    One call asks Kaggle for the archive; its size, Last-Modified and ETag are compared with the
-    manifest of the last download, and when they match (and every extracted file is still there)
-    nothing is downloaded. A new archive is extracted beside `dest` and swapped in whole.
+    The client's `download_needed` (the archive here as large as Content-Length and not older than
+    Last-Modified) decides whether to download; the archive is extracted when it was downloaded, or when a
+    file of its listing is missing from `dest` or of another size. Archive and folder are each made beside
+    their place and renamed into it whole.
     """
     slug = resolve_competition(slug)
     dest = Path(dest) if dest else Project.at(root).data / slug
-    manifest_path = dest / MANIFEST_NAME
-    if dest.exists() and not manifest_path.exists() and not force:
-        raise SubmitError(f"{dest} exists but was not made by `download` (it has no {MANIFEST_NAME}); "
+    archive = dest.with_name(f"{dest.name}.zip")  # data/<slug>.zip; --dest DIR gets DIR.zip, a pair of its own
+    if dest.exists() and not (archive.is_file() or (dest / LEGACY_MANIFEST).is_file()) and not force:
+        raise SubmitError(f"{dest} exists but was not made by `download` (no {archive.name} beside it); "
                           f"move it away, or pass --force to replace it")
     services = services_or_default(services)
     api = services.client()
@@ -66,57 +67,58 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
         response = services.call(f"asking Kaggle for the files of '{slug}'",
                                  lambda: client.competitions.competition_api_client.download_data_files(request),
                                  competition(slug))
-        remote = {"url": response.url.split("?")[0], "bytes": response.headers.get("Content-Length"),
-                  "last_modified": response.headers.get("Last-Modified"), "etag": response.headers.get("ETag")}
-        manifest = _read_json(manifest_path)
-        if not force and _unchanged(dest, manifest, remote):
-            response.close()
-            log(f"{dest}: already downloaded, unchanged on Kaggle ({len(manifest['files'])} files); nothing to do")
-            return DownloadResult(dest, False, len(manifest["files"]))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
-        try:
-            archive = staging / f"{slug}.zip"
-            log(f"downloading the files of '{slug}' ({_size(remote['bytes'])}) ...")
-            try:
-                api.download_file(response, str(archive), client.http_client(), quiet=not progress)
-            except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
-                fault = classify(error, competition(slug))
-                raise (fault or error) from error
-            files = _extract(archive, staging / "extracted")
-            write_json(staging / "extracted" / MANIFEST_NAME,
-                       {"competition": slug, "downloaded": now_utc(), "remote": remote,
-                        "archive_sha256": sha256_file(archive), "files": files})
-            if dest.exists():
-                os.replace(dest, staging / "previous")  # removed with staging below
-            os.replace(staging / "extracted", dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    log(f"{dest}: {len(files)} files extracted{_where_train_is(dest)}")
-    return DownloadResult(dest, True, len(files))
-
-
-def _unchanged(dest: Path, manifest: dict, remote: dict) -> bool:
-    identified = remote["etag"] or remote["last_modified"] or remote["bytes"]
-    if not identified or manifest.get("remote") != remote:
-        return False
-    for entry in manifest.get("files", []):
-        try:
-            if (dest / entry["name"]).stat().st_size != entry["bytes"]:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _extract(archive: Path, target: Path) -> list[dict]:
-    """Extract every member (zipfile drops absolute and '..' parts); return names and sizes."""
+        downloaded = force or api.download_needed(response, str(archive))
+        if not downloaded:
+            response.close()  # only its headers were wanted
+        else:
+            log(f"downloading the files of '{slug}' ({_size(response.headers.get('Content-Length'))}) ...")
+            with _staging(dest) as staging:
+                try:
+                    api.download_file(response, str(staging / archive.name), client.http_client(),
+                                      quiet=not progress)
+                except Exception as error:  # noqa: BLE001 - turned into a KaggleFault when it is Kaggle's
+                    fault = classify(error, competition(slug))
+                    raise (fault or error) from error
+                # The client writes in place and dates the file only when it is complete: renamed whole, a
+                # download cut short never sits where the next size check could take it for the archive.
+                os.replace(staging / archive.name, archive)
     try:
         with zipfile.ZipFile(archive) as zf:
-            zf.extractall(target)
-            return [{"name": info.filename, "bytes": info.file_size} for info in zf.infolist() if not info.is_dir()]
+            members = [info for info in zf.infolist() if not info.is_dir()]
+            extract = downloaded or not _intact(dest, members)
+            if extract:
+                with _staging(dest) as staging:
+                    zf.extractall(staging / "extracted")  # zipfile drops absolute and '..' parts
+                    if dest.exists():
+                        os.replace(dest, staging / "previous")  # removed with staging
+                    os.replace(staging / "extracted", dest)
     except zipfile.BadZipFile as error:
-        raise SubmitError(f"the archive Kaggle sent is not a valid zip ({error}); try again") from error
+        archive.unlink(missing_ok=True)  # else the client's check would keep it
+        raise SubmitError(f"{archive} is not a valid zip ({error}); removed it, run download again") from error
+    if extract:
+        log(f"{dest}: {len(members)} files extracted{_where_train_is(dest)}")
+    else:
+        log(f"{dest}: already downloaded, unchanged on Kaggle ({len(members)} files); nothing to do")
+    return DownloadResult(dest, downloaded, len(members))
+
+
+def _intact(dest: Path, members: list[zipfile.ZipInfo]) -> bool:
+    """Every file of the archive's listing is in `dest` with its size (the listing is the record)."""
+    try:
+        return all((dest / info.filename).stat().st_size == info.file_size for info in members)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _staging(dest: Path):
+    """A fresh folder beside `dest`, on its file system so that what is made in it renames into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _where_train_is(dest: Path) -> str:
@@ -131,13 +133,6 @@ def _where_train_is(dest: Path) -> str:
 
 def _size(content_length) -> str:
     return f"{int(content_length) / 2**20:.1f} MiB" if content_length else "size unknown"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services) -> Path:
@@ -194,7 +189,8 @@ def main(argv=None) -> int:
                                      "into data/<slug>/ and extract them; nothing happens when they are unchanged.")
     add_competition_argument(parser)
     parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
-    parser.add_argument("--force", action="store_true", help="download again even when unchanged")
+    parser.add_argument("--force", action="store_true", help="download and extract again even when unchanged, "
+                        "and replace a folder that download did not make")
     args = parser.parse_args(argv)
     download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
     return 0
