@@ -531,9 +531,13 @@ def test_download_repairs_the_extracted_files_from_the_archive(server, competiti
     kept, train = archive.stat(), (folder / "face_dataset" / "train.csv").read_text()
     (folder / "face_dataset" / "test.csv").unlink()
     (folder / "face_dataset" / "train.csv").write_text("cut short")
+    (folder / "notes" / "mine.txt").parent.mkdir()
+    (folder / "notes" / "mine.txt").write_text("the user's own")
     result = download(root=root, services=fast())
     assert not result.downloaded and archive.stat().st_ino == kept.st_ino
-    assert "4 files extracted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 files extracted" in out and "kept notes/mine.txt, which is not Kaggle's" in out
+    assert (folder / "notes" / "mine.txt").read_text() == "the user's own"   # only Kaggle's files are replaced
     assert (folder / "face_dataset" / "test.csv").is_file()
     assert (folder / "face_dataset" / "train.csv").read_text() == train
 
@@ -545,8 +549,10 @@ def test_download_again_when_the_archive_changed_on_kaggle(server, competition, 
     later = competition["zip"].stat().st_mtime + 60  # Last-Modified counts whole seconds: a new archive is later
     os.utime(changed, (later, later))
     server.data_zip = changed
-    result = download(root=root, services=fast())
     folder = root / "data" / DEFAULT_COMPETITION
+    (folder / "mine.txt").write_text("the user's own")
+    result = download(root=root, services=fast())
+    assert (folder / "mine.txt").read_text() == "the user's own"
     assert result.downloaded and result.files == 2  # though smaller than the archive here
     assert (folder / "face_dataset" / "NEW.txt").is_file() and not (folder / "face_dataset" / "test.csv").exists()
     assert (root / "data" / f"{DEFAULT_COMPETITION}.zip").read_bytes() == changed.read_bytes()
@@ -583,7 +589,8 @@ def test_download_leaves_a_folder_it_did_not_make(server, root):
     with pytest.raises(SubmitError, match="not made by `download`"):
         download(root=root, services=fast())
     assert server.calls == [] and (folder / "mine.txt").is_file()
-    assert download(root=root, force=True, services=fast()).downloaded and not (folder / "mine.txt").exists()
+    assert download(root=root, force=True, services=fast()).downloaded and (folder / "mine.txt").read_text() == "mine"
+    assert (folder / "face_dataset" / "train.csv").is_file()
 
 
 def test_download_takes_over_a_folder_an_earlier_version_made(server, root):

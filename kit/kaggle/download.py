@@ -56,7 +56,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
     archive = dest.with_name(f"{dest.name}.zip")  # data/<slug>.zip; --dest DIR gets DIR.zip, a pair of its own
     if dest.exists() and not (archive.is_file() or (dest / LEGACY_MANIFEST).is_file()) and not force:
         raise SubmitError(f"{dest} exists but was not made by `download` (no {archive.name} beside it); "
-                          f"move it away, or pass --force to replace it")
+                          f"move it away, or pass --force to extract Kaggle's files into it (its own are kept)")
     services = services_or_default(services)
     api = services.client()
     from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
@@ -68,6 +68,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
                                  lambda: client.competitions.competition_api_client.download_data_files(request),
                                  competition(slug))
         downloaded = force or api.download_needed(response, str(archive))
+        replaced = set()
         if not downloaded:
             response.close()  # only its headers were wanted
         else:
@@ -81,6 +82,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
                     raise (fault or error) from error
                 # The client writes in place and dates the file only when it is complete: renamed whole, a
                 # download cut short never sits where the next size check could take it for the archive.
+                replaced = _listing(archive)   # Kaggle's files of before: not kept as the user's below
                 os.replace(staging / archive.name, archive)
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -90,6 +92,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
                 with _staging(dest) as staging:
                     zf.extractall(staging / "extracted")  # zipfile drops absolute and '..' parts
                     if dest.exists():
+                        _keep_own_files(dest, staging / "extracted", {Path(i.filename) for i in members} | replaced)
                         os.replace(dest, staging / "previous")  # removed with staging
                     os.replace(staging / "extracted", dest)
     except zipfile.BadZipFile as error:
@@ -108,6 +111,26 @@ def _intact(dest: Path, members: list[zipfile.ZipInfo]) -> bool:
         return all((dest / info.filename).stat().st_size == info.file_size for info in members)
     except OSError:
         return False
+
+
+def _listing(archive: Path) -> set[Path]:
+    """The files an archive here holds (none where there is none, or it is no zip)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return {Path(info.filename) for info in zf.infolist() if not info.is_dir()}
+    except (OSError, zipfile.BadZipFile):
+        return set()
+
+
+def _keep_own_files(dest: Path, extracted: Path, kaggles: set[Path]) -> None:
+    """Move the files a user added to `dest` (in no archive of Kaggle's, old or new) into the new folder:
+    only Kaggle's files are replaced."""
+    for path in sorted(p for p in dest.rglob("*") if p.is_file() or p.is_symlink()):
+        relative = path.relative_to(dest)
+        if relative not in kaggles and relative != Path(LEGACY_MANIFEST):
+            (extracted / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, extracted / relative)
+            log(f"{dest}: kept {relative}, which is not Kaggle's")
 
 
 @contextlib.contextmanager
@@ -190,7 +213,7 @@ def main(argv=None) -> int:
     add_competition_argument(parser)
     parser.add_argument("--dest", help="folder to extract into (default data/<slug>/)")
     parser.add_argument("--force", action="store_true", help="download and extract again even when unchanged, "
-                        "and replace a folder that download did not make")
+                        "and into a folder that download did not make (the files there that are not Kaggle's are kept)")
     args = parser.parse_args(argv)
     download(args.competition, args.dest, force=args.force, progress=sys.stderr.isatty())
     return 0
