@@ -66,8 +66,10 @@ fi
 NEWEST=()
 [ "${NEWEST_IMAGE:-}" = 1 ] && NEWEST=(--newest)
 IMAGE_PY=$("$PY" tests/kaggle_sandbox.py image-python "$WORK/image" "${NEWEST[@]}")
-echo "+ the kernels' Python (what Kaggle's image has, nothing else${NEWEST:+, today's releases first}): $IMAGE_PY"
-step "$IMAGE_PY" -c "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in ('torch', 'numpy', 'pandas', 'scikit-learn', 'scipy', 'pillow', 'matplotlib', 'tqdm')))"
+LATEST=""
+[ ${#NEWEST[@]} -gt 0 ] && LATEST=", with today's releases first"
+echo "+ the kernels' Python (what Kaggle's image has, nothing else$LATEST): $IMAGE_PY"
+step "$IMAGE_PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("torch", "numpy", "pandas", "scikit-learn", "scipy", "pillow", "matplotlib", "tqdm")))'
 echo "+ $PY tests/kaggle_server.py --port $PORT --data-zip $WORK/competition/competition.zip --labels ... &"
 "$PY" tests/kaggle_server.py --port "$PORT" --data-zip "$WORK/competition/competition.zip" \
     --labels "$WORK/competition/labels.csv" --sandbox-python "$IMAGE_PY" --kernel-timeout 7200 \
