@@ -99,8 +99,8 @@ def image_python(folder: Path, packages=(*KAGGLE_IMAGE_PACKAGES,), newest=()) ->
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
     if newest:
         # --target implies --ignore-installed: every dependency lands in the folder, at its newest release.
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-conflicts", "--only-binary=:all:", "--target",
-                        str(newer), *newest], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-conflicts",
+                        "--only-binary=:all:", "--target", str(newer), *newest], check=True)
     # One .pth, its lines in order: the newer folder's packages shadow the image's.
     (site_packages(python) / "kaggle-image.pth").write_text("".join(f"{p}\n" for p in (newer, image) if p.exists()))
     return python

@@ -33,9 +33,9 @@ def default_models(device_type: str, weights_found: Callable[[str], bool]) -> tu
     finds the time for them, once the members are at their caps, the cheaper first (when only one fits, it is
     the one kept): on a CPU a second seed of each member, then a third (a second dlib_age seed added 0.002 to
     the blend on fold 0; a faster CPU, which has the members at their caps in a third of an hour, fills an hour
-    with seeds rather than with epochs past the caps); on a GPU the CPU's members, face-pretrained and installed. A GPU whose ImageNet weights cannot be
-    had (an offline Kaggle kernel) keeps the CPU's members: from random init those backbones would train far
-    below the face networks."""
+    with seeds rather than with epochs past the caps); on a GPU the CPU's members, face-pretrained and
+    installed. A GPU whose ImageNet weights cannot be had (an offline Kaggle kernel) keeps the CPU's members:
+    from random init those backbones would train far below the face networks."""
     cheap_first = sorted(CPU_MODELS, key=lambda name: card(name).gmac)
     gpu_models = default_members(device_type) if device_type != "cpu" else []
     if gpu_models and all(weights_found(name) for name in gpu_models):
