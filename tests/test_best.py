@@ -467,6 +467,22 @@ def test_the_limit_is_a_wall_and_the_time_is_used(project, monkeypatch, caplog, 
         assert [p.trained for p in plans] == [[6] * 5] * 2 and "given back: every member trained to its" in caplog.text
 
 
+def test_a_cheaper_spare_further_down_joins_where_a_dearer_one_does_not_fit():
+    """Seen at 30 minutes on the Xeon: with the members done, 5.5 minutes were given back because the first
+    waiting spare (dlib_face's seed, 2.1 epochs in it) did not fit, though dlib_age's next seed (4.8) did."""
+    face1, age2, face2 = plan_of("face:1", 150, max_epochs=7), plan_of("age:2", 60, max_epochs=6), \
+        plan_of("face:2", 150, max_epochs=7)
+    schedule = Schedule([], [face1, age2, face2], folds=5, max_epochs=40, min_epochs=4)
+    changes = schedule.replan(1900)    # age:2 alone: (1900 / 1.15 / 5 - 10) / 60 = 5.3 epochs; face:1 2.1
+    assert [p.label for p in schedule.plans] == ["age:2"] and age2.epochs == 5.3
+    assert [p.label for p in schedule.waiting] == ["face:1", "face:2"] and "age:2: joins with 5.3 epoch(s)" in changes
+    # With time for two (all three would leave the faces 3.9 epochs each), the order decides, as before.
+    schedule = Schedule([], [face1, age2, face2], folds=5, max_epochs=40, min_epochs=4)
+    schedule.replan(9000)
+    assert [(p.label, p.epochs) for p in schedule.plans] == [("face:1", 7), ("age:2", 6)]
+    assert [p.label for p in schedule.waiting] == ["face:2"]
+
+
 def test_time_given_back_says_what_each_waiting_member_would_have_trained_in_it():
     from kit.best.run import waiting_reasons
 
