@@ -11,6 +11,8 @@ as a free ensemble along the trajectory.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 
 import numpy as np
@@ -51,21 +53,52 @@ def make_optimizer(cfg: TrainConfig, model: FaceModel) -> torch.optim.Optimizer:
     return optimizer_class(groups, lr=cfg.lr_head, weight_decay=cfg.weight_decay)
 
 
-def moving_average(model: FaceModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of `model`'s weights and BatchNorm statistics.
+class MovingAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics, kept in a copy of it.
 
     The decay warms up as (1 + n) / (10 + n) over the first updates (as TensorFlow's and timm's EMA do):
-    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps. The weight is
-    computed where the counter lives and applied to all tensors at once: reading the counter back per tensor
-    made a GPU wait for the host a hundred times a step."""
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():  # BatchNorm's step counters (grouped by dtype): copied
-            torch._foreach_copy_(averaged, current)
-            return
-        weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
-        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
+    a fixed 0.998 would keep the random initialisation's weights for the first thousand steps.
 
-    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    torch's AveragedModel, used here before, keeps its count of updates on the device and reads it back at
+    every step (`bool(n_averaged == 0)`, `if n_averaged > 0`): on a GPU each read waits for all the queued
+    work, so the host can no longer run ahead of it. Here the count is a Python int, the weight a Python
+    number, and an update is one _foreach kernel per (device, dtype) group of tensors: nothing is read back.
+    state_dict() has AveragedModel's keys ("n_averaged", then the copy's as "module.*"): last.pt files of
+    an earlier kit resume, and new ones load where AveragedModel did."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.n_averaged = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        weight = 1 - min((1 + self.n_averaged) / (10 + self.n_averaged), self.decay)
+        groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for averaged, current in zip(_tensors(self.module), _tensors(model), strict=True):
+            group = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            group[0].append(averaged)
+            group[1].append(current)
+        for averaged, current in groups.values():
+            # The first update copies; integer buffers (BatchNorm's step counters) are copied, not averaged.
+            if self.n_averaged == 0 or not averaged[0].is_floating_point():
+                torch._foreach_copy_(averaged, current)
+            else:
+                torch._foreach_lerp_(averaged, current, weight)
+        self.n_averaged += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"n_averaged": torch.tensor(self.n_averaged),
+                **{f"module.{key}": value for key, value in self.module.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict({key.removeprefix("module."): value for key, value in state.items()
+                                     if key != "n_averaged"})
+        self.n_averaged = int(state["n_averaged"])   # read back once, when a fold resumes
+
+
+def _tensors(model: torch.nn.Module) -> itertools.chain[torch.Tensor]:
+    return itertools.chain(model.parameters(), model.buffers())
 
 
 def loss_scaler(device: torch.device, amp_dtype) -> torch.amp.GradScaler:
@@ -89,7 +122,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.scaler = loss_scaler(device, self.amp_dtype)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.average = moving_average(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.average = MovingAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         # --frozen-trunk: those weights never train; with their outputs cached (kit/trunk.py, which sets
         # from_trunk) the batches are the trunk's features and only the rest of the network runs.
         self.frozen = set(map(id, self.model.trunk_parameters(cfg.frozen_trunk))) if cfg.frozen_trunk else set()
@@ -139,7 +172,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.average is not None:
-            self.average.update_parameters(self.model)
+            self.average.update(self.model)
         return loss.detach()
 
     def state(self) -> dict:

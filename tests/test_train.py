@@ -3,10 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kit.config import TrainConfig
 from kit.train import FoldData, FoldPlan, fit_fold
-from kit.trainer import moving_average
+from kit.trainer import MovingAverage
 
 FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, schedule="onecycle", lr_backbone=3e-3)
 
@@ -25,21 +26,100 @@ def fold_data(n_train=64, n_valid=32, n_test=16, seed=0) -> FoldData:
                     test_images=images[:n_test])
 
 
-def test_moving_average_warms_up_and_copies_counters():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    average = moving_average(model, decay=0.99)
-    start = model[0].weight.detach().clone()
-    average.update_parameters(model)  # the first update copies
-    with torch.no_grad():
-        model[0].weight.add_(1.0)
-        model[1].num_batches_tracked += 5
-    average.update_parameters(model)
-    # Second update (n=1): decay min(0.99, 2/11), so the average moves 9/11 of the way to the new weights.
-    assert torch.allclose(average.module[0].weight, start + 9 / 11)
-    assert average.module[1].num_batches_tracked.item() == 5  # an integer counter is copied, not averaged
-    for _ in range(3000):
-        average.update_parameters(model)
-    assert torch.allclose(average.module[0].weight, model[0].weight, atol=1e-4)
+def small_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A step that changes weights and BatchNorm's running statistics and step counter."""
+    optimizer.zero_grad()
+    model(torch.randn(8, 3)).square().mean().backward()
+    optimizer.step()
+
+
+def test_the_moving_average_is_the_one_computed_by_hand():
+    torch.manual_seed(0)
+    model, decay = small_model(), 0.3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    average = MovingAverage(model, decay)
+    expected = {}
+    for n in range(6):
+        train_step(model, optimizer)
+        average.update(model)
+        current = {key: value.clone() for key, value in model.state_dict().items()}
+        # n updates before this one: the first copies, then the decay warms up as (1 + n) / (10 + n) to 0.3
+        # (n = 1, 2: 2/11, 3/12; from n = 3 on: 0.3), and integer step counters are copied.
+        weight = 1 - min((1 + n) / (10 + n), decay)
+        expected = {key: value if n == 0 or not value.is_floating_point() else
+                    expected[key] + weight * (value - expected[key]) for key, value in current.items()}
+        for key, value in average.module.state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(average.module[2].weight, model[2].weight)   # lagging behind, not a copy
+    assert average.module[1].num_batches_tracked.item() == 6
+    assert average.n_averaged == 6
+
+
+class RecordedOps(TorchDispatchMode):
+    """The aten ops that run while it is on, by name: every read of a tensor's value by the host (.item(),
+    bool(), int(), an `if` on a tensor) runs aten._local_scalar_dense, and a copy to the host aten._to_copy
+    or aten.copy_."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_update_reads_nothing_back_from_the_device():
+    """On a GPU a host read waits for all queued work; the CPU has no such wait to detect, so the update's
+    ops are recorded as they are dispatched instead: only the _foreach kernels run."""
+    with RecordedOps() as check:
+        bool(torch.tensor(1) > 0)
+    assert "aten._local_scalar_dense.default" in check.ops   # the check sees a host read
+    torch.manual_seed(0)
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    average = MovingAverage(model, 0.9)
+    for n in range(3):
+        train_step(model, optimizer)
+        with RecordedOps() as recorded:
+            average.update(model)
+        # one kernel per (device, dtype) group: the float32 tensors and the int64 step counter
+        averaging = "aten._foreach_copy_.default" if n == 0 else "aten._foreach_lerp_.Scalar"
+        assert sorted(recorded.ops) == sorted([averaging, "aten._foreach_copy_.default"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_an_update_on_a_gpu_does_not_synchronise():
+    model = small_model().cuda()
+    average = MovingAverage(model, 0.9)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            average.update(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_average_in_a_last_pt_of_an_earlier_kit_loads():
+    """Before, the average was a torch.optim.swa_utils.AveragedModel: its state_dict is what last.pt holds."""
+    torch.manual_seed(0)
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    earlier = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+    for _ in range(3):
+        train_step(model, optimizer)
+        earlier.update_parameters(model)
+    average = MovingAverage(small_model(), 0.9)
+    average.load_state_dict(earlier.state_dict())
+    assert average.n_averaged == 3
+    assert average.state_dict().keys() == earlier.state_dict().keys()
+    assert all(torch.equal(value, earlier.state_dict()[key]) for key, value in average.state_dict().items())
+    earlier.load_state_dict(average.state_dict())   # and the other way round
 
 
 def test_ema_keeps_the_averaged_weights_as_best(tmp_path):
@@ -66,7 +146,13 @@ def test_an_interrupted_fold_resumes_to_the_same_result(tmp_path, options, caplo
     (tmp_path / "resumed/history.csv").unlink()   # a kill between last.pt and history.csv: one epoch short
     resumed = fit_fold(cfg, fold=0, data=fold_data(), fold_dir=tmp_path / "resumed")
     assert "resuming after epoch 0" in caplog.text
-    pd.testing.assert_frame_equal(whole.oof, resumed.oof)
+    pd.testing.assert_frame_equal(whole.oof, resumed.oof, check_exact=True)
+    whole_last, resumed_last = (torch.load(tmp_path / run / "last.pt", weights_only=False)
+                                for run in ("whole", "resumed"))
+    for part in ("model", "average"):   # the moving average (its update count too) as if never interrupted
+        if whole_last[part] is not None:
+            assert whole_last[part].keys() == resumed_last[part].keys()
+            assert all(torch.equal(value, resumed_last[part][key]) for key, value in whole_last[part].items())
     assert whole.scores == resumed.scores
     history = pd.read_csv(tmp_path / "resumed/history.csv")   # rewritten from the checkpoint: every epoch
     assert list(history["epoch"]) == list(range(cfg.epochs))
