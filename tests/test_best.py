@@ -1,22 +1,31 @@
 """`best --time-limit`: the plan from measured throughput, the budget kept, the blend written."""
+import dataclasses
 import json
 import math
+import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 import kit.best
 import kit.best.run
+import kit.launch
 from kit.__main__ import main as facekit
 from kit.best import Planning, best
-from kit.best.measure import measure_throughput
+from kit.best.measure import MEASURE_ENV, measure_members, measure_throughput, time_spec
 from kit.best.members import CPU_MODELS, member_name, parse_model_spec, recipe_config
 from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_epochs
 from kit.best.run import BLEND_RESERVE_S, cross_validate
 from kit.config import TrainConfig
-from kit.errors import BudgetError, UserError, WeightsError
+from kit.errors import BudgetError, RunError, UserError, WeightsError
+from kit.paths import Project
 from kit.submission import validate_submission_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_gpus import fake_cuda, fresh_gpu_cache  # noqa: E402
 
 SMALL = dict(size=32, batch_size=16, folds=3, num_threads=1)
 
@@ -230,6 +239,121 @@ def test_auto_precision_on_a_cpu_with_native_bf16_is_the_faster_one_measured(mon
         assert measure_throughput(cfg, comp, None, is_sample=True, steps=1,
                                   choose_precision=choose)[0].precision == cfg.precision
     assert len(caplog.messages) == 2
+
+
+FIGURES = {"train": 100.0, "infer": 400.0, "checkpoint_s": 2.5}
+
+
+class MeasuringChild:
+    """subprocess.Popen as kit/launch.py calls it for best's measuring child: the child's work (time_spec, on
+    the spec in the environment it is given) runs here, with CUDA still refused, and `running` says so."""
+
+    def __init__(self, monkeypatch, code=0):
+        self.calls, self.code, self.running = [], code, False
+        monkeypatch.setattr(kit.launch.subprocess, "Popen", self)
+
+    def __call__(self, command, env):
+        self.calls.append((command, env))
+        if self.code == 0:
+            self.running = True
+            try:
+                time_spec(json.loads(env[MEASURE_ENV]))
+            finally:
+                self.running = False
+        return SimpleNamespace(wait=lambda timeout=None: self.code, poll=lambda: self.code)
+
+
+def measuring(monkeypatch, tmp_path, child, cfg, labels=("scratch",)):
+    """measure_members on a small fake competition, each timing as a GPU would answer it (fp16, FIGURES);
+    returns the plans and each timing's (config, process: "child" or "parent", checkpoint folder)."""
+    import kit.best.measure
+
+    comp = SimpleNamespace(train=pd.DataFrame({"cache_index": range(10), "age": [30.0] * 10, "gender": [0, 1] * 5}),
+                           test=pd.DataFrame({"id": range(4)}))
+    timed = []
+
+    def measure_throughput(timed_cfg, comp, images, *, checkpoint_dir=None, **kwargs):
+        timed.append((timed_cfg, "child" if child.running else "parent", checkpoint_dir))
+        return dataclasses.replace(timed_cfg, precision="fp16"), dict(FIGURES)
+
+    monkeypatch.setattr(kit.best.measure, "measure_throughput", measure_throughput)
+    monkeypatch.setattr(kit.best.measure, "load_competition", lambda *args, **kwargs: (comp, None, None))
+    members = [SimpleNamespace(label=label, pseudo=False,
+                               cfg=dataclasses.replace(cfg, name=label, **parse_model_spec(label)[1]))
+               for label in labels]
+    plans = measure_members(members, [1.0] * len(members), cfg=cfg, comp=comp, images=None,
+                            project=Project.at(tmp_path), given=set(), is_sample=True, max_epochs=10,
+                            measure_steps=1, caps={})
+    return plans, timed
+
+
+@pytest.mark.parametrize("device, devices, visible, expected", [
+    ("cuda:1", None, None, "1"),                        # the GPU it trains on, seen by the child as its only one
+    ("cuda:1", None, "2,3", "3"),
+    ("auto", ["cuda:0", "cuda:1"], None, "0"),          # as its first --devices worker trains
+])
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_on_a_gpu_the_members_are_timed_by_a_child_and_this_process_makes_no_cuda_context(
+        monkeypatch, tmp_path, device, devices, visible, expected):
+    fake_cuda(monkeypatch, (7, 5), (7, 5))   # Kaggle's 2 x T4; torch.cuda.init and _lazy_init raise here
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    child = MeasuringChild(monkeypatch)
+    cfg = TrainConfig(model="scratch", device=device, devices=devices, pretrained=False)
+    plans, timed = measuring(monkeypatch, tmp_path, child, cfg, labels=("scratch", "scratch:seed=1"))
+    assert len(child.calls) == 1 and child.calls[0][0][-2:] == ["-m", "kit.best"]
+    assert child.calls[0][1]["CUDA_VISIBLE_DEVICES"] == expected
+    assert [(c.device, where) for c, where, _ in timed] == [("cuda" if devices is None else device, "child")]
+    assert timed[0][2] == tmp_path / ".cache"           # the checkpoints are timed in the project, beside runs/
+    # The figures and the chosen precision came back; the second seed shares the first's timing.
+    assert [(p.cfg.precision, p.cfg.device, p.train_images_per_s) for p in plans] == [("fp16", device, 100.0)] * 2
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_on_a_cpu_the_members_are_timed_in_this_process(monkeypatch, tmp_path):
+    fake_cuda(monkeypatch)   # no GPU
+    child = MeasuringChild(monkeypatch)
+    plans, timed = measuring(monkeypatch, tmp_path, child, TrainConfig(model="scratch", pretrained=False))
+    assert child.calls == [] and [where for _, where, _ in timed] == ["parent"]
+    assert plans[0].cfg.precision == "fp16" and plans[0].infer_images_per_s == 400.0
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_a_measuring_child_that_fails_is_an_error(monkeypatch, tmp_path):
+    fake_cuda(monkeypatch, (8, 0))
+    child = MeasuringChild(monkeypatch, code=1)
+    with pytest.raises(RunError, match="failed in the child process that measures them \\(exit code 1"):
+        measuring(monkeypatch, tmp_path, child, TrainConfig(model="scratch", device="cuda", pretrained=False))
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_an_epoch_s_checkpoint_writes_count_in_its_cost(monkeypatch, tmp_path):
+    cfg = TrainConfig(folds=5, tta=True)
+    epoch_s, fixed_s = epoch_costs(cfg, n_train=1000, n_test=500, train_ips=100, infer_ips=400)
+    with_writes = epoch_costs(cfg, n_train=1000, n_test=500, train_ips=100, infer_ips=400, checkpoint_s=2.5)
+    assert with_writes == (pytest.approx(epoch_s + 2.5), fixed_s)   # once an epoch, whatever its images
+    # The measured writes reach the plan: a fold of 4 epochs writes them 4 times.
+    fake_cuda(monkeypatch)
+    plans, _ = measuring(monkeypatch, tmp_path, MeasuringChild(monkeypatch), TrainConfig(model="scratch"))
+    without = epoch_costs(plans[0].cfg.resolved(sample=True), n_train=10, n_test=4, train_ips=100, infer_ips=400)[0]
+    assert plans[0].epoch_s == pytest.approx(without + 2.5)
+    assert plans[0].fold_s(4) - plans[0].fold_s(0) == pytest.approx(4 * (without + 2.5))
+
+
+def test_the_measuring_child_runs_as_python_m_kit_best(tiny_competition, project, tmp_path):
+    """The child's entry point for real, started by the launcher (on the CPU: there is no GPU here): it hands
+    back each configuration's precision and figures."""
+    from kit.launch import Worker, run_workers
+
+    cfg = TrainConfig(data=str(tiny_competition), model="scratch", device="cpu", pretrained=False, **SMALL)
+    out = tmp_path / "figures.json"
+    spec = {"cfg": cfg.to_dict(), "root": str(project), "is_sample": True, "steps": 1, "out": str(out),
+            "parent": os.getpid(), "todo": [{"cfg": cfg.to_dict(), "label": "scratch", "choose_precision": False}]}
+    assert run_workers([Worker("kit.best", MEASURE_ENV, spec, gpu="")]) == [0]
+    [timed] = json.loads(out.read_text())
+    assert timed["precision"] == "auto" and timed["figures"]["train"] > 0 and timed["figures"]["checkpoint_s"] > 0
 
 
 def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):

@@ -7,8 +7,10 @@
    learns from the test images, labelled fold by fold by the first round (kit/pseudo.py); a model whose
    pretrained weights cannot be had here trains from random init and says so (unless --pretrained);
 2. prepare: validate and decode the data (cached after the first time) and make the folds;
-3. measure: time a few training and inference batches of each member through the very steps cv runs
-   (kit/best/measure.py); with --precision auto on a CPU with native bf16, fp32 and bf16 both;
+3. measure: time a few training and inference batches of each member through the very steps cv runs, each
+   after untimed ones, and an epoch's checkpoint writes (kit/best/measure.py); with --precision auto on a
+   CPU with native bf16, fp32 and bf16 both. On a GPU a child process times them: this one, which starts
+   the fold workers, makes no CUDA context;
 4. plan: split the time among the members (--shares) and give each the most epochs per fold whose
    estimated cost fits its share (kit/best/plan.py). A model capped below what its share buys
    (EPOCH_CAPS: past it, it overfits) gives the rest to the others. While a member would get fewer

@@ -4,8 +4,8 @@
     kept, left_out = allot(plans, available_s=3300, folds=5, max_epochs=40, min_epochs=4)
 
 Each member gets the largest number of epochs per fold whose estimated cost fits its share of the time:
-training, scoring the held-out fold after every epoch, and the final held-out and test predictions,
-times a safety margin.
+training, scoring the held-out fold and writing its checkpoints after every epoch, and the final held-out
+and test predictions, times a safety margin.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class ModelPlan:
     share_s: float                 # wall seconds this model's cross-validation may take
     train_images_per_s: float
     infer_images_per_s: float
-    epoch_s: float                 # estimated seconds of one epoch of one fold (training + held-out scoring)
+    epoch_s: float                 # estimated seconds of one epoch of one fold (training, held-out scoring,
+                                   # its checkpoints written)
     fixed_s: float                 # estimated seconds per fold outside the epochs (final predictions)
     epochs: float                  # per fold, in tenths of an epoch
     share: float = 1.0             # relative share of the time (--shares)
@@ -65,14 +66,16 @@ class ModelPlan:
 
 
 def epoch_costs(cfg: TrainConfig, *, n_train: int, n_test: int, train_ips: float, infer_ips: float,
-                extra_train: int = 0) -> tuple[float, float]:
+                extra_train: int = 0, checkpoint_s: float = 0.0) -> tuple[float, float]:
     """(seconds of one epoch of one fold, seconds per fold outside the epochs), from measured images/s.
 
     Epochs are scored on one view of the held-out rows; the final predictions add the flips (--tta).
-    `extra_train`: images each epoch trains on besides the fold's rows (pseudo-labelled test images)."""
+    `extra_train`: images each epoch trains on besides the fold's rows (pseudo-labelled test images).
+    `checkpoint_s`: an epoch's fixed cost, whatever its images: best.pt and last.pt written after it
+    (kit/train.py), which no images/s figure covers."""
     views = 2 if cfg.tta else 1
     n_valid = n_train / cfg.folds
-    epoch = (n_train - n_valid + extra_train) / train_ips + n_valid / infer_ips
+    epoch = (n_train - n_valid + extra_train) / train_ips + n_valid / infer_ips + checkpoint_s
     fixed = (n_valid + n_test) * views / infer_ips
     return epoch, fixed
 
