@@ -65,6 +65,7 @@ class Prepared:
     test_images: object
     fold_of: object                # pd.Series: each training row's fold
     pseudo: dict                   # fold -> pseudo-labelled test images (kit/pseudo.py), or {}
+    cache_dir: Path | None = None  # the project's .cache/ (a frozen trunk's features too large for memory)
 
 
 def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
@@ -104,7 +105,7 @@ def prepare(cfg: TrainConfig, project: Project, run_dir: Path) -> Prepared:
     prepare_run_dir(run_dir, cfg, record)
     log(f"run {run_dir}: {cfg.model}, {cfg.folds} folds, {cfg.epochs} epochs at {cfg.size}px, "
         f"{len(comp.train)} train / {len(comp.test)} test images")
-    return Prepared(cfg, run_dir, comp, train_images, test_images, fold_of, pseudo)
+    return Prepared(cfg, run_dir, comp, train_images, test_images, fold_of, pseudo, project.cache)
 
 
 def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock,
@@ -145,7 +146,7 @@ def train_fold(run: Prepared, fold: int, *, wanted: list[int], deadline: float |
         held_out = (run.fold_of == fold).to_numpy()
         data = FoldData(train=comp.train[~held_out], valid=comp.train[held_out], test=comp.test,
                         train_images=run.train_images, test_images=run.test_images, pseudo=run.pseudo.get(fold),
-                        pseudo_weight=cfg.pseudo_weight)
+                        pseudo_weight=cfg.pseudo_weight, cache_dir=run.cache_dir)
         fold_deadline = None
         if deadline is not None:  # share what is left equally among the folds this process still runs: with
             # several workers taking folds in order, about 1 in `workers` of those not done from this one on

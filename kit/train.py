@@ -52,6 +52,9 @@ class FoldData:
     # gender_prob and age from first-round models that never saw this fold's rows; weight per row.
     pseudo: pd.DataFrame | None = None
     pseudo_weight: float = 1.0
+    # The project's .cache/: a frozen trunk's features that memory cannot hold go to memory-mapped files in its
+    # trunk/ (kit/trunk.py); None: the current project's.
+    cache_dir: Path | None = None
 
 
 @dataclass
@@ -73,7 +76,7 @@ def fold_inputs(trainer: Trainer, data: FoldData):
     if not cacheable(cfg):
         return ImageInputs(data.train_images, data.test_images, trainer.device, cfg.channels_last)
     features = trunk_features(trainer.model, cfg, data.train_images, data.test_images, device=trainer.device,
-                              amp_dtype=trainer.amp_dtype)
+                              amp_dtype=trainer.amp_dtype, cache_dir=data.cache_dir)
     trainer.from_trunk = cfg.frozen_trunk
     return TrunkInputs(features, cfg.frozen_trunk)
 
