@@ -607,6 +607,14 @@ def test_a_cheaper_spare_further_down_joins_where_a_dearer_one_does_not_fit():
     schedule.replan(9000)
     assert [(p.label, p.epochs) for p in schedule.plans] == [("face:1", 7), ("age:2", 6)]
     assert [p.label for p in schedule.waiting] == ["face:2"]
+    # Seen at 30 minutes: a started member at its cap lost epochs (7 -> 3.9) so that a spare could join.
+    # A spare joins only in time the others do not need.
+    member, spare = plan_of("face", 150, max_epochs=7), plan_of("age:2", 60, max_epochs=6)
+    allot([member], 100000, folds=5, max_epochs=40, min_epochs=4)   # at its cap
+    schedule = Schedule([member], [spare], folds=5, max_epochs=40, min_epochs=4)
+    schedule.start(member)
+    schedule.replan(member.estimate_s() + 500)   # the member at its cap, and 500 s: too few for the spare
+    assert member.epochs == 7 and [p.label for p in schedule.waiting] == ["age:2"]
 
 
 def test_time_given_back_says_what_each_waiting_member_would_have_trained_in_it():

@@ -210,16 +210,22 @@ class Schedule:
             # The very last fold needs no margin: at its start it plans the epochs that fit before the
             # deadline (kit/train.py), and a slow moment stops it between batches, never past the limit.
             open_plans[0].margin = 1.0
-        kept = self.fitting(allot(open_plans, available_s, folds=self.folds, max_epochs=self.max_epochs,
-                                  min_epochs=self.min_epochs)[0] if open_plans else [])
-        # allot leaves out from the end; one further down that fits in what the others leave (a cheaper spare
-        # after a dearer one: seen at 30 minutes, 5.5 given back where dlib_age:seed=2 fitted) joins, in order.
-        for plan in [p for p in open_plans if p not in kept]:
+        # The members in the plan share the time; one waiting (left out, or a spare) joins, in order, only in
+        # time they do not need: none of them loses epochs for it. Seen at 30 minutes: a started member at
+        # its cap was cut from 7 epochs to 3.9 so that a spare could join; and the first waiting spare not
+        # fitting must not keep a cheaper one further down out (5.5 minutes were given back for it).
+        current = [p for p in self.plans if p.folds_left > 0]
+        kept = self.fitting(allot(current, available_s, folds=self.folds, max_epochs=self.max_epochs,
+                                  min_epochs=self.min_epochs)[0] if current else [])
+        share_out(kept, available_s)
+        for plan in self.waiting:
+            had = {id(p): p.epochs for p in kept}
             trial = allot(kept + [plan], available_s, folds=self.folds, max_epochs=self.max_epochs,
                           min_epochs=self.min_epochs)[0]
-            if len(self.fitting(trial)) == len(kept) + 1:
+            if (len(self.fitting(trial)) == len(kept) + 1
+                    and all(p.epochs >= had[id(p)] for p in trial if p is not plan)):
                 kept = trial
-        share_out(kept, available_s)   # the epochs of the set kept, not of the last one tried
+            share_out(kept, available_s)   # the epochs of the set kept, not of the last one tried
         left_out = [p for p in open_plans if p not in kept]
         self.plans = done + kept
         self.waiting = left_out
