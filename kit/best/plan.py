@@ -103,13 +103,18 @@ def allot(plans: list[ModelPlan], available_s: float, *, folds: int, max_epochs:
     kept, left_out = list(plans), []
     while True:
         share_out(kept, available_s)
-        short = [p for p in kept if not p.resumed and p.epochs < min(min_epochs, p.max_epochs)]
+        short = [p for p in kept if too_short(p, min_epochs)]
         unstarted = [p for p in kept if not p.resumed]
         if not short or not unstarted or len(kept) == 1:
             return kept, left_out
         left = unstarted[-1]
         kept.remove(left)
         left_out.insert(0, left)
+
+
+def too_short(plan: ModelPlan, min_epochs: int) -> bool:
+    """A plan not started that would train fewer than `min_epochs` (or its cap) per fold as planned."""
+    return not plan.resumed and plan.epochs < min(min_epochs, plan.max_epochs)
 
 
 def share_out(plans: list[ModelPlan], available_s: float) -> None:
@@ -187,7 +192,7 @@ class Schedule:
 
     def fitting(self, plans: list[ModelPlan]) -> list[ModelPlan]:
         """`plans` less those not started that would train fewer than --min-epochs (or their cap) as planned."""
-        return [p for p in plans if p.resumed or p.epochs >= min(self.min_epochs, p.max_epochs)]
+        return [p for p in plans if not too_short(p, self.min_epochs)]
 
     def fold_budget(self, plan: ModelPlan, left_s: float) -> float:
         """The seconds the next fold of `plan` may take: what is left once the other folds of the members
@@ -205,7 +210,8 @@ class Schedule:
         a started member's too (each fold's length is decided when it starts); returns what changed."""
         before = {p.label: p.epochs for p in self.plans if p.folds_left > 0}
         done = [p for p in self.plans if p.folds_left <= 0]
-        open_plans = [p for p in self.plans if p.folds_left > 0] + self.waiting
+        current = [p for p in self.plans if p.folds_left > 0]
+        open_plans = current + self.waiting
         if len(open_plans) == 1 and open_plans[0].folds_left == 1 and open_plans[0].timed_s:
             # The very last fold needs no margin: at its start it plans the epochs that fit before the
             # deadline (kit/train.py), and a slow moment stops it between batches, never past the limit.
@@ -214,7 +220,6 @@ class Schedule:
         # time they do not need: none of them loses epochs for it. Seen at 30 minutes: a started member at
         # its cap was cut from 7 epochs to 3.9 so that a spare could join; and the first waiting spare not
         # fitting must not keep a cheaper one further down out (5.5 minutes were given back for it).
-        current = [p for p in self.plans if p.folds_left > 0]
         kept = self.fitting(allot(current, available_s, folds=self.folds, max_epochs=self.max_epochs,
                                   min_epochs=self.min_epochs)[0] if current else [])
         share_out(kept, available_s)
