@@ -77,7 +77,7 @@ def test_default_members_follow_the_device_and_the_weights_at_hand():
     from kit.best.members import default_models
 
     assert default_models("cpu", lambda model: True) == (["dlib_face", "dlib_age"],
-                                                         ["dlib_age:seed=1", "dlib_face:seed=1",
+                                                         ["dlib_face:size=150", "dlib_age:seed=1", "dlib_face:seed=1",
                                                           "dlib_age:seed=2", "dlib_face:seed=2"])
     gpu_members, gpu_spares = default_models("cuda", lambda model: True)
     assert all(m.startswith("torchvision.") for m in gpu_members) and gpu_spares == ["dlib_age", "dlib_face"]
@@ -342,6 +342,31 @@ def test_an_epoch_s_checkpoint_writes_count_in_its_cost(monkeypatch, tmp_path):
     assert plans[0].fold_s(4) - plans[0].fold_s(0) == pytest.approx(4 * (without + 2.5))
 
 
+def test_a_spare_at_a_new_size_is_timed_only_where_an_estimate_scaled_by_its_pixels_finds_it_room(tmp_path, caplog):
+    """Timing dlib_face at 150 px first decodes every image at 150 px: a minute or more, wasted in a plan with no
+    room for it."""
+    from kit.best.measure import scaled_timing, spares_worth_timing, speed_key
+
+    cfg = TrainConfig(model="scratch", pretrained=False, size=64, folds=5)
+    figures = {"train": 1000.0, "infer": 4000.0, "trunk": 8000.0, "checkpoint_s": 0.5}
+    measured = {speed_key(cfg): ("bf16", figures)}
+    assert scaled_timing(dataclasses.replace(cfg, size=128, seed=3), measured) == (
+        "bf16", {"train": 250.0, "infer": 1000.0, "trunk": 2000.0, "checkpoint_s": 0.5})
+    assert scaled_timing(dataclasses.replace(cfg, size=128, batch_size=32), measured) is None
+
+    comp = SimpleNamespace(train=pd.DataFrame({"age": [30.0] * 1000}), test=pd.DataFrame({"id": range(400)}))
+    measure = dict(project=Project.at(tmp_path), given=set(), measured=measured, comp=comp, is_sample=False,
+                   caps={"scratch": 4}, max_epochs=40)
+    spares = [SimpleNamespace(label=label, pseudo=False, cfg=dataclasses.replace(cfg, name=label, **overrides))
+              for label, overrides in (("scratch:size=128", {"size": 128}), ("scratch:seed=1", {"seed": 1}))]
+    member = plan_of("scratch", 10, max_epochs=4)          # at its cap: 5 x (4 x 10 + 10) x 1.15 = 287.5 s
+    worth = spares_worth_timing(spares, [member], 320, folds=5, min_epochs=2, **measure)
+    assert [s.label for s in worth] == ["scratch:seed=1"]  # timed with the member's figures anyway
+    assert "scratch:size=128 not timed: at about 250 train img/s" in caplog.text
+    worth = spares_worth_timing(spares, [member], 500, folds=5, min_epochs=2, **measure)
+    assert [s.label for s in worth] == ["scratch:size=128", "scratch:seed=1"]
+
+
 def test_the_measuring_child_runs_as_python_m_kit_best(tiny_competition, project, tmp_path):
     """The child's entry point for real, started by the launcher (on the CPU: there is no GPU here): it hands
     back each configuration's precision and figures."""
@@ -371,6 +396,24 @@ def test_cli_refuses_epochs_and_bad_shares(tiny_competition, capsys):
 def plan_of(label, epoch_s, *, max_epochs=40, folds=5):
     return ModelPlan(TrainConfig(model="scratch", folds=folds, name=label), 0.0, 100.0, 400.0, epoch_s=epoch_s,
                      fixed_s=10.0, epochs=0, label=label, max_epochs=max_epochs)
+
+
+def test_the_first_plan_gives_spares_only_the_time_the_members_at_their_caps_leave():
+    """Members sharing the time with the spares, a 30-minute plan gave dlib_face 6.6 of its 7 epochs until the
+    first re-plan took them back; the dear spare first in line that does not fit keeps no cheaper one out."""
+    from kit.best.run import first_plan
+
+    members = [plan_of("face", 60, max_epochs=7), plan_of("age", 20, max_epochs=6)]
+    native, seed = plan_of("face:size=150", 100, max_epochs=7), plan_of("age:seed=1", 20, max_epochs=6)
+    at_caps = sum(p.epoch_s * p.max_epochs + p.fixed_s for p in members) * 5 * 1.15
+    schedule = first_plan(members, [native, seed], at_caps + 900, folds=5, max_epochs=40, min_epochs=4, spent_s=0,
+                          time_limit=at_caps + 960)
+    assert [(p.label, p.epochs) for p in schedule.plans] == [("face", 7), ("age", 6), ("age:seed=1", 6)]
+    assert schedule.waiting == [native]
+    roomy = first_plan([plan_of("face", 60, max_epochs=7), plan_of("age", 20, max_epochs=6)],
+                       [plan_of("face:size=150", 100, max_epochs=7)], at_caps + 5 * 810 * 1.15, folds=5,
+                       max_epochs=40, min_epochs=4, spent_s=0, time_limit=at_caps + 4000)
+    assert [(p.label, p.epochs) for p in roomy.plans] == [("face", 7), ("age", 6), ("face:size=150", 7)]
 
 
 def test_a_slow_first_measurement_does_not_cost_a_member():

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.best.measure import measure_members
+from kit.best.measure import measure_members, spares_worth_timing
 from kit.best.members import CPU_MODELS, EPOCH_CAPS, default_models, member_config, parse_model_spec
 from kit.best.plan import Schedule, parse_shares
 from kit.best.run import BLEND_RESERVE_S, Timeline, cross_validate, first_plan, lanes
@@ -173,6 +173,8 @@ def best(cfg: TrainConfig, *, time_limit: float, models: list[str], spares: list
         log(f"plan: no spares this time: preparing and measuring took {(clock() - started) / 60:.1f} of the "
             f"{time_limit / 60:.1f} min")
         extra = []
+    extra = spares_worth_timing(extra, plans, (deadline - clock() - BLEND_RESERVE_S) * lanes(cfg), folds=cfg.folds,
+                                min_epochs=min_epochs, **measure)
     spare_plans = measure_members(extra, [1.0] * len(extra), **measure)
     now = timeline.mark("measure throughput", now)
     stop_if_spent(deadline - now, time_limit, timeline)

@@ -9,6 +9,7 @@ memory on that GPU for the whole command.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.best.plan import ModelPlan, epoch_costs
+from kit.best.plan import ModelPlan, Schedule, epoch_costs
 from kit.config import TrainConfig
 from kit.data import load_competition
 from kit.device import cpu_has_native_bf16, pick_device
@@ -214,3 +215,46 @@ def member_plan(member, share: float, member_cfg: TrainConfig, started_with: dic
         run_dir = project.run_dir(member_cfg.model, member_cfg.name)
         plan.folds_done = sum(fold_done_file(run_dir, k).is_file() for k in range(member_cfg.folds))
     return plan
+
+
+def scaled_timing(cfg: TrainConfig, measured: dict) -> tuple[str, dict] | None:
+    """An estimate for `cfg` from a timing of the same configuration at another size, its images/s scaled by the
+    pixels (dlib_face with its frozen trunk trained 0.63x as fast at 150 px as at 112, where the pixels say
+    0.56: an estimate on the safe side). None when nothing like it was timed."""
+    fields = dict(speed_key(cfg))
+    for key, (precision, figures) in measured.items():
+        timed = dict(key)
+        if {**timed, "size": fields["size"]} == fields:
+            ratio = (int(timed["size"]) / cfg.size) ** 2
+            return precision, {k: v * ratio if k in ("train", "infer", "trunk") else v for k, v in figures.items()}
+    return None
+
+
+def spares_worth_timing(spares: list, plans: list[ModelPlan], available_s: float, *, folds: int, min_epochs: int,
+                        **measure) -> list:
+    """The spares to time: every one, except one at a size nothing was timed at (its images are decoded first:
+    a minute or more of two cores) that an estimate scaled from another size finds no room for, the members
+    at their caps and the spares before it planned first."""
+    project, given, measured = measure["project"], measure["given"], measure["measured"]
+    max_epochs = measure["max_epochs"]
+    worth, estimated = [], []
+    for spare in spares:
+        spare_cfg, started_with = started_config(spare, project, given)
+        timing = None if started_with or speed_key(spare_cfg) in measured else scaled_timing(spare_cfg, measured)
+        if timing is None:
+            worth.append(spare)
+            continue
+        plan = member_plan(spare, 1.0, spare_cfg, None, timing, comp=measure["comp"], project=project,
+                           is_sample=measure["is_sample"], max_epochs=max_epochs, caps=measure["caps"])
+        trial = Schedule([copy.copy(p) for p in plans], [*estimated, plan], folds=folds, max_epochs=max_epochs,
+                         min_epochs=min_epochs)
+        trial.replan(available_s)
+        if any(p.label == spare.label for p in trial.plans):
+            worth.append(spare)
+            estimated.append(plan)
+        else:
+            need = plan.folds_left * plan.fold_s(plan.max_epochs) * plan.margin + plan.setup_s * plan.margin
+            log(f"plan: {spare.label} not timed: at about {plan.train_images_per_s:.0f} train img/s (scaled from "
+                f"another size) its {plan.max_epochs} epoch(s) x {folds} folds need about {need / 60:.1f} min, more "
+                "than the members leave")
+    return worth

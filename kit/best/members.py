@@ -29,18 +29,20 @@ CPU_MODELS = default_members("cpu")
 
 
 def default_models(device_type: str, weights_found: Callable[[str], bool]) -> tuple[list[str], list[str]]:
-    """(members, spares) of best when --models and --spares are not given. Spares join only when the plan
-    finds the time for them, once the members are at their caps, the cheaper first (when only one fits, it is
-    the one kept): on a CPU a second seed of each member, then a third (a second dlib_age seed added 0.002 to
-    the blend on fold 0; a faster CPU, which has the members at their caps in a third of an hour, fills an hour
-    with seeds rather than with epochs past the caps); on a GPU the CPU's members, face-pretrained and
-    installed. A GPU whose ImageNet weights cannot be had (an offline Kaggle kernel) keeps the CPU's members:
-    from random init those backbones would train far below the face networks."""
+    """(members, spares) of best when --models and --spares are not given. Spares join, in order, only in
+    time the members do not need once they are at their caps. On a CPU: first a member again at its weights'
+    native size where that is larger (dlib_face at 150 px: beside the 112 px one, +0.005 over the members
+    on fold 0, where seeds added 0.000-0.002), then a second seed of each member, then a third, the cheaper
+    first (a faster CPU, which has the members at their caps in a third of an hour, fills the rest with them
+    rather than with epochs past the caps). On a GPU the CPU's members, face-pretrained and installed. A GPU
+    whose ImageNet weights cannot be had (an offline Kaggle kernel) keeps the CPU's members: from random init
+    those backbones would train far below the face networks."""
     cheap_first = sorted(CPU_MODELS, key=lambda name: card(name).gmac)
     gpu_models = default_members(device_type) if device_type != "cpu" else []
     if gpu_models and all(weights_found(name) for name in gpu_models):
         return gpu_models, cheap_first
-    return list(CPU_MODELS), [f"{name}:seed={seed}" for seed in (1, 2) for name in cheap_first]
+    native = [f"{name}:size={card(name).native_size}" for name in CPU_MODELS if card(name).native_size]
+    return list(CPU_MODELS), native + [f"{name}:seed={seed}" for seed in (1, 2) for name in cheap_first]
 
 
 # What the plan decides, never a member's own: its epochs (from the time), and what every member shares.

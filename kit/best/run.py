@@ -67,9 +67,13 @@ def last_resort(measured: list[ModelPlan], available_s: float, *, folds: int, ma
 
 def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
                min_epochs: int, spent_s: float, time_limit: float) -> Schedule:
+    """The members share the time; a spare joins, in order, only in time they do not need, as in every re-plan
+    (the members sharing it with the spares, a 30-minute plan gave dlib_face 6.6 of its 7 epochs until the
+    first re-plan took them back)."""
     measured = plans + spares
-    kept, left_out = allot(plans + spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    kept, left_out = allot(plans, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     finished = [p for p in measured if p.folds_left <= 0]   # by an earlier command: a blend is there already
+    schedule = Schedule(kept, left_out + spares, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     if kept[0].epochs < 1 and not finished:
         fallback = last_resort(measured, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs,
                                time_limit=time_limit)
@@ -80,16 +84,18 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
                               f"submission, {MIN_FOLD_EPOCHS:g} of an epoch on each of {folds} folds of the fastest "
                               f"model, needs about {need / 60:.1f} min here. Give more time, fewer --folds or a "
                               "smaller --size.")
-        kept, left_out = fallback
-    for plan in left_out:
+        schedule = Schedule(*fallback, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    else:
+        schedule.replan(available_s)
+    for plan in schedule.waiting:
         if plan not in spares:
             log(f"plan: {plan.label} left out for now: with it, a member would get fewer than {min_epochs} "
                 f"epoch(s) per fold; it joins if the time turns out to be there")
-    for plan in kept:
+    for plan in schedule.plans:
         log(f"plan: {plan.label}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
             f"img/s -> {plan.epochs:g} epoch(s) x {folds} folds, about {plan.estimate_s() / 60:.1f} of "
             f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
-    return Schedule(kept, left_out, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    return schedule
 
 
 def cross_validate(schedule: Schedule, *, members: dict, deadline: float, project: Project,

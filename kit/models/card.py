@@ -54,6 +54,8 @@ class ModelCard:
     # starting from the weights, the weights' own apply.
     recipe: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     epoch_cap: int | None = None   # past it the held-out score falls (it overfits): best never plans more
+    native_size: int | None = None  # the size its weights were trained at, when above input_size: dearer, and
+                                    # best's first spare (a second member at that size) where the time allows
     trunk_blocks: int = 0          # blocks after the stem that --frozen-trunk can freeze (and cache); 0: none
     small_stem: bool = False       # --stem small exists for it
     cpu_rank: int | None = None    # its place among best's default members on a CPU (1 first), None: not one
