@@ -117,7 +117,8 @@ class TrainConfig:
     device: str = option("auto", "where to train: auto, cpu, cuda or cuda:N", result=False)
     devices: list[str] | None = option(None, "train folds in parallel, one worker process per device, e.g. "
                                        "cuda:0,cuda:1 or cpu,cpu (CPU workers share the cores)", result=False,
-                                       member=False, cli="devices", shown_default="one process")
+                                       member=False, cli="devices",
+                                       shown_default="a worker per GPU, one process on a CPU")
     compile: bool = option(False, "torch.compile the model", result=False)
     num_threads: int | None = option(None, "CPU threads for torch", low=1, result=False, shown_default="all cores")
     drop_bad_rows: bool = option(False, "drop train rows whose image is missing or unreadable instead of stopping",

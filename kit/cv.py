@@ -110,7 +110,8 @@ def prepare(cfg: TrainConfig, project: Project, run_dir: Path) -> Prepared:
 
 def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock,
                    fold_plan: FoldPlan | None = None) -> None:
-    """--devices: one worker process per device trains the folds (kit/parallel.py), this one waits."""
+    """--devices (by default every GPU, a lone one too): one worker process per device trains the folds
+    (kit/parallel.py), this one waits and makes no CUDA context."""
     from kit.parallel import train_in_workers
 
     cfg = run.cfg
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     project = Project.at()
     cfg = config_from_command(args, project)
-    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # several GPUs: all of them
+    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # on GPUs: a worker each
     announce_device(cfg.device, cfg.devices, cfg.precision, cfg.num_threads)
     result = run_cv(cfg, root=project.root)
     log(summary(result, cfg, project))
@@ -296,6 +297,9 @@ def worker_main() -> int:
     spec = json.loads(os.environ[WORKER_ENV])
     die_with_parent(spec["parent"])   # a parent killed with -9 takes its workers along
     cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
+    if cfg.time_limit and "launched" in spec:   # the parent's limit ran on while this process started
+        late = max(0.0, time.monotonic() - spec["launched"])   # CLOCK_MONOTONIC: one clock for every process
+        cfg = dataclasses.replace(cfg, time_limit=max(1.0, cfg.time_limit - late))
     fold_plan = FoldPlan(**spec["fold_plan"]) if spec.get("fold_plan") else None
     with tagged(f"worker {spec['index']} {spec.get('device', cfg.device)}"), sigterm_raises_terminated():
         run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False,

@@ -202,12 +202,16 @@ def announce_device(device: str, devices: list[str] | None, precision: str, num_
 
 
 def default_devices(device: str, devices: list[str] | None) -> list[str] | None:
-    """What cv and best train on when no --devices is given: every usable GPU, one worker each, where there
-    are several (and --device is auto); else one process."""
-    if devices is not None or device != "auto":
+    """What cv and best train on when no --devices is given. On a GPU: worker processes, one per GPU (every
+    usable GPU with --device auto, the one --device cuda[:N] names), each started by kit/launch.py with
+    that GPU alone in its CUDA_VISIBLE_DEVICES, so that this process makes no CUDA context, one GPU
+    included. On the CPU (or with no GPU torch can use): None, this process trains, at no cost of a start."""
+    if devices is not None or device == "cpu":
         return devices
+    if device.startswith("cuda"):   # with no CUDA here, None: the device's own check says why it is refused
+        return [device] if torch.cuda.is_available() else None
     try:
         gpus = usable_gpus()
-    except RuntimeError:
+    except RuntimeError:   # CUDA is there but broken: auto trains on the CPU, and the device line says why
         return None
-    return [f"cuda:{g.index}" for g in gpus] if len(gpus) > 1 else None
+    return [f"cuda:{g.index}" for g in gpus] or None

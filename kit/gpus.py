@@ -1,7 +1,8 @@
 """The NVIDIA GPUs this process's torch can use, learnt without initialising CUDA in this process.
 
-A process that starts workers (cv and best over several GPUs, tune --workers) must leave CUDA alone: a
-context made here would hold memory on GPU 0 for the whole command, beside the worker training there.
+A process that starts workers (cv and best on GPUs, one worker per GPU, a lone one too; tune --workers)
+must leave CUDA alone: a context made here would hold memory on GPU 0 for the whole command, beside the
+worker training there.
 torch.cuda.is_available() and device_count() ask the driver without making one (cudaGetDeviceCount,
 NVML); a GPU's name, capability and memory are read by a short child process (`python -m kit.gpus`),
 once per process, unless this process has initialised CUDA already (then it asks torch itself).

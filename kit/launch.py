@@ -1,5 +1,5 @@
 """Worker processes, started one way for every command: cv's fold workers (kit/parallel.py, `--devices`,
-and every GPU by default where there are several), the tuner's trial workers (kit/tune/workers.py) and the
+and by default one per GPU, a lone GPU too), the tuner's trial workers (kit/tune/workers.py) and the
 child that times best's members on a GPU (kit/best/measure.py).
 
 A worker is `python -m MODULE` with its spec as JSON in one environment variable, no progress bars, and

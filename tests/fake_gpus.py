@@ -47,3 +47,62 @@ def fresh_gpu_cache():
     kit.gpus.visible_gpus.cache_clear()
     yield
     kit.gpus.visible_gpus.cache_clear()
+
+
+def cuda_initialisations(monkeypatch) -> list:
+    """CUDA's initialisation refused, as fake_cuda does, and each attempt counted: one this process swallowed
+    still shows. Call it after fake_cuda."""
+    made = []
+
+    def counted(name):
+        return lambda *args, **kwargs: made.append(name) or refuse_cuda_init()
+
+    for name in ("init", "_lazy_init"):
+        monkeypatch.setattr(torch.cuda, name, counted(name))
+    return made
+
+
+class WorkerHere:
+    """subprocess.Popen as kit/launch.py calls it, for cv's fold workers and best's measuring child: each runs in
+    this process on its spec (in the environment it is given), on the CPU, where its GPU is faked (what is tested
+    is who trains and who times, not the silicon): a fold worker is kit/cv.py's worker_main; the measuring child
+    answers `figures` for every configuration it is given. `calls`: each one's command and environment."""
+
+    def __init__(self, monkeypatch, figures: dict | None = None):
+        import kit.launch
+        import kit.processes
+
+        self.calls, self.figures = [], figures
+        monkeypatch.setattr(kit.launch.subprocess, "Popen", self)
+        monkeypatch.setattr(kit.processes, "die_with_parent", lambda pid: None)   # its parent is this process
+
+    def __call__(self, command, env):
+        import json
+        import os
+        from unittest import mock
+
+        from kit.best.measure import MEASURE_ENV
+        from kit.cv import worker_main
+        from kit.files import write_json
+        from kit.parallel import WORKER_ENV
+
+        self.calls.append((command, env))
+        if MEASURE_ENV in env:
+            spec = json.loads(env[MEASURE_ENV])
+            write_json(spec["out"], [{"precision": todo["cfg"]["precision"], "figures": self.figures}
+                                     for todo in spec["todo"]])
+            code = 0
+        else:
+            spec = json.loads(env[WORKER_ENV])
+            spec["cfg"]["device"] = "cpu"   # the GPU it sees as its cuda, faked by the CPU, where torch sees none
+            with mock.patch.dict(os.environ, {WORKER_ENV: json.dumps(spec)}), \
+                    mock.patch.object(torch.cuda, "is_available", lambda: False), \
+                    mock.patch.object(torch.cuda, "device_count", lambda: 0):
+                code = worker_main()
+        return SimpleNamespace(wait=lambda timeout=None: code, poll=lambda: code)
+
+    def started(self, env_name: str) -> list[tuple[dict, dict]]:
+        """(spec, environment) of each process started with its spec in `env_name`, in order."""
+        import json
+
+        return [(json.loads(env[env_name]), env) for _, env in self.calls if env_name in env]

@@ -21,11 +21,12 @@ from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_
 from kit.best.run import BLEND_RESERVE_S, cross_validate
 from kit.config import TrainConfig
 from kit.errors import BudgetError, RunError, UserError, WeightsError
+from kit.parallel import WORKER_ENV
 from kit.paths import Project
 from kit.submission import validate_submission_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_gpus import fake_cuda, fresh_gpu_cache  # noqa: E402
+from fake_gpus import WorkerHere, cuda_initialisations, fake_cuda, fresh_gpu_cache  # noqa: E402
 
 SMALL = dict(size=32, batch_size=16, folds=3, num_threads=1)
 
@@ -723,3 +724,34 @@ def test_best_on_two_cpu_workers_trains_two_folds_at_once(tiny_competition, proj
     workers = capfd.readouterr().out        # the workers' lines, tagged with their number and device
     assert "[worker 0 cpu] fold 0 done" in workers and "[worker 1 cpu] fold 1 done" in workers
     assert result["seconds"] <= 120 and len(result["epochs"]["scratch"]) == 2
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_best_on_one_gpu_times_in_a_child_and_trains_each_fold_in_a_worker(tiny_competition, project, monkeypatch,
+                                                                         capfd):
+    """`best` on one visible GPU (CUDA_VISIBLE_DEVICES=3), no --devices: the members are timed by the measuring
+    child and every fold is trained by a worker with that GPU alone, given the plan's epochs and budget for it;
+    this process never initialises CUDA, and still plans, re-plans and blends."""
+    fake_cuda(monkeypatch, (8, 0))
+    made = cuda_initialisations(monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    started = WorkerHere(monkeypatch, figures=dict(FIGURES))
+    code = facekit(["best", "--time-limit", "3m", "--models", "scratch", "--spares", "",
+                    "--data", str(tiny_competition), "--size", "32", "--batch-size", "16", "--folds", "2",
+                    "--num-threads", "1", "--no-pretrained", "--max-epochs", "1", "--min-epochs", "1",
+                    "--name", "one-gpu"])
+    assert code == 0 and made == []
+    [(measuring, env)] = started.started(MEASURE_ENV)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and measuring["todo"][0]["cfg"]["devices"] == ["cuda:0"]   # as trained
+    workers = started.started(WORKER_ENV)
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in workers] == ["3", "3"]   # a worker per fold, on that GPU
+    assert [spec["cfg"]["only_folds"] for spec, _ in workers] == [[0], [1]]
+    for spec, _ in workers:
+        assert spec["device"] == "cuda:0" and spec["cfg"]["device"] == "cuda" and spec["workers"] == 1
+        assert spec["fold_plan"]["epochs"] == 1 and 0 < spec["cfg"]["time_limit"] <= 180
+    out = capfd.readouterr().out
+    assert "[worker 0 cuda:0] fold 0 done" in out and "[worker 0 cuda:0] fold 1 done" in out
+    assert "plan: scratch: 100 train / 400 infer img/s" in out   # planned from the child's figures
+    assert validate_submission_file(project / "submissions/one-gpu.csv", tiny_competition / "sample_submission.csv")\
+        is not None

@@ -8,15 +8,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
 
+import kit.cv
+import kit.processes
 from kit.config import TrainConfig
 from kit.cv import run_cv
 from kit.errors import RunError, UserError
+from kit.parallel import WORKER_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
+from fake_gpus import WorkerHere, cuda_initialisations, fake_cuda, fresh_gpu_cache  # noqa: E402
 from process_tree import children_of, kill_all, wait_gone  # noqa: E402
 
 FAST = dict(model="scratch", epochs=2, size=32, batch_size=16, num_threads=1, folds=3)
@@ -408,3 +413,62 @@ def test_seeds_of_one_network_share_the_folds_and_blend(tiny_competition, projec
     other = run_cv(TrainConfig(data=str(tiny_competition), **{**FAST, "epochs": 1, "fold_seed": 7, "name": "f7"}),
                    root=project)
     assert json.loads((other.run_dir / "config.json").read_text())["folds_file"].endswith("seed7.csv")
+
+
+# ----------------------------------------------------------------------------- one GPU: a worker, not this process
+
+CV_ARGS = ["scratch", "--folds", "2", "--epochs", "1", "--size", "32", "--batch-size", "16", "--no-pretrained"]
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_cv_on_one_gpu_trains_its_folds_in_one_worker_on_that_gpu(tiny_competition, project, monkeypatch, capfd,
+                                                                   device):
+    """One visible GPU (the third of the machine: CUDA_VISIBLE_DEVICES=3), no --devices: the folds are trained
+    by one worker started through the launcher with that GPU alone, and this process never initialises CUDA."""
+    fake_cuda(monkeypatch, (8, 0))
+    made = cuda_initialisations(monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    workers = WorkerHere(monkeypatch)
+    code = kit.cv.main([*CV_ARGS, "--data", str(tiny_competition), "--device", device, "--time-limit", "10m",
+                        "--num-threads", "1", "--name", device])
+    assert code == 0 and made == []
+    assert len(workers.calls) == 1 and workers.calls[0][0][-2:] == ["-m", "kit.cv"]
+    [(spec, env)] = workers.started(WORKER_ENV)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert spec["cfg"]["device"] == "cuda" and spec["device"] == ("cuda:0" if device == "auto" else "cuda")
+    assert spec["workers"] == 1 and spec["cfg"]["num_threads"] == 1
+    assert 300 < spec["cfg"]["time_limit"] <= 600 and spec["launched"] <= time.monotonic()
+    out = capfd.readouterr().out   # the worker's lines are tagged with its number and device
+    assert "device: cuda:0 NVIDIA A100-SXM4-40GB" in out and "precision bf16" in out
+    assert [f"[worker 0 {spec['device']}] fold {k} done" in out for k in range(2)] == [True] * 2
+    assert "this process trains" not in out     # the worker trained every fold
+    assert json.loads((project / f"runs/scratch/{device}/metrics.json").read_text())["folds"].keys() == {"0", "1"}
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+def test_cv_on_a_cpu_trains_its_folds_in_this_process(tiny_competition, project, monkeypatch, caplog):
+    """On a machine with no GPU there is no context to keep out: no worker, no process to start."""
+    fake_cuda(monkeypatch)
+    made = cuda_initialisations(monkeypatch)
+    monkeypatch.setenv("FACEKIT_ROOT", str(project))
+    workers = WorkerHere(monkeypatch)
+    assert kit.cv.main([*CV_ARGS, "--data", str(tiny_competition), "--num-threads", "1"]) == 0
+    assert workers.calls == [] and made == []
+    assert "worker" not in caplog.text and "device: cpu " in caplog.text
+    assert all(f"fold {k} done" in caplog.text for k in range(2))
+
+
+def test_a_worker_s_time_limit_leaves_out_the_time_its_start_took(monkeypatch, tmp_path):
+    """The parent's limit runs on while a worker starts (Python, torch's import): the worker has that much less."""
+    given = []
+    monkeypatch.setattr(kit.processes, "die_with_parent", lambda pid: None)
+    monkeypatch.setattr(kit.cv, "run_cv", lambda cfg, **kwargs: given.append(cfg))
+    for limit, launched_s_ago, expected in [(60.0, 5.0, 55.0), (60.0, 90.0, 1.0), (None, 5.0, None)]:
+        spec = {"cfg": TrainConfig(model="scratch", device="cpu", time_limit=limit).to_dict(), "root": str(tmp_path),
+                "run_dir": str(tmp_path / "run"), "index": 0, "device": "cpu", "workers": 1, "fold_plan": None,
+                "parent": os.getpid(), "launched": time.monotonic() - launched_s_ago}
+        with mock.patch.dict(os.environ, {WORKER_ENV: json.dumps(spec)}):
+            assert kit.cv.worker_main() == 0
+        assert given[-1].time_limit == (None if expected is None else pytest.approx(expected, abs=0.5))

@@ -79,13 +79,28 @@ def test_cpu_workers_share_the_cores_in_the_line(monkeypatch):
 def test_two_gpus_are_both_used_by_default_and_named(monkeypatch):
     fake_cuda(monkeypatch, (7, 5), (7, 5))
     assert default_devices("auto", None) == ["cuda:0", "cuda:1"]
-    assert default_devices("cuda:1", None) is None and default_devices("auto", ["cpu"]) == ["cpu"]
+    assert default_devices("auto", ["cpu"]) == ["cpu"] and default_devices("cpu", None) is None
     line = device_line("auto", ["cuda:0", "cuda:1"], "auto", None)
     assert line.startswith("devices: 2 workers (cuda:0, cuda:1): cuda:0 Tesla T4 (capability 7.5, 16 GiB); "
                            "cuda:1 Tesla T4")
     assert "cuda:0: fp16 (tensor cores" in line
-    fake_cuda(monkeypatch, (8, 0))
-    assert default_devices("auto", None) is None   # one GPU: one process
+
+
+@pytest.mark.parametrize("gpus, device, expected", [
+    ([(8, 0)], "auto", ["cuda:0"]),             # one GPU: one worker on it, not this process
+    ([(8, 0)], "cuda", ["cuda"]),
+    ([(7, 5), (7, 5)], "cuda:1", ["cuda:1"]),   # the GPU --device names, alone
+    ([(6, 0), (7, 5)], "auto", ["cuda:1"]),     # the one GPU this torch has kernels for
+    ([(8, 0)], "cpu", None),                    # the CPU: this process, no worker to start
+    ([], "auto", None),
+    ([(6, 0)], "auto", None),                   # no usable GPU: auto is the CPU
+    ([], "cuda", None),                         # refused later, by the device's own check
+])
+def test_a_gpu_is_trained_on_by_a_worker_and_the_cpu_by_this_process(monkeypatch, gpus, device, expected):
+    fake_cuda(monkeypatch, *gpus)
+    assert default_devices(device, None) == expected
+    line = device_line(device if gpus or device != "cuda" else "auto", expected, "auto", 4)
+    assert line.startswith("device: ") and "| 4 CPU thread(s) |" in line   # one worker: the line of one process
 
 
 @pytest.mark.parametrize("capability, refused", [((6, 0), True), ((7, 5), False)])

@@ -61,6 +61,27 @@ def test_each_fold_worker_gets_its_own_gpu_and_the_parent_no_cuda(monkeypatch, t
     assert not torch.cuda.is_initialized()
 
 
+@pytest.mark.parametrize("visible, expected", [(None, "0"), ("3", "3"), ("5,2", "5")])
+def test_a_lone_gpu_gets_one_worker_with_the_threads_one_process_would_have(monkeypatch, tmp_path, visible, expected):
+    """cv and best on one GPU (kit/device.py default_devices gives ["cuda:0"]): one worker, that GPU alone in its
+    CUDA_VISIBLE_DEVICES (this process's entry for it), the threads one process would have (it shares no cores)."""
+    fake_cuda(monkeypatch, *[(8, 0)] * (len(visible.split(",")) if visible else 1))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(kit.device, "cpu_cores", lambda: 16)
+    started = Started(monkeypatch)
+    cfg = TrainConfig(model="scratch", devices=kit.device.default_devices("auto", None)[:1])
+    assert kit.parallel.train_in_workers(cfg, root=tmp_path, run_dir=tmp_path / "run", time_limit=None) == [0]
+    [(command, env)] = started.calls
+    assert env["CUDA_VISIBLE_DEVICES"] == expected and command[-2:] == ["-m", "kit.cv"]
+    spec = started.spec(0)
+    assert spec["cfg"]["device"] == "cuda" and spec["cfg"]["num_threads"] is None and spec["workers"] == 1
+    assert fold_workers(cfg, root=tmp_path, run_dir=tmp_path, time_limit=None)[0].label == \
+        f"worker 0: cuda:0, {torch.get_num_threads()} thread(s)"
+
+
 def test_cpu_workers_see_no_gpu_and_share_the_cores(monkeypatch, tmp_path):
     fake_cuda(monkeypatch, (8, 0))
     monkeypatch.setattr(kit.device, "cpu_cores", lambda: 16)

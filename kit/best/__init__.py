@@ -15,7 +15,8 @@
    estimated cost fits its share (kit/best/plan.py). A model capped below what its share buys
    (EPOCH_CAPS: past it, it overfits) gives the rest to the others. While a member would get fewer
    than --min-epochs, the last one is left out and its time goes to the rest;
-5. cross-validate fold by fold (kit/best/run.py, through kit.cv.run_cv), and after every fold re-plan
+5. cross-validate fold by fold (kit/best/run.py, through kit.cv.run_cv; on GPUs each fold in a worker
+   process, one per GPU, a lone one too, so that this one makes no CUDA context), and after every fold re-plan
    from the speed the machine really shows: the members not started yet get more or fewer epochs, a
    left-out member or a spare joins when its time is there, and what changed is said. Members at their
    epoch cap train first: the ones that can use more time are planned last, from the most folds timed;
@@ -249,9 +250,9 @@ def main(argv=None) -> int:
     add_config_arguments(parser, skip={"name", "time_limit", "overwrite", "only_folds"})
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # several GPUs: all of them
+    cfg = dataclasses.replace(cfg, devices=default_devices(cfg.device, cfg.devices))   # on GPUs: a worker each
     announce_device(cfg.device, cfg.devices, cfg.precision, cfg.num_threads, timed_precisions=True)
-    default_members, default_spares = default_models(pick_device(cfg.device).type,
+    default_members, default_spares = default_models(pick_device((cfg.devices or [cfg.device])[0]).type,
                                                       lambda model: weights_found(cfg, model))
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else default_members
     spares = [m.strip() for m in args.spares.split(",") if m.strip()] if args.spares is not None else default_spares

@@ -151,7 +151,7 @@ def trained_per_fold(plan: ModelPlan, run_dir: Path) -> list[float]:
 
 
 def lanes(cfg: TrainConfig) -> int:
-    """Folds trained side by side: one per --devices worker (every GPU by default where there are several).
+    """Folds trained side by side: one per --devices worker (by default one per GPU).
     The plan counts in worker-seconds: the wall time left times the lanes."""
     return max(1, len(cfg.devices or []))
 
@@ -197,7 +197,7 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
         seconds = clock() - fold_started
         for fold in group:   # each worker computed its own setup (a frozen trunk's features): not the epochs' speed
             setup = setup_seconds(result.run_dir, fold)
-            schedule.observe(plan, seconds - (setup or 0.0) if plan.folds_done and width > 1 else seconds,
+            schedule.observe(plan, seconds - (setup or 0.0) if plan.folds_done and devices else seconds,
                              epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs), setup_s=setup)
         for change in schedule.replan((deadline - clock() - BLEND_RESERVE_S) * width):
             log(f"re-plan after {plan.label} {shown}: {change}")
