@@ -4,12 +4,9 @@ The client (`kaggle`, built on `kagglesdk`) does every call; this module only de
 when a call fails. `import kaggle` authenticates at import time and prints its own help, so the
 import happens here, lazily and with its output held back, and never at the top of a module.
 
-Faults, worded for their subject (a competition, a dataset or a kernel: `Subject`):
-  connection errors, HTTP 5xx  -> retried `Retry.attempts` times with exponential backoff
-  401                          -> check the credentials
-  403, 404                     -> the subject's own words: join the competition, own the dataset, ...
-  429, daily limit             -> say so and stop
-A key or token never reaches a message: everything shown passes through `redact`.
+Connection errors and HTTP 5xx are retried with backoff (`Retry`); every other fault stops, worded for its
+subject (`Subject`: a competition to join, a dataset to own, ...) by `http_fault`. A key or token never
+reaches a message: everything shown passes through `redact`.
 
 `Services` is what every Kaggle function talks to and waits with: the client (connected on first use), the
 retry policy, the polling, the clock and the sleep. Functions take it as one keyword (`services=`); tests pass
@@ -79,10 +76,17 @@ class Services:
             self.api = connect()
         return self.api
 
-    def call(self, what: str, call, subject: Subject, *, once: bool = False, before_retry=None):
-        """call_with_retry with these services' retry policy and sleep (`once`: no retry)."""
-        return call_with_retry(what, call, subject=subject, retry=Retry(attempts=1) if once else self.retry,
-                               before_retry=before_retry, sleep=self.sleep)
+    def call(self, what: str, call, subject: Subject, *, once: bool = False, before_retry=None,
+             missing_ok: bool = False):
+        """call_with_retry with these services' retry policy and sleep (`once`: no retry; `missing_ok`: Kaggle's
+        404 is None, for what Kaggle may not show yet or at all)."""
+        try:
+            return call_with_retry(what, call, subject=subject, retry=Retry(attempts=1) if once else self.retry,
+                                   before_retry=before_retry, sleep=self.sleep)
+        except KaggleFault as fault:
+            if missing_ok and fault.kind == "not_found":
+                return None
+            raise
 
     def poll(self, read, finished, *, default: Polling, note=None):
         """Call read() until finished(answer) or the polling's timeout; return (last answer, finished).
@@ -102,21 +106,12 @@ class Services:
             interval = min(interval * polling.factor, polling.max_interval)
 
 
-def services_or_default(services: Services | None) -> Services:
-    return services if services is not None else Services()
-
-
 # ----------------------------------------------------------------------------- credentials
-def warn_if_readable_by_others(config_file: Path) -> bool:
+def warn_if_readable_by_others(config_file: Path) -> None:
     """kaggle.json holds the API key: anyone who can read it can submit as you."""
-    try:
-        mode = config_file.stat().st_mode
-    except OSError:
-        return False
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        warn(f"warning: {config_file} is readable by other users of this machine; run: chmod 600 {config_file}")
-        return True
-    return False
+    with contextlib.suppress(OSError):
+        if config_file.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            warn(f"warning: {config_file} is readable by other users of this machine; run: chmod 600 {config_file}")
 
 
 # ----------------------------------------------------------------------------- connecting

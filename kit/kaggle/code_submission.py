@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kit.errors import KaggleFault, SubmitError
 from kit.files import sha256_file
-from kit.kaggle.api import Services, competition, services_or_default
+from kit.kaggle.api import Services, competition
 from kit.kaggle.kernel_output import kernel_output_file
 from kit.kaggle.submit import SubmitResult, _read_sidecar, _submissions, submit_with
 
@@ -49,7 +49,7 @@ def submit_kernel(kernel: str, version: int, message: str | None = None, slug: s
     sample, dry_run, wait, force)."""
     if kernel.count("/") != 1:
         raise SubmitError(f"--kernel {kernel}: a kernel is OWNER/SLUG")
-    services = services_or_default(services)
+    services = services or Services()
     path = kernel_output_file(kernel, version, file_name, root=root, services=services)
     if message is None:
         sidecar = _read_sidecar(path)

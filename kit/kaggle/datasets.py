@@ -7,7 +7,7 @@ import re
 
 from kit.errors import KaggleFault
 from kit.files import write_json
-from kit.kaggle.api import Polling, Services, Subject, refused_as_fault, services_or_default
+from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
 from kit.kaggle.bundle import DEFAULT_SLUG, UPLOADS_NAME, Bundle, bundle_home, read_record
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import BundleError
@@ -28,7 +28,7 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
         log(f"{dataset}: this content ({bundle.manifest['content_sha256'][:12]}) was uploaded on {done['time']}; "
             "nothing to upload")
         return False
-    services = services_or_default(services)
+    services = services or Services()
     api = services.client()
     exists = dataset_exists(services, dataset)
     notes = notes or f"facekit {bundle.manifest['facekit_version']}, content {bundle.manifest['content_sha256'][:12]}"
@@ -56,17 +56,8 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
 
 
 def dataset_exists(services: Services, dataset: str) -> bool:
-    import requests
-
-    def status():
-        try:
-            return services.client().dataset_status(dataset)
-        except requests.exceptions.HTTPError as error:
-            if error.response is not None and error.response.status_code == 404:
-                return None
-            raise
-
-    return services.call(f"asking for {dataset}", status, Subject("dataset", dataset)) is not None
+    return services.call(f"asking for {dataset}", lambda: services.client().dataset_status(dataset),
+                         Subject("dataset", dataset), missing_ok=True) is not None
 
 
 def wait_until_ready(services: Services, dataset: str) -> str:

@@ -26,7 +26,6 @@ from kit.kaggle.api import (
     classify,
     competition,
     resolve_competition,
-    services_or_default,
 )
 from kit.log import log
 from kit.paths import Project
@@ -57,7 +56,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
     if dest.exists() and not (archive.is_file() or (dest / LEGACY_MANIFEST).is_file()) and not force:
         raise SubmitError(f"{dest} exists but was not made by `download` (no {archive.name} beside it); "
                           f"move it away, or pass --force to extract Kaggle's files into it (its own are kept)")
-    services = services_or_default(services)
+    services = services or Services()
     api = services.client()
     from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 

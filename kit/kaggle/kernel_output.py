@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kit.errors import SubmitError
 from kit.files import read_json, sha256_file, write_json, write_text
-from kit.kaggle.api import Services, services_or_default
+from kit.kaggle.api import Services
 from kit.kaggle.kernels import (
     RECORD_NAME,
     TERMINAL,
@@ -144,7 +144,7 @@ def kernel_output_file(ref: str, version: int, file_name: str = "submission.csv"
     path = output_dir(slug, version, root) / "output" / file_name
     if path.is_file():
         return path
-    services = services_or_default(services)
+    services = services or Services()
     response = kernel_status(services, ref, version)
     if response.status.name != "COMPLETE":
         if response.status.name in TERMINAL:

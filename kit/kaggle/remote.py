@@ -9,7 +9,7 @@ from pathlib import Path
 from kit.errors import SubmitError
 from kit.files import write_json
 from kit.kaggle import bundle as bundles
-from kit.kaggle.api import Services, resolve_competition, services_or_default
+from kit.kaggle.api import Services, resolve_competition
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import (
     DEFAULT_KERNEL,
@@ -72,7 +72,7 @@ def run_on_kaggle(commands: list[list[str]], spec: KernelSpec = KernelSpec(), *,
     """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
     its output. Everything that can refuse (commands, folds, bundle) refuses before anything is sent."""
     kernel, gpu = spec.kernel, spec.gpu
-    services = services_or_default(services)
+    services = services or Services()
     project = Project.at(root)
     accelerator(gpu)
     slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import exclusive_lock, sha256_file
-from kit.kaggle.api import Services, competition, resolve_competition, services_or_default
+from kit.kaggle.api import Services, competition, resolve_competition
 from kit.kaggle.download import find_sample
 from kit.kaggle.ledger import (
     append_row,
@@ -70,7 +70,7 @@ def submit_with(create, path, message: str | None, slug: str | None, *, sample=N
     path = project.root / path
     ledger_path = project.ledger
     slug = resolve_competition(slug)
-    services = services_or_default(services)
+    services = services or Services()
     if not path.is_file():
         raise SubmitError(f"{path}: no such file")
     sha256 = sha256_file(path)
