@@ -9,17 +9,14 @@ data without --data.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import exclusive_lock
+from kit.files import exclusive_lock, replace_folder, staging_folder
 from kit.kaggle.api import (
     Services,
     add_competition_argument,
@@ -72,7 +69,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
             response.close()  # only its headers were wanted
         else:
             log(f"downloading the files of '{slug}' ({_size(response.headers.get('Content-Length'))}) ...")
-            with _staging(dest) as staging:
+            with staging_folder(dest) as staging:
                 try:
                     api.download_file(response, str(staging / archive.name), client.http_client(),
                                       quiet=not progress)
@@ -88,12 +85,11 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
             members = [info for info in zf.infolist() if not info.is_dir()]
             extract = downloaded or not _intact(dest, members)
             if extract:
-                with _staging(dest) as staging:
+                with staging_folder(dest) as staging:
                     zf.extractall(staging / "extracted")  # zipfile drops absolute and '..' parts
                     if dest.exists():
                         _keep_own_files(dest, staging / "extracted", {Path(i.filename) for i in members} | replaced)
-                        os.replace(dest, staging / "previous")  # removed with staging
-                    os.replace(staging / "extracted", dest)
+                    replace_folder(staging / "extracted", dest, staging)
     except zipfile.BadZipFile as error:
         archive.unlink(missing_ok=True)  # else the client's check would keep it
         raise SubmitError(f"{archive} is not a valid zip ({error}); removed it, run download again") from error
@@ -130,17 +126,6 @@ def _keep_own_files(dest: Path, extracted: Path, kaggles: set[Path]) -> None:
             (extracted / relative).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, extracted / relative)
             log(f"{dest}: kept {relative}, which is not Kaggle's")
-
-
-@contextlib.contextmanager
-def _staging(dest: Path):
-    """A fresh folder beside `dest`, on its file system so that what is made in it renames into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _where_train_is(dest: Path) -> str:
@@ -182,14 +167,10 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services
         api = services.client()
         name = services.call("finding sample_submission.csv",
                              lambda: _find_data_file(api, slug, "sample_submission.csv"), competition(slug))
-        staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=cache.parent))
-        try:
+        with staging_folder(cache) as staging:
             services.call(f"downloading {name}", lambda: api.competition_download_file(
-                slug, name, path=str(staging), force=True, quiet=True, unzip=True), competition(slug))
-            shutil.rmtree(cache, ignore_errors=True)
-            os.replace(staging, cache)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                slug, name, path=str(staging / slug), force=True, quiet=True, unzip=True), competition(slug))
+            replace_folder(staging / slug, cache, staging)
     return cache / name
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import read_json, sha256_file, write_json, write_text
+from kit.files import read_json, replace_folder, sha256_file, staging_folder, write_json, write_text
 from kit.kaggle.api import Services
 from kit.kaggle.kernels import (
     RECORD_NAME,
@@ -39,9 +37,7 @@ def download_output(services: Services, ref: str, version: int, *, root=None, fo
     if (dest / RECORD_NAME).is_file() and not force:
         log(f"{dest}: downloaded before; nothing to do (--force downloads it again)")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=dest.parent))
-    try:
+    with staging_folder(dest) as staging:
         raw = staging / "raw"
 
         def fetch():
@@ -69,11 +65,7 @@ def download_output(services: Services, ref: str, version: int, *, root=None, fo
         write_json(out / RECORD_NAME, {"kernel": ref, "version": version, "downloaded": now_utc(),
                                        "files": len(files), **pushed,
                                        "runs": [str(r.relative_to(out)) for r in runs]})
-        if dest.exists():
-            os.replace(dest, staging / "previous")
-        os.replace(out, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        replace_folder(out, dest, staging)
     _adopt_folds(dest / "output" / "folds", project)
     _say_what_came(dest, project)
     return dest
