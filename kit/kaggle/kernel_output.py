@@ -10,6 +10,7 @@ from pathlib import Path
 from kit.errors import SubmitError
 from kit.files import read_json, replace_folder, sha256_file, staging_folder, write_json, write_text
 from kit.kaggle.api import Services
+from kit.kaggle.bundle import read_record
 from kit.kaggle.kernels import (
     RECORD_NAME,
     TERMINAL,
@@ -69,13 +70,6 @@ def download_output(services: Services, ref: str, version: int, *, root=None, fo
     _adopt_folds(dest / "output" / "folds", project)
     _say_what_came(dest, project)
     return dest
-
-
-def read_record(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
 
 
 def _localise(run: Path, project: Project) -> None:
