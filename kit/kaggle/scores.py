@@ -90,7 +90,7 @@ def list_submissions(slug: str | None = None, *, root=None, refresh: bool = True
     rows = current()
     log(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
     if rows:
-        log(compare(rows).describe())
+        log(compare(rows))
     if final:
         chosen, why = propose_final(rows)
         log("final selections (by the leaderboard estimates):\n  " + "\n  ".join(why))
