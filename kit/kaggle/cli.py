@@ -1,10 +1,6 @@
 """The Kaggle commands' command lines: `facekit submit`, `facekit submissions`, and `facekit kaggle
-SUBCOMMAND`, the kit on Kaggle's notebooks and GPUs (docs/kaggle.md). Each parses its options and calls
-the library (kit/kaggle/submit.py, code_submission.py, bundle.py, datasets.py, kernels.py).
-
-    facekit kaggle bundle [--extras dlib] [--slug OWNER/SLUG] [--dry-run]   the kit as a dataset (kit/kaggle/bundle.py)
-    facekit kaggle run [options] -- COMMAND ...                            run commands there (kit/kaggle/kernels.py)
-    facekit kaggle output OWNER/SLUG [--version N]                         wait for a version, download its output
+SUBCOMMAND` (SUBCOMMANDS below), the kit on Kaggle's notebooks and GPUs (docs/kaggle.md). Each parses its
+options and calls the library (kit/kaggle/submit.py, code_submission.py, bundle.py, datasets.py, remote.py).
 """
 from __future__ import annotations
 
@@ -116,7 +112,6 @@ def bundle_main(argv=None) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- command line
 def add_polling_arguments(parser) -> None:
     parser.add_argument("--poll-interval", type=parse_duration, default=KERNEL_POLLING.interval,
                         help="first wait between status checks; later ones grow to 10 times it, at most 5 min "
@@ -142,7 +137,7 @@ def run_main(argv=None) -> int:
         epilog="example: facekit kaggle run -- best --time-limit 8h")
     parser.add_argument("--kernel", help=f"[OWNER/]SLUG of the kernel (default: <username>/{DEFAULT_KERNEL}); each "
                         "push is a new version")
-    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
+    add_competition_argument(parser)
     parser.add_argument("--gpu", default="t4x2", help=f"{', '.join(GPUS)}, or a Kaggle machine shape such as NvidiaL4 "
                         "(default: %(default)s)")
     parser.add_argument("--internet", action="store_true", help="let the kernel reach the internet (default: off)")
