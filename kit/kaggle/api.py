@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SECRETS_IN_USE, KaggleFault, MissingCredentials
-from kit.log import warn
+from kit.log import log, warn
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 
@@ -261,6 +261,20 @@ def resolve_competition(competition: str | None = None) -> str:
     from kit.paths import DEFAULT_COMPETITION
 
     return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
+
+
+def owner_ref(name: str | None, default_slug: str, *, dry_run: bool, services: Services) -> str:
+    """OWNER/SLUG of a dataset or kernel given as [OWNER/]SLUG, or not at all (`default_slug`): the owner is
+    KAGGLE_USERNAME, else the client's user name (a dry run does not connect: USERNAME)."""
+    if name and "/" in name:
+        return name
+    owner = os.environ.get("KAGGLE_USERNAME")
+    if not owner and not dry_run:
+        owner = services.client().config_values.get("username")
+    if not owner:
+        owner = "USERNAME"
+        log(f"dry run without KAGGLE_USERNAME: written as USERNAME/{name or default_slug}")
+    return f"{owner}/{name or default_slug}"
 
 
 def add_competition_argument(parser) -> None:

@@ -8,10 +8,10 @@ import argparse
 from pathlib import Path
 
 from kit.errors import SubmissionError, SubmitError, UserError
-from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument
+from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument, owner_ref
 from kit.kaggle.bundle import DEFAULT_EXTRAS, DEFAULT_SLUG, build_bundle
 from kit.kaggle.code_submission import submit_kernel
-from kit.kaggle.datasets import check_slug, default_dataset, upload_bundle
+from kit.kaggle.datasets import check_slug, upload_bundle
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import DEFAULT_KERNEL, GPUS, KERNEL_POLLING, latest_version, split_commands
 from kit.kaggle.remote import KernelSpec, run_on_kaggle
@@ -98,7 +98,7 @@ def bundle_main(argv=None) -> int:
     args = parser.parse_args(argv)
     extras = [e.strip() for e in args.extras.split(",") if e.strip() and e.strip().lower() != "none"]
     services = Services()
-    dataset = default_dataset(args.slug, dry_run=args.dry_run, services=services)
+    dataset = owner_ref(args.slug, DEFAULT_SLUG, dry_run=args.dry_run, services=services)
     check_slug(dataset)
     target = Target(args.python_version, tuple(args.platform) if args.platform else default_platforms())
     image = read_image_file(Path(args.kaggle_image)) if args.kaggle_image else None

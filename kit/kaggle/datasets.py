@@ -2,13 +2,12 @@
 Kaggle has it ready, and the dataset names the kit uses."""
 from __future__ import annotations
 
-import os
 import re
 
 from kit.errors import KaggleFault
 from kit.files import write_json
 from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
-from kit.kaggle.bundle import DEFAULT_SLUG, UPLOADS_NAME, Bundle, bundle_home, read_record
+from kit.kaggle.bundle import UPLOADS_NAME, Bundle, bundle_home, read_record
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import BundleError
 from kit.log import log, warn
@@ -76,19 +75,6 @@ def wait_until_ready(services: Services, dataset: str) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def default_dataset(slug: str | None, *, dry_run: bool, services: Services) -> str:
-    """OWNER/SLUG for --slug (default <username>/facekit-bundle); asks the client for the user name if need be."""
-    if slug and "/" in slug:
-        return slug
-    owner = os.environ.get("KAGGLE_USERNAME")
-    if not owner and not dry_run:
-        owner = services.client().config_values.get("username")
-    if not owner:
-        owner = "USERNAME"
-        log("dry run without KAGGLE_USERNAME: the dataset is written as USERNAME/...")
-    return f"{owner}/{slug or DEFAULT_SLUG}"
-
-
 def check_slug(dataset: str) -> None:
     owner, _, slug = dataset.partition("/")
     if not owner or not re.fullmatch(r"[a-z0-9][a-z0-9-]{4,48}[a-z0-9]", slug or ""):
