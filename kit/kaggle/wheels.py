@@ -27,6 +27,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from kit.errors import SubmitError
 from kit.log import log
@@ -314,10 +315,9 @@ def build_own_wheel(source: Path, out_dir: Path) -> Path:
 def _has_build_backend() -> bool:
     """setuptools 70.1 or newer is here (it builds wheels itself): no isolated build, no registry."""
     try:
-        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return Version(importlib.metadata.version("setuptools")) >= Version("70.1")
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
         return False
-    return (major, minor) >= (70, 1)
 
 
 def wheel_digest(path: Path) -> str:
