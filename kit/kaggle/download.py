@@ -157,8 +157,7 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services
     if local:
         return local[0]
     cache = root / ".cache" / "kaggle" / slug
-    # One process fetches at a time (two submits at once would unzip over each other), into a folder of
-    # its own that is renamed into place whole.
+    # One process fetches at a time: two submits at once would unzip over each other.
     with exclusive_lock(cache.parent / f".{slug}.fetch.lock"):
         cached = sorted(cache.rglob("sample_submission.csv"))
         if cached:

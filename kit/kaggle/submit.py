@@ -200,10 +200,8 @@ def resolve_intents(services: Services, ledger_path: Path, slug: str) -> None:
             log(f"an earlier submit of {intent['file']} was stopped before Kaggle took it; nothing was submitted")
 
 
-def _utc(moment) -> datetime:
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)   # kagglesdk's are naive, in UTC
 
 
 def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, wait: bool,
