@@ -66,10 +66,7 @@ class Bundle:
 
 
 def content_hash(entries: dict[str, str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(entries):
-        digest.update(f"{name}\0{entries[name]}\n".encode())
-    return digest.hexdigest()
+    return hashlib.sha256("".join(f"{name}\0{entries[name]}\n" for name in sorted(entries)).encode()).hexdigest()
 
 
 def folds_files(project: Project) -> dict[str, str]:

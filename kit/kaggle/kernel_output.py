@@ -106,10 +106,7 @@ def _adopt_folds(folder: Path, project: Project) -> None:
 
 
 def _say_what_came(dest: Path, project: Project) -> None:
-    try:
-        shown = dest.relative_to(project.runs)
-    except ValueError:
-        shown = dest
+    shown = dest.relative_to(project.runs)   # output_dir is under it
     runs = [p.parent for p in sorted(dest.glob("*/*/config.json")) if p.parent.parent.name != "output"]
     log(f"downloaded into {dest}: {len(runs)} run(s)")
     for run in runs:

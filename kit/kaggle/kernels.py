@@ -13,6 +13,7 @@ runs/kaggle/<slug>/v<N>/ like local runs, so that `facekit ensemble` blends them
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -61,14 +62,8 @@ def check_kernel_slug(slug: str) -> None:
 
 def split_commands(words: list[str]) -> list[list[str]]:
     """`cv scratch --epochs 1 -- ensemble scratch/x` -> [[cv, scratch, --epochs, 1], [ensemble, scratch/x]]."""
-    commands, current = [], []
-    for word in [*words, "--"]:
-        if word == "--":
-            if current:
-                commands.append(current)
-            current = []
-        else:
-            current.append(word)
+    commands = [list(command) for between, command in itertools.groupby(words, lambda word: word == "--")
+                if not between]
     if not commands:
         raise SubmitError("no command to run on Kaggle: facekit kaggle run [options] -- COMMAND [ARGS ...]")
     for command in commands:

@@ -72,11 +72,9 @@ def read_rows(path) -> list[dict]:
 
 
 def latest_states(rows: list[dict]) -> list[dict]:
-    """One row per submission, its latest, in the order the submissions were first recorded."""
-    latest: dict[tuple[str, str], dict] = {}
-    for row in rows:
-        latest[(row["competition"], row["ref"])] = row  # dict keeps first-insertion order
-    return list(latest.values())
+    """One row per submission, its latest, in the order the submissions were first recorded (a later row of a
+    submission replaces its value in the dict, where its key was first inserted)."""
+    return list({(row["competition"], row["ref"]): row for row in rows}.values())
 
 
 def rows_for_file(rows: list[dict], sha256: str, competition: str) -> list[dict]:

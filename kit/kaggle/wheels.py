@@ -72,10 +72,8 @@ class Target:
     platforms: tuple[str, ...] = field(default_factory=default_platforms)
 
     def pip_options(self) -> list[str]:
-        options = ["--only-binary=:all:", "--python-version", self.python_version, "--implementation", "cp"]
-        for platform in self.platforms:
-            options += ["--platform", platform]
-        return options
+        return ["--only-binary=:all:", "--python-version", self.python_version, "--implementation", "cp",
+                *[option for platform in self.platforms for option in ("--platform", platform)]]
 
 
 @dataclass(frozen=True)
