@@ -101,6 +101,19 @@ class Services:
                         return found
         raise AssertionError("unreachable")
 
+    def send(self, what: str, call, subject: Subject):
+        """`call()` once (a retry could make a second dataset or kernel version), with the client's ValueErrors
+        (its way of saying bad metadata, a denied kernel or a failed upload) raised as KaggleFaults; what it
+        printed meanwhile is kept in the message."""
+        def guarded():
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                try:
+                    return call()
+                except ValueError as error:
+                    said = printed.getvalue().strip()
+                    raise KaggleFault(f"{what}: {error}" + (f" ({said})" if said else ""), kind="refused") from error
+        return self.call(what, guarded, subject, once=True)
+
     def poll(self, read, finished, *, default: Polling, note=None):
         """Call read() until finished(answer) or the polling's timeout; return (last answer, finished).
         note(answer, wait) runs before each wait; the waits grow by the polling's factor."""
@@ -221,19 +234,6 @@ def http_fault(status: int, message: str, subject: Subject) -> KaggleFault:
 def looks_like_daily_limit(message: str) -> bool:
     text = message.lower()
     return "daily" in text and ("allowance" in text or "limit" in text)
-
-
-def refused_as_fault(what: str, call):
-    """`call`, with the client's ValueErrors (its way of saying bad metadata, a denied kernel or a failed
-    upload) raised as KaggleFaults; what it printed meanwhile is kept in the message."""
-    def guarded():
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            try:
-                return call()
-            except ValueError as error:
-                said = printed.getvalue().strip()
-                raise KaggleFault(f"{what}: {error}" + (f" ({said})" if said else ""), kind="refused") from error
-    return guarded
 
 
 # ----------------------------------------------------------------------------- shared by the Kaggle commands

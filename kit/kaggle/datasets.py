@@ -6,7 +6,7 @@ import re
 
 from kit.errors import KaggleFault
 from kit.files import write_json
-from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
+from kit.kaggle.api import Polling, Services, Subject
 from kit.kaggle.bundle import UPLOADS_NAME, Bundle, bundle_home, read_record
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import BundleError
@@ -40,8 +40,7 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
             return api.dataset_create_version(str(bundle.folder), notes, quiet=True, dir_mode="zip")
         return api.dataset_create_new(str(bundle.folder), public=False, quiet=True, dir_mode="zip")
 
-    response = services.call(f"uploading {dataset}", refused_as_fault(f"uploading {dataset}", create),
-                             Subject("dataset", dataset), once=True)
+    response = services.send(f"uploading {dataset}", create, Subject("dataset", dataset))
     if response is None or (getattr(response, "error", None) or "").strip():
         reason = response.error if response is not None else "no answer"
         raise KaggleFault(f"Kaggle refused the bundle {dataset}: {reason}", kind="refused")

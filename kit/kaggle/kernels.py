@@ -21,7 +21,7 @@ from pathlib import Path
 from kit.commands import COMMANDS
 from kit.errors import KaggleFault, SubmitError
 from kit.files import write_json, write_text
-from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
+from kit.kaggle.api import Polling, Services, Subject
 from kit.log import log
 from kit.paths import Project
 
@@ -110,8 +110,7 @@ def push_kernel(services: Services, folder: Path, *, ref: str, session_timeout: 
     KaggleFault: the client itself only prints them."""
     timeout = str(int(session_timeout)) if session_timeout else None
     what = f"pushing the kernel {ref}"
-    push = refused_as_fault(what, lambda: services.client().kernels_push(str(folder), timeout=timeout))
-    response = services.call(what, push, kernel(ref), once=True)
+    response = services.send(what, lambda: services.client().kernels_push(str(folder), timeout=timeout), kernel(ref))
     if response is None:
         raise KaggleFault(f"{what}: no answer from Kaggle", kind="refused")
     if response.error:
