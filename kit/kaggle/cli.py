@@ -1,10 +1,6 @@
 """The Kaggle commands' command lines: `facekit submit`, `facekit submissions`, and `facekit kaggle
-SUBCOMMAND`, the kit on Kaggle's notebooks and GPUs (docs/kaggle.md). Each parses its options and calls
-the library (kit/kaggle/submit.py, code_submission.py, bundle.py, datasets.py, kernels.py).
-
-    facekit kaggle bundle [--extras dlib] [--slug OWNER/SLUG] [--dry-run]   the kit as a dataset (kit/kaggle/bundle.py)
-    facekit kaggle run [options] -- COMMAND ...                            run commands there (kit/kaggle/kernels.py)
-    facekit kaggle output OWNER/SLUG [--version N]                         wait for a version, download its output
+SUBCOMMAND` (SUBCOMMANDS below), the kit on Kaggle's notebooks and GPUs (docs/kaggle.md). Each parses its
+options and calls the library (kit/kaggle/submit.py, code_submission.py, bundle.py, datasets.py, remote.py).
 """
 from __future__ import annotations
 
@@ -12,10 +8,10 @@ import argparse
 from pathlib import Path
 
 from kit.errors import SubmissionError, SubmitError, UserError
-from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument
+from kit.kaggle.api import DEFAULT_POLLING, Polling, Services, add_competition_argument, owner_ref
 from kit.kaggle.bundle import DEFAULT_EXTRAS, DEFAULT_SLUG, build_bundle
 from kit.kaggle.code_submission import submit_kernel
-from kit.kaggle.datasets import check_slug, default_dataset, upload_bundle
+from kit.kaggle.datasets import check_slug, upload_bundle
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import DEFAULT_KERNEL, GPUS, KERNEL_POLLING, latest_version, split_commands
 from kit.kaggle.remote import KernelSpec, run_on_kaggle
@@ -102,7 +98,7 @@ def bundle_main(argv=None) -> int:
     args = parser.parse_args(argv)
     extras = [e.strip() for e in args.extras.split(",") if e.strip() and e.strip().lower() != "none"]
     services = Services()
-    dataset = default_dataset(args.slug, dry_run=args.dry_run, services=services)
+    dataset = owner_ref(args.slug, DEFAULT_SLUG, dry_run=args.dry_run, services=services)
     check_slug(dataset)
     target = Target(args.python_version, tuple(args.platform) if args.platform else default_platforms())
     image = read_image_file(Path(args.kaggle_image)) if args.kaggle_image else None
@@ -116,7 +112,6 @@ def bundle_main(argv=None) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- command line
 def add_polling_arguments(parser) -> None:
     parser.add_argument("--poll-interval", type=parse_duration, default=KERNEL_POLLING.interval,
                         help="first wait between status checks; later ones grow to 10 times it, at most 5 min "
@@ -142,7 +137,7 @@ def run_main(argv=None) -> int:
         epilog="example: facekit kaggle run -- best --time-limit 8h")
     parser.add_argument("--kernel", help=f"[OWNER/]SLUG of the kernel (default: <username>/{DEFAULT_KERNEL}); each "
                         "push is a new version")
-    parser.add_argument("--competition", help="competition slug (default: $KAGGLE_COMPETITION, else the project's)")
+    add_competition_argument(parser)
     parser.add_argument("--gpu", default="t4x2", help=f"{', '.join(GPUS)}, or a Kaggle machine shape such as NvidiaL4 "
                         "(default: %(default)s)")
     parser.add_argument("--internet", action="store_true", help="let the kernel reach the internet (default: off)")

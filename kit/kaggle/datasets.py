@@ -2,13 +2,12 @@
 Kaggle has it ready, and the dataset names the kit uses."""
 from __future__ import annotations
 
-import os
 import re
 
 from kit.errors import KaggleFault
 from kit.files import write_json
-from kit.kaggle.api import Polling, Services, Subject, refused_as_fault, services_or_default
-from kit.kaggle.bundle import DEFAULT_SLUG, UPLOADS_NAME, Bundle, bundle_home, read_record
+from kit.kaggle.api import Polling, Services, Subject
+from kit.kaggle.bundle import UPLOADS_NAME, Bundle, bundle_home, read_record
 from kit.kaggle.ledger import now_utc
 from kit.kaggle.wheels import BundleError
 from kit.log import log, warn
@@ -28,7 +27,7 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
         log(f"{dataset}: this content ({bundle.manifest['content_sha256'][:12]}) was uploaded on {done['time']}; "
             "nothing to upload")
         return False
-    services = services_or_default(services)
+    services = services or Services()
     api = services.client()
     exists = dataset_exists(services, dataset)
     notes = notes or f"facekit {bundle.manifest['facekit_version']}, content {bundle.manifest['content_sha256'][:12]}"
@@ -41,8 +40,7 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
             return api.dataset_create_version(str(bundle.folder), notes, quiet=True, dir_mode="zip")
         return api.dataset_create_new(str(bundle.folder), public=False, quiet=True, dir_mode="zip")
 
-    response = services.call(f"uploading {dataset}", refused_as_fault(f"uploading {dataset}", create),
-                             Subject("dataset", dataset), once=True)
+    response = services.send(f"uploading {dataset}", create, Subject("dataset", dataset))
     if response is None or (getattr(response, "error", None) or "").strip():
         reason = response.error if response is not None else "no answer"
         raise KaggleFault(f"Kaggle refused the bundle {dataset}: {reason}", kind="refused")
@@ -56,17 +54,8 @@ def upload_bundle(bundle: Bundle, *, root=None, notes: str | None = None, servic
 
 
 def dataset_exists(services: Services, dataset: str) -> bool:
-    import requests
-
-    def status():
-        try:
-            return services.client().dataset_status(dataset)
-        except requests.exceptions.HTTPError as error:
-            if error.response is not None and error.response.status_code == 404:
-                return None
-            raise
-
-    return services.call(f"asking for {dataset}", status, Subject("dataset", dataset)) is not None
+    return services.call(f"asking for {dataset}", lambda: services.client().dataset_status(dataset),
+                         Subject("dataset", dataset), missing_ok=True) is not None
 
 
 def wait_until_ready(services: Services, dataset: str) -> str:
@@ -85,19 +74,6 @@ def wait_until_ready(services: Services, dataset: str) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def default_dataset(slug: str | None, *, dry_run: bool, services: Services) -> str:
-    """OWNER/SLUG for --slug (default <username>/facekit-bundle); asks the client for the user name if need be."""
-    if slug and "/" in slug:
-        return slug
-    owner = os.environ.get("KAGGLE_USERNAME")
-    if not owner and not dry_run:
-        owner = services.client().config_values.get("username")
-    if not owner:
-        owner = "USERNAME"
-        log("dry run without KAGGLE_USERNAME: the dataset is written as USERNAME/...")
-    return f"{owner}/{slug or DEFAULT_SLUG}"
-
-
 def check_slug(dataset: str) -> None:
     owner, _, slug = dataset.partition("/")
     if not owner or not re.fullmatch(r"[a-z0-9][a-z0-9-]{4,48}[a-z0-9]", slug or ""):

@@ -9,24 +9,20 @@ data without --data.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import exclusive_lock
+from kit.files import exclusive_lock, replace_folder, staging_folder
 from kit.kaggle.api import (
     Services,
     add_competition_argument,
     classify,
     competition,
     resolve_competition,
-    services_or_default,
 )
 from kit.log import log
 from kit.paths import Project
@@ -57,7 +53,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
     if dest.exists() and not (archive.is_file() or (dest / LEGACY_MANIFEST).is_file()) and not force:
         raise SubmitError(f"{dest} exists but was not made by `download` (no {archive.name} beside it); "
                           f"move it away, or pass --force to extract Kaggle's files into it (its own are kept)")
-    services = services_or_default(services)
+    services = services or Services()
     api = services.client()
     from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 
@@ -73,7 +69,7 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
             response.close()  # only its headers were wanted
         else:
             log(f"downloading the files of '{slug}' ({_size(response.headers.get('Content-Length'))}) ...")
-            with _staging(dest) as staging:
+            with staging_folder(dest) as staging:
                 try:
                     api.download_file(response, str(staging / archive.name), client.http_client(),
                                       quiet=not progress)
@@ -89,12 +85,11 @@ def download(slug: str | None = None, dest=None, *, root=None, force: bool = Fal
             members = [info for info in zf.infolist() if not info.is_dir()]
             extract = downloaded or not _intact(dest, members)
             if extract:
-                with _staging(dest) as staging:
+                with staging_folder(dest) as staging:
                     zf.extractall(staging / "extracted")  # zipfile drops absolute and '..' parts
                     if dest.exists():
                         _keep_own_files(dest, staging / "extracted", {Path(i.filename) for i in members} | replaced)
-                        os.replace(dest, staging / "previous")  # removed with staging
-                    os.replace(staging / "extracted", dest)
+                    replace_folder(staging / "extracted", dest, staging)
     except zipfile.BadZipFile as error:
         archive.unlink(missing_ok=True)  # else the client's check would keep it
         raise SubmitError(f"{archive} is not a valid zip ({error}); removed it, run download again") from error
@@ -133,17 +128,6 @@ def _keep_own_files(dest: Path, extracted: Path, kaggles: set[Path]) -> None:
             log(f"{dest}: kept {relative}, which is not Kaggle's")
 
 
-@contextlib.contextmanager
-def _staging(dest: Path):
-    """A fresh folder beside `dest`, on its file system so that what is made in it renames into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _where_train_is(dest: Path) -> str:
     from kit.data import find_competition_folder
     from kit.errors import DataError
@@ -173,8 +157,7 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services
     if local:
         return local[0]
     cache = root / ".cache" / "kaggle" / slug
-    # One process fetches at a time (two submits at once would unzip over each other), into a folder of
-    # its own that is renamed into place whole.
+    # One process fetches at a time: two submits at once would unzip over each other.
     with exclusive_lock(cache.parent / f".{slug}.fetch.lock"):
         cached = sorted(cache.rglob("sample_submission.csv"))
         if cached:
@@ -183,14 +166,10 @@ def find_sample(slug: str, sample, sidecar: dict, root: Path, services: Services
         api = services.client()
         name = services.call("finding sample_submission.csv",
                              lambda: _find_data_file(api, slug, "sample_submission.csv"), competition(slug))
-        staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=cache.parent))
-        try:
+        with staging_folder(cache) as staging:
             services.call(f"downloading {name}", lambda: api.competition_download_file(
-                slug, name, path=str(staging), force=True, quiet=True, unzip=True), competition(slug))
-            shutil.rmtree(cache, ignore_errors=True)
-            os.replace(staging, cache)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                slug, name, path=str(staging / slug), force=True, quiet=True, unzip=True), competition(slug))
+            replace_folder(staging / slug, cache, staging)
     return cache / name
 
 

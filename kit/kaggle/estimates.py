@@ -10,7 +10,6 @@ the ledger keeps what Kaggle said, the sidecar what the kit expected of that ver
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,37 +39,19 @@ def outside(public: float, estimate: dict) -> bool:
     return not low <= public <= high
 
 
-@dataclass(frozen=True)
-class Comparison:
-    refs: list[str]           # the submissions with a public score and an estimate
-    differences: list[float]  # public minus estimate, in the same order
-    outside: list[str]        # refs whose public score lies outside the estimate's public interval
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.differences))
-
-    @property
-    def spread(self) -> float:
-        """Standard deviation of public minus estimate (0 with one submission)."""
-        return float(np.std(self.differences, ddof=1)) if len(self.differences) > 1 else 0.0
-
-    def describe(self) -> str:
-        if not self.refs:
-            return "public minus estimate: no scored submission has a leaderboard estimate yet"
-        line = (f"public minus estimate over {len(self.refs)} submission(s): mean {self.mean:+.4f}, "
-                f"spread (sd) {self.spread:.4f}")
-        if self.outside:
-            line += f"; OUTSIDE its public interval: {', '.join(self.outside)}"
-        return line
-
-
-def compare(rows: list[dict]) -> Comparison:
-    """Public minus estimate over the rows that have both (the ledger's latest states)."""
-    pairs = [(row, public_of(row), estimate_for(row)) for row in rows]
-    pairs = [(row, public, est) for row, public, est in pairs if public is not None and est is not None]
-    return Comparison([row["ref"] for row, _, _ in pairs], [public - est["score"] for _, public, est in pairs],
-                      [row["ref"] for row, public, est in pairs if outside(public, est)])
+def compare(rows: list[dict]) -> str:
+    """Public minus estimate over the rows that have both (the ledger's latest states): its mean and spread, and
+    the submissions whose public score lies outside the estimate's public interval."""
+    pairs = [(row, public, est) for row in rows
+             if (public := public_of(row)) is not None and (est := estimate_for(row)) is not None]
+    if not pairs:
+        return "public minus estimate: no scored submission has a leaderboard estimate yet"
+    differences = [public - est["score"] for _, public, est in pairs]
+    spread = float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0   # the sd; 0 with one submission
+    line = (f"public minus estimate over {len(pairs)} submission(s): mean {float(np.mean(differences)):+.4f}, "
+            f"spread (sd) {spread:.4f}")
+    beyond = [row["ref"] for row, public, est in pairs if outside(public, est)]
+    return line + (f"; OUTSIDE its public interval: {', '.join(beyond)}" if beyond else "")
 
 
 def estimate_cells(row: dict) -> tuple[str, str]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from kit.errors import SubmitError
-from kit.files import read_json, sha256_file, write_json, write_text
-from kit.kaggle.api import Services, services_or_default
+from kit.files import read_json, replace_folder, sha256_file, staging_folder, write_json, write_text
+from kit.kaggle.api import Services
+from kit.kaggle.bundle import read_record
 from kit.kaggle.kernels import (
     RECORD_NAME,
     TERMINAL,
@@ -39,9 +38,7 @@ def download_output(services: Services, ref: str, version: int, *, root=None, fo
     if (dest / RECORD_NAME).is_file() and not force:
         log(f"{dest}: downloaded before; nothing to do (--force downloads it again)")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=dest.parent))
-    try:
+    with staging_folder(dest) as staging:
         raw = staging / "raw"
 
         def fetch():
@@ -69,21 +66,10 @@ def download_output(services: Services, ref: str, version: int, *, root=None, fo
         write_json(out / RECORD_NAME, {"kernel": ref, "version": version, "downloaded": now_utc(),
                                        "files": len(files), **pushed,
                                        "runs": [str(r.relative_to(out)) for r in runs]})
-        if dest.exists():
-            os.replace(dest, staging / "previous")
-        os.replace(out, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        replace_folder(out, dest, staging)
     _adopt_folds(dest / "output" / "folds", project)
     _say_what_came(dest, project)
     return dest
-
-
-def read_record(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
 
 
 def _localise(run: Path, project: Project) -> None:
@@ -120,10 +106,7 @@ def _adopt_folds(folder: Path, project: Project) -> None:
 
 
 def _say_what_came(dest: Path, project: Project) -> None:
-    try:
-        shown = dest.relative_to(project.runs)
-    except ValueError:
-        shown = dest
+    shown = dest.relative_to(project.runs)   # output_dir is under it
     runs = [p.parent for p in sorted(dest.glob("*/*/config.json")) if p.parent.parent.name != "output"]
     log(f"downloaded into {dest}: {len(runs)} run(s)")
     for run in runs:
@@ -144,7 +127,7 @@ def kernel_output_file(ref: str, version: int, file_name: str = "submission.csv"
     path = output_dir(slug, version, root) / "output" / file_name
     if path.is_file():
         return path
-    services = services_or_default(services)
+    services = services or Services()
     response = kernel_status(services, ref, version)
     if response.status.name != "COMPLETE":
         if response.status.name in TERMINAL:

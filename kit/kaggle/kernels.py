@@ -1,24 +1,19 @@
-"""`facekit kaggle run -- COMMAND ...`: facekit commands on Kaggle's machines, as a script kernel.
+"""`facekit kaggle run -- COMMAND ...`: facekit commands on Kaggle's machines, as a script kernel (the whole
+flow: docs/kaggle.md, 3).
 
     facekit kaggle run -- best --time-limit 8h            # GPU T4 x2, no internet, the bundle attached
     facekit kaggle run --gpu p100 -- cv resnet18 --epochs 12 -- ensemble resnet18/x   # commands in order
     facekit kaggle output OWNER/SLUG --version 3          # wait for a pushed version, download its output
 
-1. Nothing is pushed while the project's folds/ differ from the bundle's (runs on other folds cannot be
-   blended with the local ones) or while the bundle built here is not the one uploaded.
-2. .cache/kaggle-kernels/<slug>/ gets kernel-metadata.json and <slug>.py (kit/kaggle/kernel_script.py:
-   installs the bundle offline, runs the commands in /kaggle/working).
-3. The official client pushes it (KaggleApi.kernels_push); an error or an invalid source in Kaggle's
-   answer stops here.
-4. The status is polled with back-off (QUEUED, RUNNING, COMPLETE or ERROR); an ERROR stops with Kaggle's
-   failure message and the tail of the kernel's log.
-5. The output lands in runs/kaggle/<slug>/v<N>/: the runs at <model>/<name>/, so that
-   `facekit ensemble kaggle/<slug>/v<N>/<model>/<name> <local run>` blends them with local runs (on the
-   same folds file, checked by its sha256), the other files under output/ (submission.csv,
-   submissions/, folds/), the log as kernel.log, and what ran in kaggle-run.json.
+Here: the kernel folder (.cache/kaggle-kernels/<slug>/: kernel-metadata.json, and <slug>.py, which is
+kit/kaggle/kernel_script.py with its CONFIG filled in), the push (KaggleApi.kernels_push), the status polled
+with back-off, and the log. remote.py decides what is pushed (nothing while the project's folds differ from
+the bundle's, or the bundle built here is not the one uploaded); kernel_output.py lays the output out in
+runs/kaggle/<slug>/v<N>/ like local runs, so that `facekit ensemble` blends them with those.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -26,7 +21,7 @@ from pathlib import Path
 from kit.commands import COMMANDS
 from kit.errors import KaggleFault, SubmitError
 from kit.files import write_json, write_text
-from kit.kaggle.api import Polling, Services, Subject, refused_as_fault
+from kit.kaggle.api import Polling, Services, Subject
 from kit.log import log
 from kit.paths import Project
 
@@ -67,14 +62,8 @@ def check_kernel_slug(slug: str) -> None:
 
 def split_commands(words: list[str]) -> list[list[str]]:
     """`cv scratch --epochs 1 -- ensemble scratch/x` -> [[cv, scratch, --epochs, 1], [ensemble, scratch/x]]."""
-    commands, current = [], []
-    for word in [*words, "--"]:
-        if word == "--":
-            if current:
-                commands.append(current)
-            current = []
-        else:
-            current.append(word)
+    commands = [list(command) for between, command in itertools.groupby(words, lambda word: word == "--")
+                if not between]
     if not commands:
         raise SubmitError("no command to run on Kaggle: facekit kaggle run [options] -- COMMAND [ARGS ...]")
     for command in commands:
@@ -121,8 +110,7 @@ def push_kernel(services: Services, folder: Path, *, ref: str, session_timeout: 
     KaggleFault: the client itself only prints them."""
     timeout = str(int(session_timeout)) if session_timeout else None
     what = f"pushing the kernel {ref}"
-    push = refused_as_fault(what, lambda: services.client().kernels_push(str(folder), timeout=timeout))
-    response = services.call(what, push, kernel(ref), once=True)
+    response = services.send(what, lambda: services.client().kernels_push(str(folder), timeout=timeout), kernel(ref))
     if response is None:
         raise KaggleFault(f"{what}: no answer from Kaggle", kind="refused")
     if response.error:

@@ -14,16 +14,13 @@ Kaggle's own list of submissions (kit/kaggle/submit.py), so a confirmed upload i
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
-import os
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kit.errors import LedgerError
-from kit.files import atomic_path
+from kit.files import atomic_path, exclusive_lock
 
 COLUMNS = ["time", "file", "sha256", "ref", "message", "competition", "cv_score", "status",
            "public_score", "error"]
@@ -33,18 +30,6 @@ INTENT_PREFIX = "intent-"
 
 def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@contextmanager
-def _locked(path: Path):
-    """Hold an exclusive lock on the ledger's folder (the file itself is replaced on each append)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)  # closing releases the lock
 
 
 def _check_header(path: Path, existing: bytes) -> None:
@@ -63,7 +48,7 @@ def append_row(path, row: dict) -> dict:
     row = {column: "" if row.get(column) is None else str(row[column]) for column in COLUMNS}
     line = io.StringIO()
     csv.DictWriter(line, COLUMNS, lineterminator="\n").writerow(row)
-    with _locked(path):
+    with exclusive_lock(path.parent / f".{path.name}.lock"):   # not the file itself: each append replaces it
         existing = path.read_bytes() if path.exists() else b""
         if existing:
             _check_header(path, existing)
@@ -87,11 +72,9 @@ def read_rows(path) -> list[dict]:
 
 
 def latest_states(rows: list[dict]) -> list[dict]:
-    """One row per submission, its latest, in the order the submissions were first recorded."""
-    latest: dict[tuple[str, str], dict] = {}
-    for row in rows:
-        latest[(row["competition"], row["ref"])] = row  # dict keeps first-insertion order
-    return list(latest.values())
+    """One row per submission, its latest, in the order the submissions were first recorded (a later row of a
+    submission replaces its value in the dict, where its key was first inserted)."""
+    return list({(row["competition"], row["ref"]): row for row in rows}.values())
 
 
 def rows_for_file(rows: list[dict], sha256: str, competition: str) -> list[dict]:

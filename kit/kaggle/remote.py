@@ -2,14 +2,13 @@
 attached, wait for it, and download its output (docs/kaggle.md)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import SubmitError
 from kit.files import write_json
 from kit.kaggle import bundle as bundles
-from kit.kaggle.api import Services, resolve_competition, services_or_default
+from kit.kaggle.api import Services, owner_ref, resolve_competition
 from kit.kaggle.kernel_output import finish
 from kit.kaggle.kernels import (
     DEFAULT_KERNEL,
@@ -72,20 +71,14 @@ def run_on_kaggle(commands: list[list[str]], spec: KernelSpec = KernelSpec(), *,
     """Push `commands` as a script kernel with the project's bundle attached, wait for it and download
     its output. Everything that can refuse (commands, folds, bundle) refuses before anything is sent."""
     kernel, gpu = spec.kernel, spec.gpu
-    services = services_or_default(services)
+    services = services or Services()
     project = Project.at(root)
     accelerator(gpu)
     slug = kernel.split("/")[-1] if kernel else DEFAULT_KERNEL
     check_kernel_slug(slug)
     competition = resolve_competition(spec.competition)
     manifest = checked_bundle(project, competition, uploaded=not dry_run)
-    owner = kernel.split("/")[0] if kernel and "/" in kernel else None
-    if owner is None:
-        if dry_run:
-            owner = os.environ.get("KAGGLE_USERNAME") or "USERNAME"
-        else:
-            owner = services.client().config_values.get("username")
-    ref = f"{owner}/{slug}"
+    ref = owner_ref(kernel, DEFAULT_KERNEL, dry_run=dry_run, services=services)
     folder = kernels_home(project.root) / slug
     metadata = kernel_metadata(ref=ref, competition=competition, bundle=manifest["dataset"], gpu=gpu,
                                internet=spec.internet)

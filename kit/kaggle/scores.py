@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from kit.errors import KaggleFault
-from kit.kaggle.api import DEFAULT_POLLING, Services, competition, services_or_default
+from kit.kaggle.api import DEFAULT_POLLING, Services, competition
 from kit.kaggle.estimates import compare, estimate_cells, outside, propose_final
 from kit.kaggle.ledger import append_row, is_intent, latest_states, now_utc, read_rows
 from kit.log import log
@@ -20,7 +20,6 @@ def get_submission(services: Services, ref: int, slug: str):
     Called through kagglesdk rather than KaggleApi.get_submission, whose own retry loop waits
     minutes on a dead connection; the services' retry bounds apply instead.
     """
-    import requests
     from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
 
     request = ApiGetSubmissionRequest()
@@ -28,14 +27,9 @@ def get_submission(services: Services, ref: int, slug: str):
 
     def read():
         with services.client().build_kaggle_client() as client:
-            try:
-                return client.competitions.competition_api_client.get_submission(request)
-            except requests.exceptions.HTTPError as error:
-                if error.response is not None and error.response.status_code == 404:
-                    return None
-                raise
+            return client.competitions.competition_api_client.get_submission(request)
 
-    return services.call(f"reading submission {ref}", read, competition(slug))
+    return services.call(f"reading submission {ref}", read, competition(slug), missing_ok=True)
 
 
 def wait_for_score(services: Services, ref: int, slug: str):
@@ -74,7 +68,7 @@ def list_submissions(slug: str | None = None, *, root=None, refresh: bool = True
     ask Kaggle about pending ones. Below the table: public minus estimate over the ledger, and with `final`
     the two final selections proposed."""
     ledger_path = Project.at(root).ledger
-    services = services_or_default(services)
+    services = services or Services()
 
     def current() -> list[dict]:
         states = latest_states(read_rows(ledger_path))
@@ -96,7 +90,7 @@ def list_submissions(slug: str | None = None, *, root=None, refresh: bool = True
     rows = current()
     log(format_table(rows) if rows else f"no submissions recorded in {ledger_path}")
     if rows:
-        log(compare(rows).describe())
+        log(compare(rows))
     if final:
         chosen, why = propose_final(rows)
         log("final selections (by the leaderboard estimates):\n  " + "\n  ".join(why))

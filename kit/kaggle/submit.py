@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kit.errors import KaggleFault, LedgerError, SubmissionError, SubmitError
 from kit.files import exclusive_lock, sha256_file
-from kit.kaggle.api import Services, competition, resolve_competition, services_or_default
+from kit.kaggle.api import Services, competition, resolve_competition
 from kit.kaggle.download import find_sample
 from kit.kaggle.ledger import (
     append_row,
@@ -58,10 +58,11 @@ def submit(path, message: str | None = None, slug: str | None = None, **options)
 
 
 def submit_with(create, path, message: str | None, slug: str | None, *, sample=None, root=None,
-                dry_run: bool = False, wait: bool = True, force: bool = False,
-                services: Services | None = None) -> SubmitResult:
+                dry_run: bool = False, wait: bool = True, force: bool = False, services: Services | None = None,
+                label: str | None = None) -> SubmitResult:
     """submit(), the submission made by `create(services, path, message, slug) -> ref` (a file upload, or a
-    code competition's kernel output: kit/kaggle/code_submission.py).
+    code competition's kernel output: kit/kaggle/code_submission.py). The default message is `label` (the
+    file's name) and the CV score.
 
     Raises SubmissionError (invalid file), SubmitError (stopped before upload) or KaggleFault; in none of
     those cases was anything submitted or recorded. A relative `path` is read from the project root.
@@ -70,7 +71,7 @@ def submit_with(create, path, message: str | None, slug: str | None, *, sample=N
     path = project.root / path
     ledger_path = project.ledger
     slug = resolve_competition(slug)
-    services = services_or_default(services)
+    services = services or Services()
     if not path.is_file():
         raise SubmitError(f"{path}: no such file")
     sha256 = sha256_file(path)
@@ -86,7 +87,7 @@ def submit_with(create, path, message: str | None, slug: str | None, *, sample=N
     check_competition(path, sidecar, slug, force, target_sample)
     sample_path = target_sample()
     validate_submission_file(path, sample_path)
-    message = message or f"{path.stem}" + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
+    message = message or (label or path.stem) + (f" (CV {cv_score:.4f})" if cv_score is not None else "")
     row = {"file": str(path), "sha256": sha256, "message": message, "competition": slug,
            "cv_score": "" if cv_score is None else f"{cv_score:.6f}"}
     with exclusive_lock(submit_lock_path(ledger_path)):
@@ -199,10 +200,8 @@ def resolve_intents(services: Services, ledger_path: Path, slug: str) -> None:
             log(f"an earlier submit of {intent['file']} was stopped before Kaggle took it; nothing was submitted")
 
 
-def _utc(moment) -> datetime:
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)   # kagglesdk's are naive, in UTC
 
 
 def follow_score(services: Services, row: dict, ledger_path: Path, *, cv_score, wait: bool,
@@ -278,8 +277,11 @@ def _record(ledger_path: Path, row: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- Kaggle calls
-def create_submission(services: Services, path: Path, message: str, slug: str) -> int:
-    """Upload and create the submission through the client; return the ref Kaggle confirmed.
+def create_submission(services: Services, path: Path, message: str, slug: str, *, kernel: str | None = None,
+                      version: int | None = None, file_name: str = "submission.csv") -> int:
+    """Upload and create the submission through the client; return the ref Kaggle confirmed. With `kernel`, a
+    code competition's: Kaggle takes `file_name` from that version's own output (`path`, its local copy, is
+    what was validated and is recorded).
 
     The client reports a failed upload through the response message, not an exception, so a
     response without a ref is a failure. Before each retry the newest submissions are checked for
@@ -289,7 +291,11 @@ def create_submission(services: Services, path: Path, message: str, slug: str) -
     before = {s.ref for s in _submissions(services, slug)}
 
     def attempt() -> int:
-        response = api.competition_submit(str(path), message, slug, quiet=True)
+        if kernel:
+            response = api.competition_submit_code(file_name, message, slug, kernel=kernel, kernel_version=version,
+                                                   quiet=True)
+        else:
+            response = api.competition_submit(str(path), message, slug, quiet=True)
         if response.ref:
             return int(response.ref)
         if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
@@ -297,18 +303,20 @@ def create_submission(services: Services, path: Path, message: str, slug: str) -
         found = made_anyway()
         if found is not None:
             return found
-        raise KaggleFault(f"Kaggle answered {response.message!r} without confirming a submission; "
-                          f"nothing was recorded", kind="refused")
+        of = f" of {kernel} version {version}" if kernel else ""
+        raise KaggleFault(f"Kaggle answered {response.message!r} without confirming a submission{of}; nothing was "
+                          "recorded", kind="refused")
 
     def made_anyway() -> int | None:
         try:
             new = [s for s in _submissions(services, slug, once=True) if s.ref not in before
-                   and s.file_name == path.name and (s.description or "") == message]
+                   and (kernel or s.file_name == path.name) and (s.description or "") == message]
         except KaggleFault:
             return None
         return max(s.ref for s in new) if new else None
 
-    return services.call("submitting", attempt, competition(slug), before_retry=made_anyway)
+    return services.call(f"submitting {kernel} version {version}" if kernel else "submitting", attempt,
+                         competition(slug), before_retry=made_anyway)
 
 
 def _submissions(services: Services, slug: str, *, once: bool = False) -> list:

