@@ -343,6 +343,19 @@ def test_an_epoch_s_checkpoint_writes_count_in_its_cost(monkeypatch, tmp_path):
     assert plans[0].fold_s(4) - plans[0].fold_s(0) == pytest.approx(4 * (without + 2.5))
 
 
+def test_a_short_first_plan_keeps_its_lone_member_below_min_epochs_whatever_the_spares():
+    """5 minutes from a cold cache on the Xeon: the first plan left both members out (dlib_face alone had 1.2
+    epochs, fewer than --min-epochs 4), trained nothing and wrote no submission."""
+    from kit.best.run import first_plan
+
+    members = [plan_of("face", 60, max_epochs=7), plan_of("age", 20, max_epochs=6)]
+    spares = [plan_of("age:seed=1", 20, max_epochs=6)]
+    schedule = first_plan(members, spares, 5 * (1.2 * 60 + 10) * 1.15 + 1, folds=5, max_epochs=40, min_epochs=4,
+                          spent_s=40, time_limit=300)
+    assert [(p.label, p.epochs) for p in schedule.plans] == [("face", 1.2)]
+    assert [p.label for p in schedule.waiting] == ["age", "age:seed=1"]
+
+
 def test_a_spare_at_a_new_size_is_timed_only_where_an_estimate_scaled_by_its_pixels_finds_it_room(tmp_path, caplog):
     """Timing dlib_face at 150 px first decodes every image at 150 px: a minute or more, wasted in a plan with no
     room for it."""

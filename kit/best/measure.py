@@ -233,8 +233,8 @@ def scaled_timing(cfg: TrainConfig, measured: dict) -> tuple[str, dict] | None:
 def spares_worth_timing(spares: list, plans: list[ModelPlan], available_s: float, *, folds: int, min_epochs: int,
                         **measure) -> list:
     """The spares to time: every one, except one at a size nothing was timed at (its images are decoded first:
-    a minute or more of two cores) that an estimate scaled from another size finds no room for, the members
-    at their caps and the spares before it planned first."""
+    a minute or more of two cores) that an estimate scaled from another size finds no room for once the
+    members and the scaled spares before it have theirs."""
     project, given, measured = measure["project"], measure["given"], measure["measured"]
     max_epochs = measure["max_epochs"]
     worth, estimated = [], []

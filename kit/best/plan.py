@@ -205,6 +205,20 @@ class Schedule:
         rest_of_plan = (plan.folds_left - 1) * plan.fold_s()
         return left_s - others - rest_of_plan
 
+    def admit(self, kept: list[ModelPlan], available_s: float) -> list[ModelPlan]:
+        """`kept` with each waiting plan, in order, that fits in time they do not need: none of them loses
+        epochs for it, and one that does not fit keeps no later one out."""
+        share_out(kept, available_s)
+        for plan in self.waiting:
+            had = {id(p): p.epochs for p in kept}
+            trial = allot(kept + [plan], available_s, folds=self.folds, max_epochs=self.max_epochs,
+                          min_epochs=self.min_epochs)[0]
+            if (len(self.fitting(trial)) == len(kept) + 1
+                    and all(p.epochs >= had[id(p)] for p in trial if p is not plan)):
+                kept = trial
+            share_out(kept, available_s)   # the epochs of the set kept, not of the last one tried
+        return kept
+
     def replan(self, available_s: float) -> list[str]:
         """Re-split `available_s` (from now to the deadline, less the reserve) over the folds still to train,
         a started member's too (each fold's length is decided when it starts); returns what changed."""
@@ -220,17 +234,8 @@ class Schedule:
         # time they do not need: none of them loses epochs for it. Seen at 30 minutes: a started member at
         # its cap was cut from 7 epochs to 3.9 so that a spare could join; and the first waiting spare not
         # fitting must not keep a cheaper one further down out (5.5 minutes were given back for it).
-        kept = self.fitting(allot(current, available_s, folds=self.folds, max_epochs=self.max_epochs,
-                                  min_epochs=self.min_epochs)[0] if current else [])
-        share_out(kept, available_s)
-        for plan in self.waiting:
-            had = {id(p): p.epochs for p in kept}
-            trial = allot(kept + [plan], available_s, folds=self.folds, max_epochs=self.max_epochs,
-                          min_epochs=self.min_epochs)[0]
-            if (len(self.fitting(trial)) == len(kept) + 1
-                    and all(p.epochs >= had[id(p)] for p in trial if p is not plan)):
-                kept = trial
-            share_out(kept, available_s)   # the epochs of the set kept, not of the last one tried
+        kept = self.admit(self.fitting(allot(current, available_s, folds=self.folds, max_epochs=self.max_epochs,
+                                             min_epochs=self.min_epochs)[0] if current else []), available_s)
         left_out = [p for p in open_plans if p not in kept]
         self.plans = done + kept
         self.waiting = left_out

@@ -85,8 +85,9 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
                               f"model, needs about {need / 60:.1f} min here. Give more time, fewer --folds or a "
                               "smaller --size.")
         schedule = Schedule(*fallback, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
-    else:
-        schedule.replan(available_s)
+    else:   # not replan: a lone member below --min-epochs is kept here (allot keeps one), never dropped
+        schedule.plans = schedule.admit(kept, available_s)
+        schedule.waiting = [p for p in schedule.waiting if p not in schedule.plans]
     for plan in schedule.waiting:
         if plan not in spares:
             log(f"plan: {plan.label} left out for now: with it, a member would get fewer than {min_epochs} "
