@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.best.plan import ModelPlan, Schedule, epoch_costs
+from kit.best.plan import ModelPlan, epoch_costs, with_spares
 from kit.config import TrainConfig
 from kit.data import load_competition
 from kit.device import cpu_has_native_bf16, pick_device
@@ -246,10 +246,9 @@ def spares_worth_timing(spares: list, plans: list[ModelPlan], available_s: float
             continue
         plan = member_plan(spare, 1.0, spare_cfg, None, timing, comp=measure["comp"], project=project,
                            is_sample=measure["is_sample"], max_epochs=max_epochs, caps=measure["caps"])
-        trial = Schedule([copy.copy(p) for p in plans], [*estimated, plan], folds=folds, max_epochs=max_epochs,
-                         min_epochs=min_epochs)
-        trial.replan(available_s)
-        if any(p.label == spare.label for p in trial.plans):
+        kept, _ = with_spares([copy.copy(p) for p in plans], [*estimated, plan], available_s, folds=folds,
+                              max_epochs=max_epochs, min_epochs=min_epochs)   # as first_plan will plan it
+        if plan in kept:
             worth.append(spare)
             estimated.append(plan)
         else:

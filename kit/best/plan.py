@@ -143,6 +143,16 @@ def share_out(plans: list[ModelPlan], available_s: float) -> None:
             return
 
 
+def with_spares(plans: list[ModelPlan], spares: list[ModelPlan], available_s: float, *, folds: int, max_epochs: int,
+                min_epochs: int) -> tuple[list[ModelPlan], list[ModelPlan]]:
+    """(kept, waiting) of a first plan: the members allotted (a lone one kept even below `min_epochs`), then each
+    spare, in order, that joins in time they do not need (Schedule.admit, the re-plan's rule)."""
+    kept, left_out = allot(plans, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    schedule = Schedule(kept, left_out + spares, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    kept = schedule.admit(kept, available_s)
+    return kept, [p for p in schedule.waiting if p not in kept]
+
+
 class Schedule:
     """The plan, kept up to date as folds finish: the members started (never left out again: their runs
     are to be finished), the members still to start, and those waiting for time (left out, or spares).

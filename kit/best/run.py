@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.best.plan import ModelPlan, Schedule, allot
+from kit.best.plan import ModelPlan, Schedule, allot, with_spares
 from kit.config import TrainConfig
 from kit.cv import run_cv
 from kit.errors import BudgetError
@@ -71,9 +71,9 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
     (the members sharing it with the spares, a 30-minute plan gave dlib_face 6.6 of its 7 epochs until the
     first re-plan took them back)."""
     measured = plans + spares
-    kept, left_out = allot(plans, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
+    # A spare joins without taking epochs from a member: kept[0]'s are allot's own.
+    kept, waiting = with_spares(plans, spares, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     finished = [p for p in measured if p.folds_left <= 0]   # by an earlier command: a blend is there already
-    schedule = Schedule(kept, left_out + spares, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
     if kept[0].epochs < 1 and not finished:
         fallback = last_resort(measured, available_s, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs,
                                time_limit=time_limit)
@@ -84,19 +84,16 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
                               f"submission, {MIN_FOLD_EPOCHS:g} of an epoch on each of {folds} folds of the fastest "
                               f"model, needs about {need / 60:.1f} min here. Give more time, fewer --folds or a "
                               "smaller --size.")
-        schedule = Schedule(*fallback, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
-    else:   # not replan: a lone member below --min-epochs is kept here (allot keeps one), never dropped
-        schedule.plans = schedule.admit(kept, available_s)
-        schedule.waiting = [p for p in schedule.waiting if p not in schedule.plans]
-    for plan in schedule.waiting:
+        kept, waiting = fallback
+    for plan in waiting:
         if plan not in spares:
             log(f"plan: {plan.label} left out for now: with it, a member would get fewer than {min_epochs} "
                 f"epoch(s) per fold; it joins if the time turns out to be there")
-    for plan in schedule.plans:
+    for plan in kept:
         log(f"plan: {plan.label}: {plan.train_images_per_s:.0f} train / {plan.infer_images_per_s:.0f} infer "
             f"img/s -> {plan.epochs:g} epoch(s) x {folds} folds, about {plan.estimate_s() / 60:.1f} of "
             f"{plan.share_s / 60:.1f} min" + (" (resumed run: its planned epochs kept)" if plan.resumed else ""))
-    return schedule
+    return Schedule(kept, waiting, folds=folds, max_epochs=max_epochs, min_epochs=min_epochs)
 
 
 def cross_validate(schedule: Schedule, *, members: dict, deadline: float, project: Project,
