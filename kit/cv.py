@@ -34,6 +34,7 @@ from kit.rundir import finish_run, fold_done_file, fold_lock, prepare_run_dir, r
 from kit.selection import Selection
 
 if TYPE_CHECKING:
+    from kit.parallel import FoldWorkers
     from kit.train import FoldPlan
 
 
@@ -68,8 +69,10 @@ class Prepared:
     cache_dir: Path | None = None  # the project's .cache/ (a frozen trunk's features too large for memory)
 
 
-def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
-    """The cheap checks, before anything is decoded: options, data location, weights, devices."""
+def checked_config(cfg: TrainConfig, project: Project, *, lone_cpu_here: bool = True) -> TrainConfig:
+    """The cheap checks, before anything is decoded: options, data location, weights, devices. `lone_cpu_here`:
+    --devices cpu trains in this process (False: best's workers, kept for the command, have the member's frozen
+    trunk already)."""
     check_model_config(cfg)
     folder, competition_name, is_sample = locate(cfg.data, project_root=project.root)
     cfg = cfg.resolved(sample=is_sample)
@@ -79,8 +82,9 @@ def checked_config(cfg: TrainConfig, project: Project) -> TrainConfig:
     check_weights(cfg)
     for device in cfg.devices or [cfg.device]:
         check_device(device, cfg.precision, compile=cfg.compile)
-    if cfg.devices == ["cpu"]:   # no worker process needed; a lone GPU still gets one, so that this process
-        cfg = dataclasses.replace(cfg, device="cpu", devices=None)   # makes no CUDA context beside it
+    # No worker process needed; a lone GPU still gets one, so that this process makes no CUDA context beside it.
+    if cfg.devices == ["cpu"] and lone_cpu_here:
+        cfg = dataclasses.replace(cfg, device="cpu", devices=None)
     return dataclasses.replace(cfg, name=cfg.name or competition_name)
 
 
@@ -109,15 +113,16 @@ def prepare(cfg: TrainConfig, project: Project, run_dir: Path) -> Prepared:
 
 
 def run_on_devices(run: Prepared, project: Project, deadline: float | None, clock,
-                   fold_plan: FoldPlan | None = None) -> None:
+                   fold_plan: FoldPlan | None = None, fold_workers: FoldWorkers | None = None) -> None:
     """--devices (by default every GPU, a lone one too): one worker process per device trains the folds
-    (kit/parallel.py), this one waits and makes no CUDA context."""
+    (kit/parallel.py; `fold_workers`: best's, kept for all its members), this one waits and makes no CUDA context."""
     from kit.parallel import train_in_workers
 
     cfg = run.cfg
     codes = train_in_workers(cfg, root=project.root, run_dir=run.run_dir,
                              time_limit=None if deadline is None else max(1.0, deadline - clock()),
-                             fold_plan=None if fold_plan is None else dataclasses.asdict(fold_plan))
+                             fold_plan=None if fold_plan is None else dataclasses.asdict(fold_plan),
+                             workers=fold_workers)
     failed = [i for i, code in enumerate(codes) if code]
     if not failed:
         return
@@ -174,7 +179,8 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
            on_epoch: Callable[[int, int, Scores], None] | None = None,
            on_fold: Callable[[int, Scores], None] | None = None,
            clock: Callable[[], float] = time.monotonic, wait_for_others: bool = True,
-           fold_plan: FoldPlan | None = None, workers: int = 1, worker: int = 0) -> RunResult:
+           fold_plan: FoldPlan | None = None, workers: int = 1, worker: int = 0,
+           fold_workers: FoldWorkers | None = None) -> RunResult:
     """Cross-validate `cfg.model`; returns the overall and per-fold out-of-fold scores.
 
     `fold_plan` (kit.train.FoldPlan): the epochs the folds trained now run (at most cfg.epochs; best decides
@@ -185,16 +191,17 @@ def run_cv(cfg: TrainConfig, *, root: Path | None = None, run_dir: Path | None =
     `on_fold(fold, scores)` are called as training goes (the tuner reports and prunes there). In a --devices
     worker, `workers` train the run's folds at once and this is number `worker`: it tries its own folds first
     (every `workers`-th from its number: with two workers, 0, 2, 4 and 1, 3), then any the others left free,
-    and its time limit counts only its own share of the folds.
+    and its time limit counts only its own share of the folds. `fold_workers` (kit.parallel.FoldWorkers): the
+    --devices workers to send the folds to (best keeps them for all its members); None: started for this run.
     """
     started = clock()
     project = Project.at(root)
-    cfg = checked_config(cfg, project)
+    cfg = checked_config(cfg, project, lone_cpu_here=fold_workers is None)
     run = prepare(cfg, project, Path(run_dir or project.run_dir(cfg.model, cfg.name)))
     deadline = started + cfg.time_limit if cfg.time_limit else None
     wanted = cfg.only_folds if cfg.only_folds is not None else list(range(cfg.folds))
     if cfg.devices and not all(fold_done_file(run.run_dir, fold).is_file() for fold in wanted):
-        run_on_devices(run, project, deadline, clock, fold_plan)
+        run_on_devices(run, project, deadline, clock, fold_plan, fold_workers)
     fold_scores: dict[int, Scores] = {}
     taken_elsewhere = []
     own = wanted[worker::workers]
@@ -285,25 +292,45 @@ def main(argv=None) -> int:
     return 0 if result.fold_scores else 1
 
 
-def worker_main() -> int:
-    """A --devices worker (kit/parallel.py starts it): its spec comes in the environment; its lines are tagged."""
+def worker_job(spec: dict, job: dict, *, default_threads: int) -> None:
+    """One job of a --devices worker: run_cv on its run directory with the job's configuration and share of
+    the folds. Its time limit leaves out the time the job took to come (the worker's start, for the first)."""
+    from kit.train import FoldPlan
+
+    cfg = TrainConfig.from_dict(job["cfg"], source="the cv worker's job")
+    if cfg.time_limit:   # the parent's limit ran on meanwhile; CLOCK_MONOTONIC: one clock for every process
+        late = max(0.0, time.monotonic() - job["sent"])
+        cfg = dataclasses.replace(cfg, time_limit=max(1.0, cfg.time_limit - late))
+    # A lone worker's "its default" (None) is this process's own, whatever an earlier job of more workers set.
+    cfg = dataclasses.replace(cfg, num_threads=cfg.num_threads or default_threads)
+    fold_plan = FoldPlan(**job["fold_plan"]) if job.get("fold_plan") else None
+    run_cv(cfg, root=Path(spec["root"]), run_dir=Path(job["run_dir"]), wait_for_others=False,
+           fold_plan=fold_plan, workers=job["workers"], worker=job["worker"])
+
+
+def worker_main(jobs=None, answers=None) -> int:
+    """A --devices worker (kit/parallel.py starts it): its spec comes in the environment, its jobs as JSON lines
+    on stdin (`jobs`), one answer line each on its answer pipe once done (`answers`); it ends with the stream.
+    Its lines are tagged."""
     import json
     import os
+    import sys
+
+    import torch
 
     from kit.parallel import WORKER_ENV
     from kit.processes import die_with_parent, sigterm_raises_terminated
-    from kit.train import FoldPlan
 
     spec = json.loads(os.environ[WORKER_ENV])
     die_with_parent(spec["parent"])   # a parent killed with -9 takes its workers along
-    cfg = TrainConfig.from_dict(spec["cfg"], source="the cv worker's spec")
-    if cfg.time_limit and "launched" in spec:   # the parent's limit ran on while this process started
-        late = max(0.0, time.monotonic() - spec["launched"])   # CLOCK_MONOTONIC: one clock for every process
-        cfg = dataclasses.replace(cfg, time_limit=max(1.0, cfg.time_limit - late))
-    fold_plan = FoldPlan(**spec["fold_plan"]) if spec.get("fold_plan") else None
-    with tagged(f"worker {spec['index']} {spec.get('device', cfg.device)}"), sigterm_raises_terminated():
-        run_cv(cfg, root=Path(spec["root"]), run_dir=Path(spec["run_dir"]), wait_for_others=False,
-               fold_plan=fold_plan, workers=spec.get("workers", 1), worker=spec["index"])
+    jobs = sys.stdin if jobs is None else jobs
+    answers = os.fdopen(spec["answer_fd"], "w") if answers is None else answers
+    default_threads = torch.get_num_threads()
+    with tagged(f"worker {spec['index']} {spec['device']}"), sigterm_raises_terminated():
+        for line in jobs:
+            worker_job(spec, json.loads(line), default_threads=default_threads)
+            answers.write("done\n")
+            answers.flush()
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Worker processes, started one way for every command: cv's fold workers (kit/parallel.py, `--devices`,
-and by default one per GPU, a lone GPU too), the tuner's trial workers (kit/tune/workers.py) and the
+"""Worker processes, started one way for every command: cv's and best's fold workers (kit/parallel.py,
+`--devices`, and by default one per GPU, a lone GPU too), the tuner's trial workers (kit/tune/workers.py) and the
 child that times best's members on a GPU (kit/best/measure.py).
 
 A worker is `python -m MODULE` with its spec as JSON in one environment variable, no progress bars, and
@@ -59,10 +59,11 @@ def worker_env(worker: Worker) -> dict[str, str]:
     return env
 
 
-def start(worker: Worker) -> subprocess.Popen:
+def start(worker: Worker, **popen) -> subprocess.Popen:
+    """Start `worker`; `popen`: more of subprocess.Popen's arguments (a job stream, a pipe to pass on)."""
     if worker.label:
         log(worker.label + ("" if worker.gpu is None else f" (CUDA_VISIBLE_DEVICES={worker.gpu!r})"))
-    return subprocess.Popen([sys.executable, "-m", worker.module, *worker.args], env=worker_env(worker))
+    return subprocess.Popen([sys.executable, "-m", worker.module, *worker.args], env=worker_env(worker), **popen)
 
 
 def run_workers(workers: list[Worker], *, grace_s: float = STOP_GRACE_S) -> list[int]:

@@ -62,27 +62,67 @@ def cuda_initialisations(monkeypatch) -> list:
     return made
 
 
+class FakeWorkerProcess:
+    """A fold worker as kit/parallel.py's FoldWorkers talks to it, run in this process: each job line written to
+    its stdin is handed to `on_job(spec, job)` at once, and answered on the worker's answer pipe unless on_job
+    returns a non-zero exit code, which ends the worker as a crash would (its pipe closes, unanswered)."""
+
+    def __init__(self, spec: dict, on_job):
+        import os
+
+        self.spec, self.on_job, self.code = spec, on_job, None
+        self.answer_fd = os.dup(spec["answer_fd"])   # the parent closes its copy once started, as for a child
+        self.stdin = SimpleNamespace(write=self.job, flush=lambda: None, close=self.end)
+
+    def job(self, line: str) -> None:
+        import json
+        import os
+
+        if self.code is not None:
+            raise BrokenPipeError("the worker has ended")
+        code = self.on_job(self.spec, json.loads(line))
+        if code:
+            self.end(code)
+        else:
+            os.write(self.answer_fd, b"done\n")
+
+    def end(self, code: int = 0) -> None:
+        import os
+
+        if self.code is None:
+            self.code = code
+            os.close(self.answer_fd)
+
+    def poll(self):
+        return self.code
+
+    def wait(self, timeout=None):
+        self.end()
+        return self.code
+
+    def terminate(self):
+        self.end(-15)
+
+
 class WorkerHere:
     """subprocess.Popen as kit/launch.py calls it, for cv's fold workers and best's measuring child: each runs in
     this process on its spec (in the environment it is given), on the CPU, where its GPU is faked (what is tested
-    is who trains and who times, not the silicon): a fold worker is kit/cv.py's worker_main; the measuring child
-    answers `figures` for every configuration it is given. `calls`: each one's command and environment."""
+    is who trains and who times, not the silicon): a fold worker's jobs go to kit/cv.py's worker_job; the
+    measuring child answers `figures` for every configuration it is given. `calls`: each one's command and
+    environment; `jobs`: (worker spec, job, environment) of every job sent to a fold worker, in order."""
 
     def __init__(self, monkeypatch, figures: dict | None = None):
         import kit.launch
         import kit.processes
 
-        self.calls, self.figures = [], figures
+        self.calls, self.jobs, self.figures = [], [], figures
         monkeypatch.setattr(kit.launch.subprocess, "Popen", self)
         monkeypatch.setattr(kit.processes, "die_with_parent", lambda pid: None)   # its parent is this process
 
-    def __call__(self, command, env):
+    def __call__(self, command, env, **popen):
         import json
-        import os
-        from unittest import mock
 
         from kit.best.measure import MEASURE_ENV
-        from kit.cv import worker_main
         from kit.files import write_json
         from kit.parallel import WORKER_ENV
 
@@ -91,15 +131,25 @@ class WorkerHere:
             spec = json.loads(env[MEASURE_ENV])
             write_json(spec["out"], [{"precision": todo["cfg"]["precision"], "figures": self.figures}
                                      for todo in spec["todo"]])
-            code = 0
-        else:
-            spec = json.loads(env[WORKER_ENV])
-            spec["cfg"]["device"] = "cpu"   # the GPU it sees as its cuda, faked by the CPU, where torch sees none
-            with mock.patch.dict(os.environ, {WORKER_ENV: json.dumps(spec)}), \
-                    mock.patch.object(torch.cuda, "is_available", lambda: False), \
-                    mock.patch.object(torch.cuda, "device_count", lambda: 0):
-                code = worker_main()
-        return SimpleNamespace(wait=lambda timeout=None: code, poll=lambda: code)
+            return SimpleNamespace(wait=lambda timeout=None: 0, poll=lambda: 0)
+        return FakeWorkerProcess(json.loads(env[WORKER_ENV]), lambda spec, job: self.job(spec, job, env))
+
+    def job(self, spec: dict, job: dict, env: dict) -> int:
+        import copy
+        import os
+        from unittest import mock
+
+        from kit.cv import worker_job
+        from kit.log import tagged
+
+        self.jobs.append((spec, copy.deepcopy(job), env))
+        job["cfg"]["device"] = "cpu"   # the GPU it sees as its cuda, faked by the CPU, where torch sees none
+        with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")}), \
+                mock.patch.object(torch.cuda, "is_available", lambda: False), \
+                mock.patch.object(torch.cuda, "device_count", lambda: 0), \
+                tagged(f"worker {spec['index']} {spec['device']}"):
+            worker_job(spec, job, default_threads=torch.get_num_threads())
+        return 0
 
     def started(self, env_name: str) -> list[tuple[dict, dict]]:
         """(spec, environment) of each process started with its spec in `env_name`, in order."""

@@ -585,7 +585,7 @@ class FakeMachine:
         slow = self.slow_phase is not None and self.slow_phase[0] <= self.now / self.limit < self.slow_phase[1]
         return factor * (2 if slow else 1)
 
-    def run_cv(self, cfg, *, root, clock, fold_plan):
+    def run_cv(self, cfg, *, root, clock, fold_plan, fold_workers=None):
         from kit.cv import RunResult
         from kit.metric import Scores
         from kit.paths import Project
@@ -728,22 +728,25 @@ def test_a_short_limit_trains_the_member_that_fits_without_the_margin_rather_tha
 
 def test_best_on_two_cpu_workers_trains_two_folds_at_once(tiny_competition, project, caplog, capfd):
     """`best --devices cpu,cpu`: a member's folds go two at a time, one to each worker, and the plan counts
-    both workers' time."""
+    both workers' time. The workers live for the command: the third fold goes to worker 0 again, not to a
+    process started for it."""
     cfg = TrainConfig(data=str(tiny_competition), pretrained=False, devices=["cpu", "cpu"],
-                      **{**SMALL, "folds": 2})
-    result = best(cfg, time_limit=120, models=["scratch"], root=project,
+                      **{**SMALL, "folds": 3})
+    result = best(cfg, time_limit=150, models=["scratch"], root=project,
                   planning=Planning(measure_steps=3, max_epochs=2, min_epochs=1))
-    assert "scratch folds 0, 1 side by side" in caplog.text
+    assert "scratch folds 0, 1 side by side" in caplog.text and "scratch fold 2:" in caplog.text
     workers = capfd.readouterr().out        # the workers' lines, tagged with their number and device
     assert "[worker 0 cpu] fold 0 done" in workers and "[worker 1 cpu] fold 1 done" in workers
-    assert result["seconds"] <= 120 and len(result["epochs"]["scratch"]) == 2
+    assert "[worker 0 cpu] fold 2 done" in workers
+    assert [caplog.text.count(f"worker {index}: cpu,") for index in (0, 1)] == [1, 1]   # each started once
+    assert result["seconds"] <= 150 and len(result["epochs"]["scratch"]) == 3
 
 
 @pytest.mark.usefixtures(fresh_gpu_cache.__name__)
 def test_best_on_one_gpu_times_in_a_child_and_trains_each_fold_in_a_worker(tiny_competition, project, monkeypatch,
                                                                          capfd):
     """`best` on one visible GPU (CUDA_VISIBLE_DEVICES=3), no --devices: the members are timed by the measuring
-    child and every fold is trained by a worker with that GPU alone, given the plan's epochs and budget for it;
+    child and every fold is trained by one worker with that GPU alone, given the plan's epochs and budget for it;
     this process never initialises CUDA, and still plans, re-plans and blends."""
     fake_cuda(monkeypatch, (8, 0))
     made = cuda_initialisations(monkeypatch)
@@ -757,12 +760,13 @@ def test_best_on_one_gpu_times_in_a_child_and_trains_each_fold_in_a_worker(tiny_
     assert code == 0 and made == []
     [(measuring, env)] = started.started(MEASURE_ENV)
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and measuring["todo"][0]["cfg"]["devices"] == ["cuda:0"]   # as trained
-    workers = started.started(WORKER_ENV)
-    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in workers] == ["3", "3"]   # a worker per fold, on that GPU
-    assert [spec["cfg"]["only_folds"] for spec, _ in workers] == [[0], [1]]
-    for spec, _ in workers:
-        assert spec["device"] == "cuda:0" and spec["cfg"]["device"] == "cuda" and spec["workers"] == 1
-        assert spec["fold_plan"]["epochs"] == 1 and 0 < spec["cfg"]["time_limit"] <= 180
+    # One worker on that GPU for the whole command, sent each fold with its epochs and budget from the plan.
+    [(_, env)] = started.started(WORKER_ENV)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert [job["cfg"]["only_folds"] for _, job, _ in started.jobs] == [[0], [1]]
+    for spec, job, _ in started.jobs:
+        assert spec["device"] == "cuda:0" and job["cfg"]["device"] == "cuda" and job["workers"] == 1
+        assert job["fold_plan"]["epochs"] == 1 and 0 < job["cfg"]["time_limit"] <= 180
     out = capfd.readouterr().out
     assert "[worker 0 cuda:0] fold 0 done" in out and "[worker 0 cuda:0] fold 1 done" in out
     assert "plan: scratch: 100 train / 400 infer img/s" in out   # planned from the child's figures

@@ -1,4 +1,5 @@
 """The cross-validation harness end to end on a tiny synthetic competition."""
+import io
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from unittest import mock
 
 import pandas as pd
 import pytest
+import torch
 
 import kit.cv
 import kit.processes
@@ -435,11 +437,11 @@ def test_cv_on_one_gpu_trains_its_folds_in_one_worker_on_that_gpu(tiny_competiti
                         "--num-threads", "1", "--name", device])
     assert code == 0 and made == []
     assert len(workers.calls) == 1 and workers.calls[0][0][-2:] == ["-m", "kit.cv"]
-    [(spec, env)] = workers.started(WORKER_ENV)
+    [(spec, job, env)] = workers.jobs   # one job: every fold of the run
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
-    assert spec["cfg"]["device"] == "cuda" and spec["device"] == ("cuda:0" if device == "auto" else "cuda")
-    assert spec["workers"] == 1 and spec["cfg"]["num_threads"] == 1
-    assert 300 < spec["cfg"]["time_limit"] <= 600 and spec["launched"] <= time.monotonic()
+    assert job["cfg"]["device"] == "cuda" and spec["device"] == ("cuda:0" if device == "auto" else "cuda")
+    assert job["workers"] == 1 and job["cfg"]["num_threads"] == 1
+    assert 300 < job["cfg"]["time_limit"] <= 600 and job["sent"] <= time.monotonic()
     out = capfd.readouterr().out   # the worker's lines are tagged with its number and device
     assert "device: cuda:0 NVIDIA A100-SXM4-40GB" in out and "precision bf16" in out
     assert [f"[worker 0 {spec['device']}] fold {k} done" in out for k in range(2)] == [True] * 2
@@ -461,14 +463,22 @@ def test_cv_on_a_cpu_trains_its_folds_in_this_process(tiny_competition, project,
 
 
 def test_a_worker_s_time_limit_leaves_out_the_time_its_start_took(monkeypatch, tmp_path):
-    """The parent's limit runs on while a worker starts (Python, torch's import): the worker has that much less."""
+    """The parent's limit runs on while a worker starts (Python, torch's import) and while a job reaches it: each
+    job has that much less. A worker takes job after job from its stream, answers each, and ends with it."""
     given = []
     monkeypatch.setattr(kit.processes, "die_with_parent", lambda pid: None)
-    monkeypatch.setattr(kit.cv, "run_cv", lambda cfg, **kwargs: given.append(cfg))
-    for limit, launched_s_ago, expected in [(60.0, 5.0, 55.0), (60.0, 90.0, 1.0), (None, 5.0, None)]:
-        spec = {"cfg": TrainConfig(model="scratch", device="cpu", time_limit=limit).to_dict(), "root": str(tmp_path),
-                "run_dir": str(tmp_path / "run"), "index": 0, "device": "cpu", "workers": 1, "fold_plan": None,
-                "parent": os.getpid(), "launched": time.monotonic() - launched_s_ago}
-        with mock.patch.dict(os.environ, {WORKER_ENV: json.dumps(spec)}):
-            assert kit.cv.worker_main() == 0
-        assert given[-1].time_limit == (None if expected is None else pytest.approx(expected, abs=0.5))
+    monkeypatch.setattr(kit.cv, "run_cv", lambda cfg, **kwargs: given.append((cfg, kwargs)))
+    jobs = []
+    for limit, sent_s_ago, threads in [(60.0, 5.0, 1), (60.0, 90.0, None), (None, 5.0, 2)]:
+        cfg = TrainConfig(model="scratch", device="cpu", time_limit=limit, num_threads=threads, only_folds=[1])
+        jobs.append(json.dumps({"cfg": cfg.to_dict(), "run_dir": str(tmp_path / "run"), "workers": 1, "worker": 0,
+                                "fold_plan": None, "sent": time.monotonic() - sent_s_ago}) + "\n")
+    spec = {"root": str(tmp_path), "index": 0, "device": "cpu", "parent": os.getpid(), "answer_fd": -1}
+    answers = io.StringIO()
+    with mock.patch.dict(os.environ, {WORKER_ENV: json.dumps(spec)}):
+        assert kit.cv.worker_main(jobs=iter(jobs), answers=answers) == 0
+    assert [cfg.time_limit for cfg, _ in given] == [pytest.approx(55.0, abs=0.5), 1.0, None]
+    # A lone worker's default threads (None) are its own, not the 1 an earlier job of two workers set.
+    assert [cfg.num_threads for cfg, _ in given] == [1, torch.get_num_threads(), 2]
+    assert all(cfg.only_folds == [1] and kwargs["run_dir"] == tmp_path / "run" for cfg, kwargs in given)
+    assert answers.getvalue() == "done\n" * 3

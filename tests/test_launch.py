@@ -1,5 +1,6 @@
 """The one launcher of worker processes (kit/launch.py): each worker's environment, its own GPU, and a parent
 that initialises no CUDA. GPUs are faked (tests/test_device.py's fake_cuda); no process is started."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,30 +13,34 @@ import kit.launch
 import kit.parallel
 from kit.config import TrainConfig
 from kit.launch import Worker, run_workers, worker_env
-from kit.parallel import fold_workers
+from kit.parallel import fold_jobs
 from kit.tune.workers import WORKER_ENV as TUNE_WORKER_ENV
 from kit.tune.workers import trial_workers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_gpus import fake_cuda, fresh_gpu_cache  # noqa: E402
+from fake_gpus import FakeWorkerProcess, fake_cuda, fresh_gpu_cache  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures(fresh_gpu_cache.__name__)
 
 
 class Started:
-    """subprocess.Popen as the launcher calls it: records each worker's command and environment."""
+    """subprocess.Popen as the launcher calls it: records each worker's command and environment, and the jobs
+    sent to fold workers, answering each with the next of `codes` (0: done; else the worker dies unanswered)."""
 
     def __init__(self, monkeypatch, codes=None):
-        self.calls, self.codes = [], list(codes or [])
+        self.calls, self.jobs, self.codes = [], [], list(codes or [])
         monkeypatch.setattr(kit.launch.subprocess, "Popen", self)
 
-    def __call__(self, command, env):
+    def __call__(self, command, env, **popen):
         self.calls.append((command, env))
+        if "FACEKIT_CV_WORKER" in env:
+            return FakeWorkerProcess(json.loads(env["FACEKIT_CV_WORKER"]), self.job)
         code = self.codes.pop(0) if self.codes else 0
         return type("Process", (), {"wait": lambda self, timeout=None: code, "poll": lambda self: code})()
 
-    def spec(self, index, name="FACEKIT_CV_WORKER"):
-        return json.loads(self.calls[index][1][name])
+    def job(self, spec, job):
+        self.jobs.append((spec, job))
+        return self.codes.pop(0) if self.codes else 0
 
 
 @pytest.mark.parametrize("visible, expected", [(None, ["0", "1"]), ("2,3", ["2", "3"])])
@@ -52,13 +57,34 @@ def test_each_fold_worker_gets_its_own_gpu_and_the_parent_no_cuda(monkeypatch, t
                                           fold_plan={"epochs": 2.5, "epoch_s": 10.0, "infer_image_s": None})
     assert codes == [0, 0]
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started.calls] == expected
-    for index in (0, 1):
-        spec = started.spec(index)
-        assert spec["cfg"]["device"] == "cuda" and spec["device"] == f"cuda:{index}"   # its only GPU
-        assert spec["cfg"]["num_threads"] == 2 and spec["workers"] == 2 and spec["cfg"]["time_limit"] == 60.0
-        assert spec["fold_plan"]["epochs"] == 2.5
+    for index, (spec, job) in enumerate(started.jobs):
+        assert job["cfg"]["device"] == "cuda" and spec["device"] == f"cuda:{index}"   # its only GPU
+        assert job["cfg"]["num_threads"] == 2 and job["cfg"]["time_limit"] == 60.0
+        assert (job["workers"], job["worker"]) == (2, index) and job["fold_plan"]["epochs"] == 2.5
         assert started.calls[index][0][-2:] == ["-m", "kit.cv"]
     assert not torch.cuda.is_initialized()
+
+
+def test_fold_workers_live_for_the_command_and_a_dead_one_is_replaced(monkeypatch, tmp_path):
+    """best sends a member's folds group by group to the same workers (one start each, a frozen trunk computed
+    once each): job i of every call goes to worker i; a worker that dies answers with its exit code, and the
+    next job starts a new one; leaving the block ends them all."""
+    fake_cuda(monkeypatch)
+    started = Started(monkeypatch, codes=[0, 0, 0, 0, 3, 0])
+    cfg = TrainConfig(model="scratch", devices=["cpu", "cpu"], num_threads=1)
+    with kit.parallel.FoldWorkers(tmp_path) as workers:
+        for folds in ([0, 1], [2, 3]):
+            jobs = fold_jobs(dataclasses.replace(cfg, only_folds=folds), run_dir=tmp_path / "run", time_limit=60.0)
+            assert workers.run(jobs) == [0, 0]
+        assert len(started.calls) == 2                       # two workers for four folds
+        last = fold_jobs(dataclasses.replace(cfg, only_folds=[4], devices=["cpu"]), run_dir=tmp_path, time_limit=9.0)
+        assert workers.run(last) == [3]                      # worker 0 died on it, unanswered
+        assert workers.run(last) == [0] and len(started.calls) == 3   # the next job: a new worker 0
+        processes = [worker.process for worker in workers.running.values()]
+    assert [job["cfg"]["only_folds"] for _, job in started.jobs] == [[0, 1], [0, 1], [2, 3], [2, 3], [4], [4]]
+    assert [spec["index"] for spec, _ in started.jobs] == [0, 1, 0, 1, 0, 0]
+    assert [job["cfg"]["num_threads"] for _, job in started.jobs][-1] == 1
+    assert workers.running == {} and all(process.poll() == 0 for process in processes)   # ended with the block
 
 
 @pytest.mark.parametrize("visible, expected", [(None, "0"), ("3", "3"), ("5,2", "5")])
@@ -76,21 +102,20 @@ def test_a_lone_gpu_gets_one_worker_with_the_threads_one_process_would_have(monk
     assert kit.parallel.train_in_workers(cfg, root=tmp_path, run_dir=tmp_path / "run", time_limit=None) == [0]
     [(command, env)] = started.calls
     assert env["CUDA_VISIBLE_DEVICES"] == expected and command[-2:] == ["-m", "kit.cv"]
-    spec = started.spec(0)
-    assert spec["cfg"]["device"] == "cuda" and spec["cfg"]["num_threads"] is None and spec["workers"] == 1
-    assert fold_workers(cfg, root=tmp_path, run_dir=tmp_path, time_limit=None)[0].label == \
-        f"worker 0: cuda:0, {torch.get_num_threads()} thread(s)"
+    [(spec, job)] = started.jobs
+    assert job["cfg"]["device"] == "cuda" and job["cfg"]["num_threads"] is None and job["workers"] == 1
 
 
 def test_cpu_workers_see_no_gpu_and_share_the_cores(monkeypatch, tmp_path):
     fake_cuda(monkeypatch, (8, 0))
     monkeypatch.setattr(kit.device, "cpu_cores", lambda: 16)
-    workers = fold_workers(TrainConfig(model="scratch", devices=["cpu", "cpu"]), root=tmp_path, run_dir=tmp_path,
-                           time_limit=None)
-    assert [worker.gpu for worker in workers] == ["", ""]   # CUDA_VISIBLE_DEVICES="": no context by accident
-    assert [worker_env(worker)["CUDA_VISIBLE_DEVICES"] for worker in workers] == ["", ""]
-    assert [worker.spec["cfg"]["num_threads"] for worker in workers] == [8, 8]
-    assert [worker.spec["cfg"]["device"] for worker in workers] == ["cpu", "cpu"]
+    started = Started(monkeypatch)
+    cfg = TrainConfig(model="scratch", devices=["cpu", "cpu"])
+    assert kit.parallel.train_in_workers(cfg, root=tmp_path, run_dir=tmp_path, time_limit=None) == [0, 0]
+    # CUDA_VISIBLE_DEVICES="": no context by accident
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started.calls] == ["", ""]
+    assert [job["cfg"]["num_threads"] for _, job in started.jobs] == [8, 8]
+    assert [job["cfg"]["device"] for _, job in started.jobs] == ["cpu", "cpu"]
 
 
 @pytest.mark.parametrize("gpus, device, expected", [

@@ -18,6 +18,7 @@ from kit.config import TrainConfig
 from kit.cv import run_cv
 from kit.errors import BudgetError
 from kit.log import log
+from kit.parallel import FoldWorkers
 from kit.paths import Project
 from kit.rundir import epochs_trained, fold_done_file, setup_seconds
 from kit.train import MIN_FOLD_EPOCHS, FoldPlan
@@ -99,7 +100,16 @@ def first_plan(plans: list[ModelPlan], spares: list[ModelPlan], available_s: flo
 def cross_validate(schedule: Schedule, *, members: dict, deadline: float, project: Project,
                    timeline: Timeline, clock: Callable[[], float]) -> list:
     """Train the schedule's members fold by fold, re-planning after every fold; returns their results.
-    `members`: label -> kit.best.Member (a second-round member learns from the first round's folds)."""
+    `members`: label -> kit.best.Member (a second-round member learns from the first round's folds).
+    With --devices (by default on GPUs) the folds go to workers that live for the whole command: each starts
+    once and computes a member's frozen trunk once, whichever of its folds it trains (kit/parallel.py)."""
+    with FoldWorkers(project.root) as fold_workers:
+        return train_members(schedule, members=members, deadline=deadline, project=project, timeline=timeline,
+                             clock=clock, fold_workers=fold_workers)
+
+
+def train_members(schedule: Schedule, *, members: dict, deadline: float, project: Project, timeline: Timeline,
+                  clock: Callable[[], float], fold_workers: FoldWorkers) -> list:
     results = []
     for plan in schedule.plans:
         if plan.folds_done == plan.cfg.folds:   # finished by an earlier command
@@ -116,7 +126,8 @@ def cross_validate(schedule: Schedule, *, members: dict, deadline: float, projec
             first_round = [f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in results if r.complete]
             plan.cfg = dataclasses.replace(plan.cfg, pseudo_labels=first_round)
         run_started = clock()
-        result = train_member_folds(schedule, plan, deadline=deadline, project=project, clock=clock)
+        result = train_member_folds(schedule, plan, deadline=deadline, project=project, clock=clock,
+                                    fold_workers=fold_workers)
         if result is None:
             timeline.mark(f"cv {plan.label} (unfinished)", run_started)
             break
@@ -155,11 +166,11 @@ def lanes(cfg: TrainConfig) -> int:
 
 
 def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, project: Project,
-                       clock: Callable[[], float]):
+                       clock: Callable[[], float], fold_workers: FoldWorkers | None = None):
     """Train a started member's folds, each with the time its budget gives it, one at a time or, with --devices,
-    one per worker side by side; re-plan after each fold or group of folds. None when the deadline leaves no
-    room for the next fold (its last epoch and predictions included): the member stays unfinished, to be
-    resumed by rerunning the command, and the blend uses the others."""
+    one per worker (of `fold_workers`) side by side; re-plan after each fold or group of folds. None when the
+    deadline leaves no room for the next fold (its last epoch and predictions included): the member stays
+    unfinished, to be resumed by rerunning the command, and the blend uses the others."""
     devices, width = plan.cfg.devices or [], lanes(plan.cfg)
     run_dir = project.run_dir(plan.cfg.model, plan.cfg.name)
     result, folds = None, list(range(plan.cfg.folds))
@@ -187,13 +198,15 @@ def train_member_folds(schedule: Schedule, plan: ModelPlan, *, deadline: float, 
             log(f"{plan.label} {shown}: {fold_epochs:g} epoch(s), at most {budget / 60:.1f} min")
         result = run_cv(dataclasses.replace(plan.cfg, only_folds=group, time_limit=max(1.0, budget),
                                             devices=devices[:len(group)] or None),
-                        root=project.root, clock=clock,
+                        root=project.root, clock=clock, fold_workers=fold_workers,
                         fold_plan=FoldPlan(fold_epochs, plan.epoch_s * plan.speed,
                                            plan.speed / plan.infer_images_per_s))
         if trained_before:
             continue
         seconds = clock() - fold_started
-        for fold in group:   # each worker computed its own setup (a frozen trunk's features): not the epochs' speed
+        # A worker computes a member's setup (a frozen trunk's features) on its first fold of it (again if it was
+        # restarted): not the epochs' speed.
+        for fold in group:
             setup = setup_seconds(result.run_dir, fold)
             schedule.observe(plan, seconds - (setup or 0.0) if plan.folds_done and devices else seconds,
                              epochs=epochs_trained(result.run_dir, fold, plan.cfg.epochs), setup_s=setup)
