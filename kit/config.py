@@ -76,7 +76,9 @@ class TrainConfig:
     size: int = option(64, "training resolution in pixels (images are cached at this size)", low=16, high=1024,
                        tunable=True, shown_default="64; in cv, bench and best the model's input size, listed with "
                                                        "the model option")
-    batch_size: int = option(64, "training batch size", low=2, tunable=True)
+    batch_size: int = option(64, "training batch size", low=2, tunable=True,
+                             shown_default="64; in cv, bench and best on GPUs the model card's GPU batch where "
+                                           "measured (dlib_face, dlib_age: 256, with the learning rates not given x2)")
     lr_head: float | None = option(None, "heads' learning rate while the backbone is frozen", **RATE, tunable=True,
                                    shown_default="per model when pretrained; lr-backbone from random init")
     lr_backbone: float | None = option(None, "learning rate of all layers once unfrozen", **RATE, tunable=True,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from kit.age import head_outputs
 from kit.config import TrainConfig
 from kit.data import load_competition, locate
-from kit.device import announce_device, check_device, default_devices
+from kit.device import announce_device, check_device, default_devices, on_gpus
 from kit.estimate import Estimate
 from kit.files import sha256_file
 from kit.folds import folds_for
@@ -271,10 +271,12 @@ def summary(result: RunResult, cfg: TrainConfig, project: Project) -> str:
 
 def config_from_command(args: argparse.Namespace, project: Project) -> TrainConfig:
     """A command line's configuration: its model's card (input size, recipe, frozen trunk: what best's member of
-    that model trains) under what the user gave (defaults < card < --params < options)."""
+    that model trains; on GPUs their batch and rates) under what the user gave (defaults < card < --params <
+    options)."""
     cfg = config_from_args(args, model=model_from_args(args))
     _, _, is_sample = locate(cfg.data, project_root=project.root)
-    return recipe_config(cfg, cfg.model, set(given_fields(args)), sample=is_sample)
+    return recipe_config(cfg, cfg.model, set(given_fields(args)), sample=is_sample,
+                         on_gpu=on_gpus(cfg.device, cfg.devices))
 
 
 def main(argv=None) -> int:

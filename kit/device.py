@@ -215,3 +215,9 @@ def default_devices(device: str, devices: list[str] | None) -> list[str] | None:
     except RuntimeError:   # CUDA is there but broken: auto trains on the CPU, and the device line says why
         return None
     return [f"cuda:{g.index}" for g in gpus] or None
+
+
+def on_gpus(device: str, devices: list[str] | None) -> bool:
+    """Whether cv or best with these options trains on GPUs alone (and so takes the GPUs' batch and rates:
+    kit/models/registry.py gpu_recipe)."""
+    return all(name.startswith("cuda") for name in default_devices(device, devices) or [device])

@@ -21,6 +21,7 @@ from kit.best.plan import SAFETY, ModelPlan, Schedule, allot, epoch_costs, plan_
 from kit.best.run import BLEND_RESERVE_S, cross_validate
 from kit.config import TrainConfig
 from kit.errors import BudgetError, RunError, UserError, WeightsError
+from kit.models import card
 from kit.parallel import WORKER_ENV
 from kit.paths import Project
 from kit.submission import validate_submission_file
@@ -126,6 +127,20 @@ def test_recipe_fills_only_what_the_user_left_open():
     # No --no-pretrained: ImageNet weights on real data (pretrained rates), random init on the sample.
     assert recipe_config(TrainConfig(), "resnet18", set(), sample=False).lr_backbone is None
     assert recipe_config(TrainConfig(), "resnet18", set(), sample=True).lr_backbone == 2e-3
+
+
+def test_on_gpus_a_measured_card_s_batch_is_taken_and_the_rates_the_user_left_open_scale():
+    """A GPU's recipe: the card's gpu_batch_size (256 for the dlib networks, measured) where no batch was chosen,
+    and the rates not chosen x sqrt(256 / 64) = 2; a chosen batch, or a card without one, keeps the CPU's."""
+    face = recipe_config(TrainConfig(), "dlib_face", set(), sample=False, on_gpu=True)
+    assert (face.batch_size, face.lr_head, face.lr_backbone, face.frozen_trunk) == (256, 5e-4, 5e-4, 7)
+    assert recipe_config(TrainConfig(), "dlib_face", set(), on_gpu=False).batch_size == 64   # the CPU's
+    scratch = recipe_config(TrainConfig(), "scratch", set(), sample=True, on_gpu=True)   # not measured at 256
+    assert (scratch.batch_size, scratch.lr_backbone) == (64, card("scratch").recipe["lr_backbone"])
+    chosen_rate = recipe_config(TrainConfig(lr_head=1e-4), "dlib_age", {"lr_head"}, on_gpu=True)
+    assert (chosen_rate.batch_size, chosen_rate.lr_head, chosen_rate.lr_backbone) == (256, 1e-4, 5e-4)
+    chosen_batch = recipe_config(TrainConfig(batch_size=64), "dlib_age", {"batch_size"}, on_gpu=True)
+    assert (chosen_batch.batch_size, chosen_batch.lr_head, chosen_batch.lr_backbone) == (64, None, None)
 
 
 def test_best_plans_within_its_budget_and_writes_a_validated_blend(tiny_competition, project, caplog):

@@ -325,6 +325,27 @@ def test_devices_workers_die_with_a_parent_killed_with_9(tiny_competition, proje
         kill_all([parent.pid, *workers])
 
 
+def test_a_devices_parent_stopped_with_sigterm_stops_its_workers_and_the_rerun_resumes(tiny_competition, project):
+    """SIGTERM to the parent alone (a batch scheduler's time-out) reaches its workers through it: they stop
+    (kit/parallel.py FoldWorkers.run), none trains on alone, and the same command resumes their folds."""
+    parent = devices_run(tiny_competition, project, "stopped", epochs=3)
+    workers = []
+    try:
+        out = read_until_both_trained_an_epoch(parent)
+        workers = children_of(parent.pid)
+        assert len(workers) == 2, out
+        parent.send_signal(signal.SIGTERM)
+        out += parent.communicate(timeout=60)[0]
+        assert parent.returncode != 0 and wait_gone(workers, 5) == [], out
+        assert not (project / "runs/scratch/stopped/metrics.json").is_file()
+        rerun = devices_run(tiny_competition, project, "stopped", epochs=3)
+        out, _ = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0 and "resuming after epoch" in out, out
+        assert (project / "runs/scratch/stopped/metrics.json").is_file()
+    finally:
+        kill_all([parent.pid, *workers])
+
+
 def worker(parent: int, index: int, seconds: float = 120) -> int:
     """The pid of --devices worker `index` (its spec is in its environment once it has started)."""
     deadline = time.monotonic() + seconds
@@ -482,3 +503,28 @@ def test_a_worker_s_time_limit_leaves_out_the_time_its_start_took(monkeypatch, t
     assert [cfg.num_threads for cfg, _ in given] == [1, torch.get_num_threads(), 2]
     assert all(cfg.only_folds == [1] and kwargs["run_dir"] == tmp_path / "run" for cfg, kwargs in given)
     assert answers.getvalue() == "done\n" * 3
+
+
+@pytest.mark.usefixtures(fresh_gpu_cache.__name__)
+@pytest.mark.parametrize("gpus, options, batch, rate", [
+    ([(8, 0)], [], 256, 5e-4),                         # on a GPU: its batch, the card's rates x2
+    ([(8, 0)], ["--device", "cpu"], 64, 2.5e-4),       # the CPU keeps the recipe
+    ([], [], 64, 2.5e-4),
+    ([(8, 0)], ["--batch-size", "96"], 96, 2.5e-4),    # a chosen batch: the recipe's rates, as chosen
+    ([(8, 0)], ["--lr-head", "1e-4"], 256, 1e-4),      # a chosen rate is kept; the other doubles
+])
+def test_cv_on_gpus_trains_at_their_batch_with_the_rates_scaled_unless_given(monkeypatch, tiny_competition, project,
+                                                                            gpus, options, batch, rate):
+    import argparse
+
+    from kit.options import add_config_arguments, add_model_argument
+    from kit.paths import Project
+
+    fake_cuda(monkeypatch, *gpus)
+    parser = argparse.ArgumentParser()
+    add_model_argument(parser, positional=True)
+    add_config_arguments(parser)
+    args = parser.parse_args(["dlib_age", "--data", str(tiny_competition), *options])
+    cfg = kit.cv.config_from_command(args, Project.at(project)).resolved(sample=False)
+    assert (cfg.batch_size, cfg.lr_head) == (batch, rate)
+    assert cfg.lr_backbone == (5e-4 if batch == 256 else 2.5e-4)

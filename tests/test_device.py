@@ -8,7 +8,7 @@ import torch
 
 import kit.device
 import kit.gpus
-from kit.device import announce_device, check_device, default_devices, device_line, pick_device
+from kit.device import announce_device, check_device, default_devices, device_line, on_gpus, pick_device
 from kit.errors import ConfigError
 from kit.gpus import Gpu, arch_supported, cuda_problem
 
@@ -101,6 +101,9 @@ def test_a_gpu_is_trained_on_by_a_worker_and_the_cpu_by_this_process(monkeypatch
     assert default_devices(device, None) == expected
     line = device_line(device if gpus or device != "cuda" else "auto", expected, "auto", 4)
     assert line.startswith("device: ") and "| 4 CPU thread(s) |" in line   # one worker: the line of one process
+    # The GPUs' batch and rates (kit/models/registry.py gpu_recipe) go with the GPUs, never with the CPU.
+    assert on_gpus(device, None) == (expected is not None or device == "cuda")
+    assert not on_gpus(device, ["cpu", "cpu"]) and on_gpus("cpu", ["cuda:0", "cuda:1"])
 
 
 @pytest.mark.parametrize("capability, refused", [((6, 0), True), ((7, 5), False)])

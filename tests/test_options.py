@@ -33,7 +33,7 @@ def test_every_field_is_an_option_with_its_real_default_in_the_help():
         if name != "model":
             assert flag(name) in text
     assert "--no-tta" in text and "(default: off)" in text          # a switch, off by default
-    assert "--batch-size BATCH_SIZE training batch size (default: 64)" in text
+    assert "--batch-size BATCH_SIZE training batch size (default: 64; in cv, bench and best on GPUs" in text
     assert "30% of the steps" in text                                # a % in the help text survives argparse
 
 

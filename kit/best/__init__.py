@@ -15,8 +15,9 @@
    estimated cost fits its share (kit/best/plan.py). A model capped below what its share buys
    (EPOCH_CAPS: past it, it overfits) gives the rest to the others. While a member would get fewer
    than --min-epochs, the last one is left out and its time goes to the rest;
-5. cross-validate fold by fold (kit/best/run.py, through kit.cv.run_cv; on GPUs each fold in a worker
-   process, one per GPU, a lone one too, so that this one makes no CUDA context), and after every fold re-plan
+5. cross-validate fold by fold (kit/best/run.py, through kit.cv.run_cv; on GPUs the folds go to worker
+   processes that live for the command, one per GPU, a lone one too, so that this one makes no CUDA context
+   and each worker computes a member's frozen trunk once, kit/parallel.py), and after every fold re-plan
    from the speed the machine really shows: the members not started yet get more or fewer epochs, a
    left-out member or a spare joins when its time is there, and what changed is said. Members at their
    epoch cap train first: the ones that can use more time are planned last, from the most folds timed;

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 
 from kit.config import MEMBER_FIELDS, TrainConfig, check_types, value_type
+from kit.device import on_gpus
 from kit.errors import ConfigError
 from kit.models import CARDS, card, check_model_config, default_members, recipe_config
 
@@ -90,7 +91,8 @@ def member_name(name: str, overrides: dict) -> str:
 def member_config(cfg: TrainConfig, model: str, overrides: dict, *, given: set[str], name: str,
                   sample: bool) -> TrainConfig:
     """A member's whole configuration: the recipe, what the user gave, its own overrides; checked."""
-    member = dataclasses.replace(recipe_config(cfg, model, given | set(overrides), sample=sample),
-                                 name=member_name(name, overrides), **overrides)
+    recipe = recipe_config(cfg, model, given | set(overrides), sample=sample,
+                           on_gpu=on_gpus(cfg.device, cfg.devices))
+    member = dataclasses.replace(recipe, name=member_name(name, overrides), **overrides)
     check_model_config(member)
     return member

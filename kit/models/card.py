@@ -60,6 +60,8 @@ class ModelCard:
     small_stem: bool = False       # --stem small exists for it
     cpu_rank: int | None = None    # its place among best's default members on a CPU (1 first), None: not one
     gpu_rank: int | None = None    # the same on a GPU
+    gpu_batch_size: int | None = None   # its training batch on GPUs, where measured to keep the score (the rates
+                                        # not given scaled with it: kit/models/registry.py gpu_recipe); None: the CPU's
 
     def __post_init__(self):
         object.__setattr__(self, "recipe", MappingProxyType(dict(self.recipe)))   # a card never changes

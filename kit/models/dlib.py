@@ -47,7 +47,9 @@ CARD = ModelCard(
                     lr_backbone=2.5e-4, unfreeze_epoch=0, frozen_trunk=1, installed=True),
     recipe=dict(optimizer="adamw", weight_decay=0.05, schedule="onecycle", augment="flip", age_loss="mse",
                 age_target="bins", tta=True),
-    epoch_cap=6, trunk_blocks=5, cpu_rank=2)
+    epoch_cap=6, trunk_blocks=5, cpu_rank=2,
+    # On GPUs batch 256 and the rates x2: within the noise of 64 on fold 0 (docs/experiments.md, "A GPU's batch").
+    gpu_batch_size=256)
 
 
 class Affine(nn.Module):

