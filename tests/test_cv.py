@@ -311,37 +311,27 @@ def read_until_both_trained_an_epoch(process: subprocess.Popen) -> str:
     return "".join(lines)
 
 
-def test_devices_workers_die_with_a_parent_killed_with_9(tiny_competition, project):
-    parent = devices_run(tiny_competition, project, "orphans", epochs=200)
+@pytest.mark.parametrize("sent", [signal.SIGKILL, signal.SIGTERM])
+def test_devices_workers_stop_with_a_parent_killed_or_terminated_and_the_rerun_resumes(tiny_competition, project,
+                                                                                      sent):
+    """kill -9 of the parent: its workers die with it (kit/processes.py die_with_parent). SIGTERM to the parent
+    alone (a batch scheduler's time-out): it stops them (kit/parallel.py FoldWorkers.run). Either way none
+    trains on alone, and the same command resumes their folds."""
+    name = f"stopped-{sent.name}"
+    parent = devices_run(tiny_competition, project, name, epochs=4)
     workers = []
     try:
         out = read_until_both_trained_an_epoch(parent)
         workers = children_of(parent.pid)
         assert len(workers) == 2, out
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait(timeout=30)
-        assert wait_gone(workers, 5) == []
-    finally:
-        kill_all([parent.pid, *workers])
-
-
-def test_a_devices_parent_stopped_with_sigterm_stops_its_workers_and_the_rerun_resumes(tiny_competition, project):
-    """SIGTERM to the parent alone (a batch scheduler's time-out) reaches its workers through it: they stop
-    (kit/parallel.py FoldWorkers.run), none trains on alone, and the same command resumes their folds."""
-    parent = devices_run(tiny_competition, project, "stopped", epochs=3)
-    workers = []
-    try:
-        out = read_until_both_trained_an_epoch(parent)
-        workers = children_of(parent.pid)
-        assert len(workers) == 2, out
-        parent.send_signal(signal.SIGTERM)
+        parent.send_signal(sent)
         out += parent.communicate(timeout=60)[0]
         assert parent.returncode != 0 and wait_gone(workers, 5) == [], out
-        assert not (project / "runs/scratch/stopped/metrics.json").is_file()
-        rerun = devices_run(tiny_competition, project, "stopped", epochs=3)
+        assert not (project / f"runs/scratch/{name}/metrics.json").is_file()
+        rerun = devices_run(tiny_competition, project, name, epochs=4)
         out, _ = rerun.communicate(timeout=300)
         assert rerun.returncode == 0 and "resuming after epoch" in out, out
-        assert (project / "runs/scratch/stopped/metrics.json").is_file()
+        assert (project / f"runs/scratch/{name}/metrics.json").is_file()
     finally:
         kill_all([parent.pid, *workers])
 
