@@ -88,15 +88,12 @@ class FoldWorkers:
         self.close(grace_s=0.0 if isinstance(error, Terminated) else self.grace_s)
 
     def run(self, jobs: list[tuple[str, dict]]) -> list[int]:
-        """Send job i to worker i and wait for every answer; each job's exit code (0: done)."""
+        """Send job i to worker i and wait for every answer; each job's exit code (0: done). Ctrl-C or SIGTERM
+        while they train leaves the `with` block, which stops them."""
         with sigterm_raises_terminated():
-            try:
-                for index, (device, job) in enumerate(jobs):
-                    self.send(index, device, job)
-                return [self.answer(index) for index in range(len(jobs))]
-            except KeyboardInterrupt as interrupt:
-                self.close(grace_s=0.0 if isinstance(interrupt, Terminated) else self.grace_s)
-                raise
+            for index, (device, job) in enumerate(jobs):
+                self.send(index, device, job)
+            return [self.answer(index) for index in range(len(jobs))]
 
     def send(self, index: int, device: str, job: dict) -> None:
         worker = self.running.get(index)
@@ -130,24 +127,23 @@ class FoldWorkers:
         return self.running[index]
 
     def retire(self, index: int) -> None:
-        """End worker `index` (its device changes, or it died): no more jobs, then wait for it."""
+        """End worker `index` (its device changes, or it died)."""
         worker = self.running.pop(index, None)
         if worker is not None:
-            self.close_jobs(worker)
-            stop([worker.process], grace_s=self.grace_s)
-            worker.answers.close()
-
-    @staticmethod
-    def close_jobs(worker: _Running) -> None:
-        try:
-            worker.process.stdin.close()   # its loop ends with the stream
-        except BrokenPipeError:
-            pass
+            self.end([worker], grace_s=self.grace_s)
 
     def close(self, *, grace_s: float) -> None:
         workers, self.running = list(self.running.values()), {}
+        self.end(workers, grace_s=grace_s)
+
+    @staticmethod
+    def end(workers: list[_Running], *, grace_s: float) -> None:
+        """No more jobs (a worker's loop ends with its stream), then wait for them (kit/launch.py stop)."""
         for worker in workers:
-            self.close_jobs(worker)
+            try:
+                worker.process.stdin.close()
+            except BrokenPipeError:
+                pass
         stop([worker.process for worker in workers], grace_s=grace_s)
         for worker in workers:
             worker.answers.close()

@@ -107,7 +107,7 @@ class FakeWorkerProcess:
 class WorkerHere:
     """subprocess.Popen as kit/launch.py calls it, for cv's fold workers and best's measuring child: each runs in
     this process on its spec (in the environment it is given), on the CPU, where its GPU is faked (what is tested
-    is who trains and who times, not the silicon): a fold worker's jobs go to kit/cv.py's worker_job; the
+    is who trains and who times, not the silicon): a fold worker's jobs go to kit/cv.py's worker_main; the
     measuring child answers `figures` for every configuration it is given. `calls`: each one's command and
     environment; `jobs`: (worker spec, job, environment) of every job sent to a fold worker, in order."""
 
@@ -136,20 +136,21 @@ class WorkerHere:
 
     def job(self, spec: dict, job: dict, env: dict) -> int:
         import copy
+        import io
+        import json
         import os
         from unittest import mock
 
-        from kit.cv import worker_job
-        from kit.log import tagged
+        from kit.cv import worker_main
+        from kit.parallel import WORKER_ENV
 
         self.jobs.append((spec, copy.deepcopy(job), env))
         job["cfg"]["device"] = "cpu"   # the GPU it sees as its cuda, faked by the CPU, where torch sees none
-        with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")}), \
+        with mock.patch.dict(os.environ, {WORKER_ENV: env[WORKER_ENV],
+                                          "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")}), \
                 mock.patch.object(torch.cuda, "is_available", lambda: False), \
-                mock.patch.object(torch.cuda, "device_count", lambda: 0), \
-                tagged(f"worker {spec['index']} {spec['device']}"):
-            worker_job(spec, job, default_threads=torch.get_num_threads())
-        return 0
+                mock.patch.object(torch.cuda, "device_count", lambda: 0):
+            return worker_main(jobs=[json.dumps(job)], answers=io.StringIO())   # the worker's loop, for one job
 
     def started(self, env_name: str) -> list[tuple[dict, dict]]:
         """(spec, environment) of each process started with its spec in `env_name`, in order."""
